@@ -1,0 +1,112 @@
+"""Latency and peak-memory benchmark of the registered methods on a synthetic composite.
+
+Timings: median of N runs after one warm-up run (which also loads models). Memory: a separate,
+untimed run; on CUDA the allocator's peak; on the CPU the larger of the peak of traced
+Python/NumPy allocations (tracemalloc) and the sampled growth of the process's resident memory
+(which also sees OpenCV's and PyTorch's native buffers).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import tracemalloc
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+import psutil
+
+from harmony_core.registry import get_method
+from harmony_core.types import HarmonizationRequest
+
+
+def synthetic_request(size: int, seed: int = 0) -> HarmonizationRequest:
+    """A smooth random scene with an elliptical object (about 20% of the image) recoloured."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(max(8, size // 16), max(8, size // 16), 3), dtype=np.uint8)
+    real = cv2.resize(base, (size, size), interpolation=cv2.INTER_CUBIC)
+    mask = np.zeros((size, size), np.uint8)
+    cv2.ellipse(mask, (size // 2, size // 2), (size // 4, size // 4), 0, 0, 360, 1, -1)
+    mask = mask.astype(bool)
+    composite = real.copy()
+    composite[mask] = np.clip(composite[mask] * np.array([1.25, 0.85, 0.9]) + 10, 0, 255).astype(np.uint8)
+    return HarmonizationRequest(composite=composite, mask=mask, ground_truth=real, seed=seed)
+
+
+def _cuda_in_use(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def peak_memory_mb(fn: Callable[[], object], device: str = "cpu", interval: float = 0.001) -> float:
+    """Peak extra memory (MB) that `fn()` needed, measured as described in the module docstring."""
+    if _cuda_in_use(device):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - start) / 2**20
+    process = psutil.Process()
+    baseline = process.memory_info().rss
+    peak_rss = baseline
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_rss
+        while not done.is_set():
+            peak_rss = max(peak_rss, process.memory_info().rss)
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    tracemalloc.start()
+    try:
+        fn()
+        _, traced_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        done.set()
+        sampler.join()
+    peak_rss = max(peak_rss, process.memory_info().rss)
+    return max(traced_peak, peak_rss - baseline) / 2**20
+
+
+@dataclass
+class BenchRow:
+    method: str
+    size: int
+    device: str
+    median_ms: float
+    min_ms: float
+    peak_mb: float
+    repeats: int
+
+
+def bench_method(name: str, size: int, repeats: int = 5, seed: int = 0) -> BenchRow:
+    method = get_method(name)
+    request = synthetic_request(size, seed)
+    method.run(request)  # warm-up: loads weights, fills caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        method.run(request)
+        times.append((time.perf_counter() - start) * 1000)
+    peak = peak_memory_mb(lambda: method.run(request), method.device)
+    return BenchRow(name, size, method.device, statistics.median(times), min(times), peak, repeats)
+
+
+def markdown_table(rows: list[BenchRow]) -> str:
+    lines = [
+        "| method | size | device | median ms | min ms | peak MB | runs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.method} | {r.size} | {r.device} | {r.median_ms:.1f} | {r.min_ms:.1f} | {r.peak_mb:.1f} | {r.repeats} |"
+        )
+    return "\n".join(lines)

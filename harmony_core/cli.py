@@ -1,0 +1,175 @@
+"""Command line: `python -m harmony_core {methods,harmonize,bench}`.
+
+Errors the user can fix are printed as one line on stderr with exit status 2; nothing is left
+half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from harmony_core import __version__, imaging
+from harmony_core.errors import HarmonyError, InputError
+from harmony_core.metrics import image_metrics
+from harmony_core.registry import availability_table, get_method, method_names
+from harmony_core.types import HarmonizationRequest
+
+
+def _table(rows: list[dict[str, str]], columns: Sequence[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    rows = availability_table()
+    print(_table(rows, ("method", "family", "available", "reason")))
+    return 0
+
+
+def _selected_methods(args: argparse.Namespace) -> list[str]:
+    if args.all:
+        return [row["method"] for row in availability_table() if row["available"] == "yes"]
+    if not args.method:
+        raise InputError("Choose methods with --method NAME (repeatable, or comma-separated) or --all.")
+    names = [n.strip() for item in args.method for n in item.split(",") if n.strip()]
+    unknown = [n for n in names if n not in method_names()]
+    if unknown:
+        raise InputError(f"Unknown method(s): {', '.join(unknown)}. Known: {', '.join(method_names())}")
+    return names
+
+
+def build_request(args: argparse.Namespace) -> HarmonizationRequest:
+    """A request from --composite/--mask, or from --background/--foreground placed at x/y/scale."""
+    background = foreground = None
+    if args.composite:
+        if args.background and args.foreground:
+            raise InputError("Give either --composite and --mask, or --background and --foreground, not both.")
+        if not args.mask:
+            raise InputError("--composite needs --mask (white = the pasted object).")
+        composite = imaging.load_rgb(args.composite, f"composite '{args.composite}'")
+        mask = imaging.load_mask(args.mask, f"mask '{args.mask}'")
+    elif args.background and args.foreground:
+        background = imaging.load_rgb(args.background, f"background '{args.background}'")
+        foreground = imaging.load_rgba(args.foreground, f"foreground '{args.foreground}'")
+        fg_mask = imaging.load_mask(args.mask, f"mask '{args.mask}'") if args.mask else None
+        composite, mask = imaging.place_foreground(background, foreground, args.x, args.y, args.scale, fg_mask)
+    else:
+        raise InputError("Give --composite and --mask, or --background and --foreground (RGBA, or with --mask).")
+    ground_truth = imaging.load_rgb(args.ground_truth, f"ground truth '{args.ground_truth}'") if args.ground_truth else None
+    return HarmonizationRequest(
+        composite=composite, mask=mask, background=background, foreground=foreground,
+        prompt=args.prompt, ground_truth=ground_truth, seed=args.seed,
+    )
+
+
+def _write_json(data: object, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def cmd_harmonize(args: argparse.Namespace) -> int:
+    names = _selected_methods(args)
+    request = build_request(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    imaging.save_image(request.composite, out / "composite.png")
+    imaging.save_image(request.mask, out / "mask.png")
+    report: dict[str, object] = {"version": __version__, "inputs": vars(args) | {"func": None}, "results": {}}
+    failures = 0
+    for name in names:
+        method = get_method(name)
+        with tqdm(total=100, desc=name, unit="%", leave=False) as bar:
+            def progress(fraction: float, message: str) -> None:
+                bar.n = round(100 * fraction)
+                bar.set_postfix_str(message, refresh=True)
+
+            try:
+                result = method.run(request, progress)
+            except HarmonyError as exc:
+                failures += 1
+                report["results"][name] = {"error": str(exc)}
+                print(f"{name}: {exc}", file=sys.stderr)
+                continue
+        path = imaging.save_image(result.image, out / f"{name}.png")
+        entry: dict[str, object] = {"image": path.name, "metadata": result.metadata}
+        for map_name, values in result.maps.items():
+            map_path = imaging.save_image((values * 255).round().astype("uint8"), out / f"{name}_{map_name}.png")
+            entry.setdefault("maps", {})[map_name] = map_path.name
+        if request.ground_truth is not None:
+            entry["metrics"] = image_metrics(result.image, request.ground_truth, request.mask, request.composite).as_dict()
+        report["results"][name] = entry
+        print(f"{name}: {result.metadata['seconds']:.3f} s -> {path}")
+    _write_json(report, out / "results.json")
+    return 1 if failures == len(names) else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harmony_core.bench import bench_method, markdown_table
+
+    args.all = args.all or not args.method
+    names = _selected_methods(args)
+    rows = []
+    for size in args.size:
+        for name in names:
+            rows.append(bench_method(name, size, args.repeats))
+            print(f"  {name} @ {size}: {rows[-1].median_ms:.1f} ms", file=sys.stderr)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores")
+    print(markdown_table(rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harmony_core", description="Harmony Studio: image harmonization.")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("methods", help="list the methods and whether they can run here")
+    p.set_defaults(func=cmd_methods)
+
+    def add_method_choice(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--method", action="append", help="method name (repeatable, or comma-separated)")
+        p.add_argument("--all", action="store_true", help="every method that can run here")
+
+    p = sub.add_parser("harmonize", help="harmonize one composite with one or more methods")
+    p.add_argument("--composite", help="the composite image")
+    p.add_argument("--mask", help="object mask (white = object); with --foreground: the foreground's mask")
+    p.add_argument("--background", help="background image (with --foreground)")
+    p.add_argument("--foreground", help="foreground image with transparency (or with --mask)")
+    p.add_argument("--x", type=float, default=0.5, help="foreground centre, fraction of the width")
+    p.add_argument("--y", type=float, default=0.5, help="foreground centre, fraction of the height")
+    p.add_argument("--scale", type=float, default=1.0, help="foreground scale factor")
+    p.add_argument("--ground-truth", help="real image, to report metrics")
+    p.add_argument("--prompt", default="", help="text describing the foreground (diffusion methods)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (images + results.json)")
+    add_method_choice(p)
+    p.set_defaults(func=cmd_harmonize)
+
+    p = sub.add_parser("bench", help="latency (median of N) and peak memory per method")
+    p.add_argument("--size", type=int, nargs="+", default=[256, 1024], help="square input sizes")
+    p.add_argument("--repeats", type=int, default=5)
+    add_method_choice(p)  # default: every method that can run here
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HarmonyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

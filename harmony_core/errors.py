@@ -1,0 +1,13 @@
+"""Errors that carry a message meant for the user (CLI line, UI toast), never a stack trace."""
+
+
+class HarmonyError(Exception):
+    """Base class: the message alone explains the problem and what to do."""
+
+
+class InputError(HarmonyError, ValueError):
+    """An input image, mask or parameter the studio cannot use."""
+
+
+class MethodUnavailable(HarmonyError, RuntimeError):
+    """A method that cannot run here (weights missing, package missing, ...)."""

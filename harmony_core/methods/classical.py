@@ -1,0 +1,271 @@
+"""Classical baselines: fast on a CPU at any resolution, no weights.
+
+composite  — the unchanged input, the reference every method must beat.
+reinhard   — Lab mean/std transfer from a ring of background around the object.
+histogram  — per-channel CDF matching in Lab to the same reference region.
+poisson    — gradient-domain blending: keep the object's gradients, take its border from the
+             surrounding background (Pérez et al. 2003), solved exactly with sparse LU.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.linalg import splu
+
+from harmony_core.registry import Method, Progress, register
+from harmony_core.types import HarmonizationRequest
+
+Reference = Literal["ring", "background"]
+
+
+# --- shared pieces ---------------------------------------------------------------------------
+
+def reference_region(mask: np.ndarray, reference: Reference, ring_fraction: float, min_pixels: int) -> np.ndarray:
+    """The background pixels whose colours the object should match.
+
+    "ring": background within `ring_fraction * sqrt(object area)` (at least 3 px) of the object —
+    the light that actually surrounds it; falls back to the whole background when the ring has
+    fewer than `min_pixels` pixels. "background": every pixel outside the mask.
+    """
+    outside = ~mask
+    if reference == "background":
+        return outside
+    radius = max(3.0, ring_fraction * float(np.sqrt(mask.sum())))
+    distance = cv2.distanceTransform(outside.astype(np.uint8), cv2.DIST_L2, 3)
+    ring = outside & (distance <= radius)
+    return ring if ring.sum() >= min_pixels else outside
+
+
+def to_lab(pixels: np.ndarray) -> np.ndarray:
+    """Nx3 uint8 RGB -> Nx3 float32 CIE Lab (L in 0..100)."""
+    return cv2.cvtColor(pixels.reshape(-1, 1, 3).astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab).reshape(-1, 3)
+
+
+def from_lab(lab: np.ndarray) -> np.ndarray:
+    """Nx3 float Lab -> Nx3 uint8 RGB (clipped)."""
+    lab = lab.astype(np.float32).copy()
+    lab[:, 0] = np.clip(lab[:, 0], 0.0, 100.0)
+    rgb = cv2.cvtColor(lab.reshape(-1, 1, 3), cv2.COLOR_Lab2RGB).reshape(-1, 3)
+    return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class RegionSettings:
+    reference: Reference = "ring"
+    ring_fraction: float = 0.5
+    min_ring_pixels: int = 64
+    max_reference_pixels: int = 100_000
+
+
+class _ColorTransfer(Method):
+    """Transfers colour statistics from a background reference region onto the object."""
+
+    family = "classical"
+    settings: Any
+
+    def parameters(self) -> dict[str, Any]:
+        return asdict(self.settings)
+
+    @abstractmethod
+    def transfer(self, fg_lab: np.ndarray, ref_lab: np.ndarray) -> np.ndarray:
+        """New Lab values for the object's pixels (Nx3) given the reference pixels (Mx3)."""
+
+    def harmonize(self, request: HarmonizationRequest, progress: Progress) -> np.ndarray:
+        s = self.settings
+        region = reference_region(request.mask, s.reference, s.ring_fraction, s.min_ring_pixels)
+        fg_lab = to_lab(request.composite[request.mask])
+        reference = request.composite[region]
+        # Statistics need no more than ~100k reference pixels; a regular stride keeps them exact
+        # enough and deterministic.
+        ref_lab = to_lab(reference[:: max(1, reference.shape[0] // s.max_reference_pixels)])
+        output = request.composite.copy()
+        output[request.mask] = from_lab(self.transfer(fg_lab, ref_lab))
+        return output
+
+
+# --- the methods -----------------------------------------------------------------------------
+
+@register
+class Composite(Method):
+    name = "composite"
+    family = "classical"
+    title = "Composite (no change)"
+    summary = "The input unchanged: the reference every method must beat."
+
+    def harmonize(self, request: HarmonizationRequest, progress: Progress) -> np.ndarray:
+        return request.composite.copy()
+
+
+@dataclass
+class ReinhardSettings(RegionSettings):
+    std_ratio_min: float = 0.5
+    std_ratio_max: float = 2.0
+
+
+@register
+class Reinhard(_ColorTransfer):
+    name = "reinhard"
+    title = "Reinhard colour transfer"
+    summary = "Lab mean/std of the object matched to a ring of surrounding background (std ratio clamped)."
+
+    def __init__(self, settings: ReinhardSettings | None = None) -> None:
+        self.settings = settings or ReinhardSettings()
+
+    def transfer(self, fg_lab: np.ndarray, ref_lab: np.ndarray) -> np.ndarray:
+        s = self.settings
+        fg_mean, fg_std = (v.ravel() for v in cv2.meanStdDev(fg_lab.reshape(-1, 1, 3)))
+        ref_mean, ref_std = (v.ravel() for v in cv2.meanStdDev(ref_lab.reshape(-1, 1, 3)))
+        ratio = np.clip(ref_std / np.maximum(fg_std, 1e-6), s.std_ratio_min, s.std_ratio_max)
+        return (fg_lab - fg_mean) * ratio + ref_mean
+
+
+@dataclass
+class HistogramSettings(RegionSettings):
+    bins: int = 1024
+
+
+@register
+class Histogram(_ColorTransfer):
+    name = "histogram"
+    title = "Histogram matching"
+    summary = "Per-channel CDF matching in Lab from the object to the surrounding background."
+
+    def __init__(self, settings: HistogramSettings | None = None) -> None:
+        self.settings = settings or HistogramSettings()
+
+    def transfer(self, fg_lab: np.ndarray, ref_lab: np.ndarray) -> np.ndarray:
+        out = np.empty_like(fg_lab)
+        for c in range(3):
+            out[:, c] = match_cdf(fg_lab[:, c], ref_lab[:, c], self.settings.bins)
+        return out
+
+
+def match_cdf(values: np.ndarray, reference: np.ndarray, bins: int) -> np.ndarray:
+    """Map `values` so that their distribution follows `reference` (piecewise-linear CDFs).
+
+    Both CDFs are histograms over a shared range; each value is placed within its bin
+    linearly, so the mapping is continuous and costs O(N) gathers rather than searches.
+    """
+    low = float(min(values.min(), reference.min()))
+    high = float(max(values.max(), reference.max()))
+    if high - low < 1e-6:
+        return np.full_like(values, reference.mean())
+    width = (high - low) / bins
+    edges = low + width * np.arange(bins + 1)
+
+    def cdf_at_edges(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        position = (x - low) / width
+        index = np.clip(position.astype(np.int64), 0, bins - 1)
+        counts = np.bincount(index, minlength=bins)
+        cdf = np.concatenate([[0.0], np.cumsum(counts)]) / x.size
+        return cdf, index, position - index
+
+    cdf_values, index, fraction = cdf_at_edges(values)
+    cdf_reference, _, _ = cdf_at_edges(reference)
+    # Inverse reference CDF at each level of the values' CDF; flat stretches (empty bins) would
+    # make it multivalued, so keep the first edge of every distinct level.
+    levels, first = np.unique(cdf_reference, return_index=True)
+    target = np.interp(cdf_values, levels, edges[first])
+    return (target[index] + fraction * (target[index + 1] - target[index])).astype(values.dtype)
+
+
+@dataclass
+class PoissonSettings:
+    max_unknowns: int = 40_000
+    """Above this many object pixels the interior is solved at a coarser scale (the offset field
+    is harmonic, hence smooth) and only a band along the border is solved at full resolution."""
+
+
+@register
+class Poisson(Method):
+    name = "poisson"
+    family = "classical"
+    title = "Poisson blending"
+    summary = "Gradient-domain blending: the object's gradients, the background's colours at its border."
+
+    def __init__(self, settings: PoissonSettings | None = None) -> None:
+        self.settings = settings or PoissonSettings()
+
+    def parameters(self) -> dict[str, Any]:
+        return asdict(self.settings)
+
+    def harmonize(self, request: HarmonizationRequest, progress: Progress) -> np.ndarray:
+        image = request.composite.astype(np.float64)
+        offset = poisson_offset(image, request.mask, self.settings.max_unknowns)
+        return np.clip(np.round(image + offset), 0, 255).astype(np.uint8)
+
+
+_NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+def _solve_membrane(image: np.ndarray, inside: np.ndarray, unknown: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Offsets d on `unknown` pixels of the Poisson problem with guidance = image gradients.
+
+    inside: the object mask (Omega). For p in `unknown` and each 4-neighbour q in the image:
+    q unknown -> (d_p - d_q) on the left; q inside but known -> d_q moves to the right-hand side;
+    q outside -> the edge crosses the border, whose guidance is zero, giving d_p = g_q - g_p
+    there. Image borders are natural (Neumann) boundaries, so masks touching them are fine.
+    """
+    h, w = inside.shape
+    index = np.full((h, w), -1, dtype=np.int64)
+    ys, xs = np.nonzero(unknown)
+    n = ys.size
+    index[ys, xs] = np.arange(n)
+    diagonal = np.zeros(n)
+    rhs = np.zeros((n, image.shape[2]))
+    rows, cols = [], []
+    for dy, dx in _NEIGHBOURS:
+        qy, qx = ys + dy, xs + dx
+        valid = (qy >= 0) & (qy < h) & (qx >= 0) & (qx < w)
+        p = np.nonzero(valid)[0]
+        qy, qx = qy[valid], qx[valid]
+        diagonal[p] += 1
+        q_unknown = unknown[qy, qx]
+        rows.append(p[q_unknown])
+        cols.append(index[qy[q_unknown], qx[q_unknown]])
+        q_known = inside[qy, qx] & ~q_unknown
+        np.add.at(rhs, p[q_known], known[qy[q_known], qx[q_known]])
+        q_out = ~inside[qy, qx]
+        po = p[q_out]
+        np.add.at(rhs, po, image[qy[q_out], qx[q_out]] - image[ys[po], xs[po]])
+    rows_all, cols_all = np.concatenate(rows), np.concatenate(cols)
+    matrix = coo_matrix(
+        (np.concatenate([diagonal, -np.ones(rows_all.size)]),
+         (np.concatenate([np.arange(n), rows_all]), np.concatenate([np.arange(n), cols_all]))),
+        shape=(n, n),
+    ).tocsc()
+    return splu(matrix).solve(rhs)
+
+
+def poisson_offset(image: np.ndarray, mask: np.ndarray, max_unknowns: int) -> np.ndarray:
+    """The additive change (HxWx3, zero outside the mask) that Poisson blending applies."""
+    offset = np.zeros_like(image)
+    count = int(mask.sum())
+    if count <= max_unknowns:
+        offset[mask] = _solve_membrane(image, mask, mask, offset)
+        return offset
+    # Coarse solve of the smooth interior, then an exact solve of a band along the border with
+    # the coarse interior as its inner boundary.
+    h, w = mask.shape
+    factor = float(np.sqrt(max_unknowns / count))
+    size = (max(2, round(w * factor)), max(2, round(h * factor)))
+    small_image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    small_mask = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+    small_offset = np.zeros_like(small_image)
+    if small_mask.any() and not small_mask.all():
+        small_offset[small_mask] = _solve_membrane(small_image, small_mask, small_mask, small_offset)
+    weight = cv2.resize(small_mask.astype(np.float64), (w, h), interpolation=cv2.INTER_LINEAR)
+    coarse = cv2.resize(small_offset * small_mask[:, :, None], (w, h), interpolation=cv2.INTER_LINEAR)
+    coarse /= np.maximum(weight, 1e-6)[:, :, None]
+    band_width = 2 * int(np.ceil(1 / factor)) + 2
+    distance = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    band = mask & ((distance <= band_width) | (weight < 0.999))
+    offset[mask & ~band] = coarse[mask & ~band]
+    offset[band] = _solve_membrane(image, mask, band, offset)
+    return offset

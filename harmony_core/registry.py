@@ -1,0 +1,138 @@
+"""The method registry: every harmonization method behind one small interface.
+
+A method says whether it can run here (and why not), and `run(request, progress)` returns a
+result whose pixels outside the mask equal the composite: the base class enforces paste-back
+and fills in the metadata, so no method can forget either.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Literal
+
+import numpy as np
+
+from harmony_core import imaging
+from harmony_core.errors import MethodUnavailable
+from harmony_core.types import HarmonizationRequest, HarmonizationResult
+
+Family = Literal["classical", "network", "diffusion"]
+Progress = Callable[[float, str], None]
+"""progress(fraction in [0, 1], what is happening) — the UI maps it to a bar, the CLI to tqdm."""
+
+
+def no_progress(fraction: float, message: str) -> None:
+    """The default progress callback: ignore."""
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class Method(ABC):
+    """A harmonization method. Subclasses set the class attributes and implement `harmonize`."""
+
+    name: ClassVar[str]
+    family: ClassVar[Family]
+    title: ClassVar[str]
+    summary: ClassVar[str]
+
+    device: str = "cpu"
+    weights_source: str = "none"
+
+    def available(self) -> Availability:
+        return Availability(True)
+
+    def parameters(self) -> dict[str, Any]:
+        """The method's settings, recorded in every result's metadata."""
+        return {}
+
+    @abstractmethod
+    def harmonize(self, request: HarmonizationRequest, progress: Progress) -> HarmonizationResult | np.ndarray:
+        """Produce the harmonized image (paste-back and metadata are added by `run`)."""
+
+    def run(self, request: HarmonizationRequest, progress: Progress | None = None) -> HarmonizationResult:
+        state = self.available()
+        if not state:
+            raise MethodUnavailable(f"{self.name} cannot run here: {state.reason}")
+        progress = progress or no_progress
+        progress(0.0, f"{self.name}: starting")
+        start = time.perf_counter()
+        output = self.harmonize(request, progress)
+        seconds = time.perf_counter() - start
+        result = output if isinstance(output, HarmonizationResult) else HarmonizationResult(image=output)
+        if result.image.shape != request.composite.shape or result.image.dtype != np.uint8:
+            raise RuntimeError(
+                f"{self.name} returned {result.image.shape} {result.image.dtype}, expected "
+                f"{request.composite.shape} uint8"
+            )
+        result.image = imaging.paste_back(result.image, request.composite, request.mask)
+        width, height = request.size
+        result.metadata = {
+            "method": self.name,
+            "family": self.family,
+            "seconds": seconds,
+            "device": self.device,
+            "resolution": f"{width}x{height}",
+            "seed": request.seed,
+            "weights": self.weights_source,
+            "parameters": self.parameters(),
+            **result.metadata,
+        }
+        progress(1.0, f"{self.name}: done in {seconds:.2f} s")
+        return result
+
+
+_FACTORIES: dict[str, type[Method]] = {}
+_INSTANCES: dict[str, Method] = {}
+_LOCK = threading.Lock()
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under `cls.name`."""
+    if cls.name in _FACTORIES and _FACTORIES[cls.name] is not cls:
+        raise ValueError(f"method name '{cls.name}' registered twice")
+    _FACTORIES[cls.name] = cls
+    return cls
+
+
+def _load_builtins() -> None:
+    import harmony_core.methods  # noqa: F401  (registers the built-in methods)
+
+
+def method_names() -> list[str]:
+    _load_builtins()
+    return list(_FACTORIES)
+
+
+def get_method(name: str) -> Method:
+    """The shared instance of a method (created once, lazily, so models load once per process)."""
+    _load_builtins()
+    with _LOCK:
+        if name not in _INSTANCES:
+            if name not in _FACTORIES:
+                known = ", ".join(_FACTORIES)
+                raise KeyError(f"Unknown method '{name}'. Known methods: {known}")
+            _INSTANCES[name] = _FACTORIES[name]()
+        return _INSTANCES[name]
+
+
+def availability_table() -> list[dict[str, str]]:
+    """One row per method: name, family, whether it runs here, and why not."""
+    rows = []
+    for name in method_names():
+        method = get_method(name)
+        state = method.available()
+        rows.append({
+            "method": name, "family": method.family, "available": "yes" if state else "no",
+            "reason": state.reason, "summary": method.summary,
+        })
+    return rows

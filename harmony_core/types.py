@@ -1,0 +1,58 @@
+"""The request a method receives and the result it returns (the one contract all methods share)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from harmony_core import imaging
+from harmony_core.errors import InputError
+
+
+@dataclass
+class HarmonizationRequest:
+    """A composite to harmonize.
+
+    composite: HxWx3 uint8 RGB. mask: HxW bool, True on the pasted object.
+    background / foreground: the parts the composite was made from, when known (HxWx3 RGB and
+    hxwx4 RGBA). ground_truth: the real photo, for metrics. The constructor validates once so
+    that every method can trust its input.
+    """
+
+    composite: np.ndarray
+    mask: np.ndarray
+    background: np.ndarray | None = None
+    foreground: np.ndarray | None = None
+    prompt: str = ""
+    ground_truth: np.ndarray | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.composite = imaging.load_rgb(self.composite, "composite")
+        self.mask = imaging.load_mask(self.mask, "mask")
+        imaging.validate_pair(self.composite, self.mask)
+        for name in ("background", "ground_truth"):
+            value = getattr(self, name)
+            if value is not None:
+                value = imaging.load_rgb(value, name)
+                imaging.check_same_size(self.composite, value, name)
+                setattr(self, name, value)
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
+            raise InputError(f"seed must be an integer, got {self.seed!r}")
+        self.seed = int(self.seed)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), PIL's order."""
+        return self.composite.shape[1], self.composite.shape[0]
+
+
+@dataclass
+class HarmonizationResult:
+    """A method's output: the image (composite outside the mask), optional maps, metadata."""
+
+    image: np.ndarray
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
