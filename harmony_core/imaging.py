@@ -73,7 +73,10 @@ def open_image(source: ImageSource, what: str | None = None) -> Image.Image:
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         if isinstance(exc, UnidentifiedImageError):
             raise InputError(f"Could not read {what}: not an image file, or a format PIL cannot decode.") from None
-        raise InputError(f"{what} is too large to decode safely (decompression-bomb guard).") from None
+        raise InputError(
+            f"{what} is larger than the {MAX_PIXELS // 1_000_000} MP this studio accepts "
+            "(decompression-bomb guard). Downscale it first."
+        ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"Could not read {what}: the file is truncated or corrupt ({exc}).") from None
     try:

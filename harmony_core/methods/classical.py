@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import cv2
 import numpy as np
@@ -202,15 +202,17 @@ class Poisson(Method):
 
 
 _NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+Crossing = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
-def _solve_membrane(image: np.ndarray, inside: np.ndarray, unknown: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Offsets d on `unknown` pixels of the Poisson problem with guidance = image gradients.
+def _solve_membrane(inside: np.ndarray, unknown: np.ndarray, known: np.ndarray, crossing: Crossing) -> np.ndarray:
+    """Offsets d on the `unknown` pixels of the Poisson problem (guidance = image gradients).
 
-    inside: the object mask (Omega). For p in `unknown` and each 4-neighbour q in the image:
-    q unknown -> (d_p - d_q) on the left; q inside but known -> d_q moves to the right-hand side;
-    q outside -> the edge crosses the border, whose guidance is zero, giving d_p = g_q - g_p
-    there. Image borders are natural (Neumann) boundaries, so masks touching them are fine.
+    inside: the object mask. For p in `unknown` and each 4-neighbour q in the image: q unknown ->
+    (d_p - d_q) on the left; q inside but known -> d_q moves to the right-hand side; q outside ->
+    the edge crosses the object's border, where the guidance is zero, so d_p is pulled towards
+    crossing(p, q) = g_q - g_p. Image borders are natural (Neumann) boundaries, so masks touching
+    them need no special case.
     """
     h, w = inside.shape
     index = np.full((h, w), -1, dtype=np.int64)
@@ -218,7 +220,7 @@ def _solve_membrane(image: np.ndarray, inside: np.ndarray, unknown: np.ndarray, 
     n = ys.size
     index[ys, xs] = np.arange(n)
     diagonal = np.zeros(n)
-    rhs = np.zeros((n, image.shape[2]))
+    rhs = np.zeros((n, known.shape[2]))
     rows, cols = [], []
     for dy, dx in _NEIGHBOURS:
         qy, qx = ys + dy, xs + dx
@@ -233,7 +235,7 @@ def _solve_membrane(image: np.ndarray, inside: np.ndarray, unknown: np.ndarray, 
         np.add.at(rhs, p[q_known], known[qy[q_known], qx[q_known]])
         q_out = ~inside[qy, qx]
         po = p[q_out]
-        np.add.at(rhs, po, image[qy[q_out], qx[q_out]] - image[ys[po], xs[po]])
+        np.add.at(rhs, po, crossing(ys[po], xs[po], qy[q_out], qx[q_out]))
     rows_all, cols_all = np.concatenate(rows), np.concatenate(cols)
     matrix = coo_matrix(
         (np.concatenate([diagonal, -np.ones(rows_all.size)]),
@@ -243,23 +245,53 @@ def _solve_membrane(image: np.ndarray, inside: np.ndarray, unknown: np.ndarray, 
     return splu(matrix).solve(rhs)
 
 
+def _image_crossing(image: np.ndarray) -> Crossing:
+    return lambda py, px, qy, qx: image[qy, qx] - image[py, px]
+
+
+def _seam_values(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of g_q - g_p over inside neighbours p, their count) for every pixel q outside."""
+    total = np.zeros_like(image)
+    count = np.zeros(mask.shape)
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    for dy, dx in _NEIGHBOURS:
+        qy, qx = ys + dy, xs + dx
+        keep = (qy >= 0) & (qy < h) & (qx >= 0) & (qx < w)
+        py, px, qy, qx = ys[keep], xs[keep], qy[keep], qx[keep]
+        out = ~mask[qy, qx]
+        py, px, qy, qx = py[out], px[out], qy[out], qx[out]
+        np.add.at(total, (qy, qx), image[qy, qx] - image[py, px])
+        np.add.at(count, (qy, qx), 1)
+    return total, count
+
+
 def poisson_offset(image: np.ndarray, mask: np.ndarray, max_unknowns: int) -> np.ndarray:
     """The additive change (HxWx3, zero outside the mask) that Poisson blending applies."""
     offset = np.zeros_like(image)
     count = int(mask.sum())
     if count <= max_unknowns:
-        offset[mask] = _solve_membrane(image, mask, mask, offset)
+        offset[mask] = _solve_membrane(mask, mask, offset, _image_crossing(image))
         return offset
-    # Coarse solve of the smooth interior, then an exact solve of a band along the border with
-    # the coarse interior as its inner boundary.
+    # The offset is harmonic inside the object, so its interior is solved on a coarse grid whose
+    # border values are the fine seam jumps averaged per coarse pixel; then a band along the
+    # border is solved exactly at full resolution with the coarse interior as its inner boundary.
     h, w = mask.shape
     factor = float(np.sqrt(max_unknowns / count))
     size = (max(2, round(w * factor)), max(2, round(h * factor)))
-    small_image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     small_mask = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
-    small_offset = np.zeros_like(small_image)
+    small_offset = np.zeros((size[1], size[0], image.shape[2]))
     if small_mask.any() and not small_mask.all():
-        small_offset[small_mask] = _solve_membrane(small_image, small_mask, small_mask, small_offset)
+        seam_total, seam_count = _seam_values(image, mask)
+        # Spread the seam values a little so that every coarse pixel next to the coarse object
+        # sees some (the coarse border need not lie exactly on the fine one).
+        radius = 2 * int(np.ceil(1 / factor)) + 1
+        kernel = (radius, radius)
+        total = cv2.resize(cv2.blur(seam_total, kernel), size, interpolation=cv2.INTER_AREA)
+        weight = cv2.resize(cv2.blur(seam_count, kernel), size, interpolation=cv2.INTER_AREA)
+        ghost = total / np.maximum(weight, 1e-12)[:, :, None]
+        ghost[weight <= 1e-12] = seam_total.sum(axis=(0, 1)) / max(seam_count.sum(), 1)
+        small_offset[small_mask] = _solve_membrane(small_mask, small_mask, small_offset, lambda py, px, qy, qx: ghost[qy, qx])
     weight = cv2.resize(small_mask.astype(np.float64), (w, h), interpolation=cv2.INTER_LINEAR)
     coarse = cv2.resize(small_offset * small_mask[:, :, None], (w, h), interpolation=cv2.INTER_LINEAR)
     coarse /= np.maximum(weight, 1e-6)[:, :, None]
@@ -267,5 +299,5 @@ def poisson_offset(image: np.ndarray, mask: np.ndarray, max_unknowns: int) -> np
     distance = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
     band = mask & ((distance <= band_width) | (weight < 0.999))
     offset[mask & ~band] = coarse[mask & ~band]
-    offset[band] = _solve_membrane(image, mask, band, offset)
+    offset[band] = _solve_membrane(mask, band, offset, _image_crossing(image))
     return offset
