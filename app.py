@@ -65,7 +65,23 @@ def _ground_truth(ground_truth: Any, composite: np.ndarray) -> np.ndarray | None
 def build_app(max_side: int = compose.DEFAULT_MAX_SIDE) -> gr.Blocks:
     all_methods, runnable, unavailable_note = method_choices()
 
-    with gr.Blocks(title="Harmony Studio") as demo:
+    @user_errors
+    def compose_upload(composite, mask):
+        return _compose_outputs(compose.from_upload(composite, mask, max_side))
+
+    @user_errors
+    def compose_place(background, foreground, foreground_mask, x, y, scale):
+        return _compose_outputs(compose.from_layers(background, foreground, foreground_mask, x, y, scale, max_side))
+
+    @user_errors
+    def compose_paint(editor_value):
+        return _compose_outputs(compose.from_painting(editor_value, max_side))
+
+    @user_errors
+    def compose_invert(composite, mask):
+        return _compose_outputs(compose.invert(composite, mask, max_side))
+
+    with gr.Blocks(title="Harmony Studio", analytics_enabled=False) as demo:
         gr.Markdown(
             f"# Harmony Studio <small>v{__version__}</small>\n"
             "Make an object pasted into a photo look like it belongs there. **Compose** a composite, "
@@ -96,7 +112,8 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE) -> gr.Blocks:
                             brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed", default_size=24),
                         )
                         paint_button = gr.Button("Use the painted mask", variant="primary")
-                ground_truth = gr.Image(label="Ground truth (optional: the real photo, for metrics)", type="pil", image_mode=None, format="png")
+                with gr.Accordion("Ground truth (optional: the real photo, to compute metrics)", open=False):
+                    ground_truth = gr.Image(label="Ground truth", type="pil", image_mode=None, format="png", height=240)
                 notice = gr.Markdown()
                 with gr.Row():
                     work_composite = gr.Image(label="Working composite", type="numpy", interactive=False, format="png")
@@ -110,11 +127,14 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE) -> gr.Blocks:
                         [str(EXAMPLES / "cat_composite.jpg"), str(EXAMPLES / "cat_mask.png"), str(EXAMPLES / "cat_real.jpg")],
                     ],
                     inputs=[up_composite, up_mask, ground_truth],
+                    fn=lambda c, m, _gt: compose_upload(c, m), outputs=[work_composite, work_mask, overlay, notice, invert_button], run_on_click=True,
                 )
                 gr.Examples(
                     label="Example: background + transparent foreground",
                     examples=[[str(EXAMPLES / "rocket_background.jpg"), str(EXAMPLES / "cup_foreground.png"), 0.25, 0.75, 0.9]],
                     inputs=[background, foreground, pos_x, pos_y, scale],
+                    fn=lambda b, f, x, y, s: compose_place(b, f, None, x, y, s),
+                    outputs=[work_composite, work_mask, overlay, notice, invert_button], run_on_click=True,
                 )
 
             with gr.Tab("Compare", id="compare"):
@@ -129,22 +149,6 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE) -> gr.Blocks:
                 metrics = gr.Dataframe(headers=METRIC_COLUMNS, label="Metrics against the ground truth (256-px protocol)", interactive=False)
 
         compose_outputs = [work_composite, work_mask, overlay, notice, invert_button]
-        @user_errors
-        def compose_upload(composite, mask):
-            return _compose_outputs(compose.from_upload(composite, mask, max_side))
-
-        @user_errors
-        def compose_place(background, foreground, foreground_mask, x, y, scale):
-            return _compose_outputs(compose.from_layers(background, foreground, foreground_mask, x, y, scale, max_side))
-
-        @user_errors
-        def compose_paint(editor_value):
-            return _compose_outputs(compose.from_painting(editor_value, max_side))
-
-        @user_errors
-        def compose_invert(composite, mask):
-            return _compose_outputs(compose.invert(composite, mask, max_side))
-
         up_button.click(compose_upload, [up_composite, up_mask], compose_outputs, api_name="compose_upload")
         place_button.click(
             compose_place, [background, foreground, foreground_mask, pos_x, pos_y, scale], compose_outputs,
