@@ -11,13 +11,12 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
 
-from harmony_core import __version__, imaging
+from harmony_core import __version__, atomic, imaging
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.metrics import image_metrics
 from harmony_core.registry import availability_table, get_method, method_names
@@ -73,13 +72,6 @@ def build_request(args: argparse.Namespace) -> HarmonizationRequest:
     )
 
 
-def _write_json(data: object, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 def cmd_harmonize(args: argparse.Namespace) -> int:
     names = _selected_methods(args)
     request = build_request(args)
@@ -112,7 +104,7 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
             entry["metrics"] = image_metrics(result.image, request.ground_truth, request.mask, request.composite).as_dict()
         report["results"][name] = entry
         print(f"{name}: {result.metadata['seconds']:.3f} s -> {path}")
-    _write_json(report, out / "results.json")
+    atomic.write_text(out / "results.json", json.dumps(report, indent=2, default=str))
     return 1 if failures == len(names) else 0
 
 

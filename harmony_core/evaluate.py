@@ -19,7 +19,6 @@ import csv
 import io
 import logging
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 import numpy as np
 from tqdm import tqdm
 
+from harmony_core import atomic
 from harmony_core.data.datasets import SampleFiles, load_sample, read_dataset
 from harmony_core.errors import InputError
 from harmony_core.metrics import BUCKETS, METRIC_NAMES, image_metrics, summarize, summarize_by_bucket
@@ -184,15 +184,7 @@ def _write_csv(rows: Iterable[Row], path: Path) -> None:
     writer = csv.DictWriter(text, COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(text.getvalue(), path)
-
-
-def _write_atomic(text: str, path: Path) -> None:
-    """Temporary file + rename, so a crash never leaves a half-written report."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, text.getvalue())
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -250,7 +242,7 @@ def evaluate(
         return None
     wanted = {(item.subset, item.files.name) for item in items}
     rows = [r for r in merge(out) if (r["subset"], r["image"]) in wanted and r["method"] in methods]
-    _write_atomic(summary_markdown(rows, methods), out / SUMMARY)
+    atomic.write_text(out / SUMMARY, summary_markdown(rows, methods))
     return out / SUMMARY
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -17,6 +16,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from harmony_core.atomic import atomic_open
 from harmony_core.errors import InputError
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
@@ -306,19 +306,10 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int
 def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write atomically (temporary file + rename): a crash never leaves a half-written image."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise InputError(f"Unknown image extension '{path.suffix}' for {path}")
     pil = Image.fromarray(mask_to_image(image) if image.dtype == bool else image)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pil.save(handle, format=fmt)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as handle:
+        pil.save(handle, format=fmt)
     return path

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
@@ -38,7 +37,7 @@ import numpy as np
 from scipy.interpolate import PchipInterpolator
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from harmony_core import imaging
+from harmony_core import atomic, imaging
 from harmony_core.data.datasets import COMPOSITE_DIR, MASK_DIR, REAL_DIR, Photo, list_file, load_photo
 from harmony_core.errors import InputError
 from harmony_core.methods.classical import Reinhard, from_lab, match_cdf, to_lab
@@ -439,7 +438,5 @@ def write_iharmony(
             if progress is not None:
                 progress(sample)
     listing = list_file(root, split)
-    tmp = listing.with_name(f".{listing.name}.tmp")
-    tmp.write_text("".join(f"{name}\n" for name in names))
-    os.replace(tmp, listing)
+    atomic.write_text(listing, "".join(f"{name}\n" for name in names))
     return listing
