@@ -120,6 +120,7 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE) -> gr.Blocks:
                     work_mask = gr.Image(label="Working mask", type="numpy", image_mode="L", interactive=False, format="png")
                     overlay = gr.Image(label="Mask overlay", interactive=False, format="png")
                 invert_button = gr.Button("Invert mask", visible=False)
+                compose_outputs = [work_composite, work_mask, overlay, notice, invert_button]
                 gr.Examples(
                     label="Examples: composite + mask",
                     examples=[
@@ -127,14 +128,14 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE) -> gr.Blocks:
                         [str(EXAMPLES / "cat_composite.jpg"), str(EXAMPLES / "cat_mask.png"), str(EXAMPLES / "cat_real.jpg")],
                     ],
                     inputs=[up_composite, up_mask, ground_truth],
-                    fn=lambda c, m, _gt: compose_upload(c, m), outputs=[work_composite, work_mask, overlay, notice, invert_button], run_on_click=True,
+                    fn=lambda c, m, _gt: compose_upload(c, m), outputs=compose_outputs, run_on_click=True,
                 )
                 gr.Examples(
                     label="Example: background + transparent foreground",
                     examples=[[str(EXAMPLES / "rocket_background.jpg"), str(EXAMPLES / "cup_foreground.png"), 0.25, 0.75, 0.9]],
                     inputs=[background, foreground, pos_x, pos_y, scale],
                     fn=lambda b, f, x, y, s: compose_place(b, f, None, x, y, s),
-                    outputs=[work_composite, work_mask, overlay, notice, invert_button], run_on_click=True,
+                    outputs=compose_outputs, run_on_click=True,
                 )
 
             with gr.Tab("Compare", id="compare"):
@@ -148,7 +149,6 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE) -> gr.Blocks:
                 status = gr.Dataframe(headers=STATUS_COLUMNS, label="Status", interactive=False, wrap=True)
                 metrics = gr.Dataframe(headers=METRIC_COLUMNS, label="Metrics against the ground truth (256-px protocol)", interactive=False)
 
-        compose_outputs = [work_composite, work_mask, overlay, notice, invert_button]
         up_button.click(compose_upload, [up_composite, up_mask], compose_outputs, api_name="compose_upload")
         place_button.click(
             compose_place, [background, foreground, foreground_mask, pos_x, pos_y, scale], compose_outputs,

@@ -36,13 +36,9 @@ def synthetic_request(size: int, seed: int = 0) -> HarmonizationRequest:
     return HarmonizationRequest(composite=composite, mask=mask, ground_truth=real, seed=seed)
 
 
-def _cuda_in_use(device: str) -> bool:
-    return device.startswith("cuda")
-
-
 def peak_memory_mb(fn: Callable[[], object], device: str = "cpu", interval: float = 0.001) -> float:
     """Peak extra memory (MB) that `fn()` needed, measured as described in the module docstring."""
-    if _cuda_in_use(device):
+    if device.startswith("cuda"):
         import torch
 
         torch.cuda.synchronize()

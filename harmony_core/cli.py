@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from harmony_core import __version__, atomic, imaging
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.metrics import image_metrics
-from harmony_core.registry import availability_table, get_method, method_names
+from harmony_core.registry import availability_table, get_method, resolve_methods
 from harmony_core.types import HarmonizationRequest
 
 
@@ -41,11 +42,7 @@ def _selected_methods(args: argparse.Namespace) -> list[str]:
         return [row["method"] for row in availability_table() if row["available"] == "yes"]
     if not args.method:
         raise InputError("Choose methods with --method NAME (repeatable, or comma-separated) or --all.")
-    names = [n.strip() for item in args.method for n in item.split(",") if n.strip()]
-    unknown = [n for n in names if n not in method_names()]
-    if unknown:
-        raise InputError(f"Unknown method(s): {', '.join(unknown)}. Known: {', '.join(method_names())}")
-    return names
+    return resolve_methods([n.strip() for item in args.method for n in item.split(",") if n.strip()])
 
 
 def build_request(args: argparse.Namespace) -> HarmonizationRequest:
@@ -135,8 +132,6 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import time
-
     from harmony_core.evaluate import PER_IMAGE, evaluate
 
     start = time.perf_counter()

@@ -32,7 +32,7 @@ from harmony_core import atomic
 from harmony_core.data.datasets import SampleFiles, load_sample, read_dataset
 from harmony_core.errors import InputError
 from harmony_core.metrics import BUCKETS, METRIC_NAMES, image_metrics, summarize, summarize_by_bucket
-from harmony_core.registry import get_method, method_names
+from harmony_core.registry import get_method, resolve_methods
 from harmony_core.types import HarmonizationRequest
 
 log = logging.getLogger(__name__)
@@ -71,20 +71,6 @@ def collect(data_dirs: Sequence[str | Path], split: str = "test") -> list[Item]:
             raise InputError(f"{path}: no composite has a real image, so no metric can be computed.")
         items += [Item(subset, s) for s in usable]
     return sorted(items, key=lambda item: (item.subset, item.files.name))
-
-
-def check_methods(names: Sequence[str]) -> list[str]:
-    if not names:
-        raise InputError("Choose methods with --methods a,b,c.")
-    known = method_names()
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise InputError(f"Unknown method(s): {', '.join(unknown)}. Known: {', '.join(known)}")
-    for name in names:
-        state = get_method(name).available()
-        if not state:
-            raise InputError(f"{name} cannot run here: {state.reason}")
-    return list(dict.fromkeys(names))
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -230,7 +216,7 @@ def evaluate(
     Returns the summary's path on the main process, None on the others.
     """
     items = collect(data_dirs, split)
-    methods = check_methods(methods)
+    methods = resolve_methods(list(methods), require_available=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shard = current_shard()

@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Literal
 import numpy as np
 
 from harmony_core import imaging
-from harmony_core.errors import MethodUnavailable
+from harmony_core.errors import InputError, MethodUnavailable
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 Family = Literal["classical", "network", "diffusion"]
@@ -123,6 +123,23 @@ def get_method(name: str) -> Method:
                 raise KeyError(f"Unknown method '{name}'. Known methods: {known}")
             _INSTANCES[name] = _FACTORIES[name]()
         return _INSTANCES[name]
+
+
+def resolve_methods(names: list[str] | tuple[str, ...], require_available: bool = False) -> list[str]:
+    """Validated method names (duplicates dropped, order kept); an InputError names the problem."""
+    if not names:
+        raise InputError("Choose at least one method.")
+    known = method_names()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InputError(f"Unknown method(s): {', '.join(unknown)}. Known: {', '.join(known)}")
+    names = list(dict.fromkeys(names))
+    if require_available:
+        for name in names:
+            state = get_method(name).available()
+            if not state:
+                raise InputError(f"{name} cannot run here: {state.reason}")
+    return names
 
 
 def availability_table() -> list[dict[str, str]]:

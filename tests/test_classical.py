@@ -2,10 +2,9 @@ import cv2
 import numpy as np
 import pytest
 
-from harmony_core.errors import MethodUnavailable
 from harmony_core.methods.classical import Poisson, PoissonSettings, match_cdf, reference_region
 from harmony_core.metrics import image_metrics
-from harmony_core.registry import Availability, Method, availability_table, get_method, method_names
+from harmony_core.registry import availability_table, get_method, method_names
 from harmony_core.types import HarmonizationRequest
 
 CLASSICAL = ["composite", "reinhard", "histogram", "poisson"]
@@ -129,22 +128,6 @@ def test_poisson_multiscale_agrees_with_exact_solve():
     exact = _poisson(composite, mask, PoissonSettings(max_unknowns=10**6)).astype(int)
     coarse = _poisson(composite, mask, PoissonSettings(max_unknowns=2000)).astype(int)
     assert np.abs(exact - coarse)[mask].mean() < 0.1
-
-
-def test_unavailable_method_raises_with_reason(scene):
-    _, composite, mask = scene
-
-    class NeedsWeights(Method):
-        name, family, title, summary = "needs-weights", "network", "x", "x"
-
-        def available(self):
-            return Availability(False, "weights missing: download them to weights/x")
-
-        def harmonize(self, request, progress):
-            raise AssertionError("must not run")
-
-    with pytest.raises(MethodUnavailable, match="weights missing"):
-        NeedsWeights().run(HarmonizationRequest(composite, mask))
 
 
 def test_progress_is_reported(scene):

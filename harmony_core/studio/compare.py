@@ -8,8 +8,8 @@ from typing import Iterator
 
 import numpy as np
 
-from harmony_core.errors import HarmonyError
-from harmony_core.metrics import image_metrics
+from harmony_core.errors import HarmonyError, MethodUnavailable
+from harmony_core.metrics import ImageMetrics, image_metrics
 from harmony_core.registry import Progress, availability_table, get_method
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
@@ -52,13 +52,12 @@ def run_methods(request: HarmonizationRequest, names: list[str], progress: Progr
         def scaled(fraction: float, message: str, i: int = i) -> None:
             progress((i + fraction) / len(names), message)
 
-        available = method.available()
-        if not available:
-            state.status.append([name, f"not available: {available.reason}", "", "", "", "", ""])
-            yield state
-            continue
         try:
             result = method.run(request, scaled)
+        except MethodUnavailable as exc:
+            state.status.append([name, f"not available: {exc}", "", "", "", "", ""])
+            yield state
+            continue
         except HarmonyError as exc:
             state.status.append([name, f"failed: {exc}", "", "", "", "", ""])
             yield state
@@ -77,5 +76,5 @@ def run_methods(request: HarmonizationRequest, names: list[str], progress: Progr
         yield state
 
 
-def _metric_values(m) -> list[object]:
+def _metric_values(m: ImageMetrics) -> list[object]:
     return [round(m.mse, 2), round(m.fmse, 2), round(m.psnr, 2), round(m.fpsnr, 2), round(m.bmse or 0.0, 4)]
