@@ -1,4 +1,6 @@
 # Hugging Face Spaces-style image: port 7860, a non-root user, model weights cached in a volume.
+# HARMONY_ALLOW_DOWNLOAD=1: diffusion weights given by Hub id are downloaded on first use here
+# (elsewhere they are read from the local cache only).
 FROM python:3.11-slim
 
 RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
@@ -7,6 +9,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2
 RUN useradd --create-home --uid 1000 user
 ENV HOME=/home/user \
     HF_HOME=/data/hf-cache \
+    HARMONY_VOTES_DIR=/data/votes \
+    HARMONY_ALLOW_DOWNLOAD=1 \
     GRADIO_SERVER_NAME=0.0.0.0 \
     GRADIO_SERVER_PORT=7860 \
     PYTHONUNBUFFERED=1

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
+import hmac
 import logging
 import os
 from pathlib import Path
@@ -17,12 +19,17 @@ import numpy as np
 
 from harmony_core import __version__, imaging
 from harmony_core.errors import HarmonyError, InputError
-from harmony_core.studio import compose
+from harmony_core.study.stats import TABLE_COLUMNS
+from harmony_core.study.studyset import LETTERS, MAX_SHOWN, StudySet
+from harmony_core.study.votes import VoteStore, load_secret, start_hub_sync
+from harmony_core.studio import compose, explain, study
 from harmony_core.studio.compare import METRIC_COLUMNS, STATUS_COLUMNS, method_choices, run_methods
 from harmony_core.types import HarmonizationRequest
 
 log = logging.getLogger("harmony_studio")
 EXAMPLES = Path(__file__).parent / "examples"
+DEFAULT_STUDY = EXAMPLES / "study"
+DEFAULT_VOTES = Path(__file__).parent / "outputs" / "votes"
 GPU_QUEUE = "gpu"
 
 
@@ -62,8 +69,32 @@ def _ground_truth(ground_truth: Any, composite: np.ndarray) -> np.ndarray | None
     return gt
 
 
-def build_app(max_side: int = compose.DEFAULT_MAX_SIDE) -> gr.Blocks:
+def _client_ip(request: gr.Request | None) -> str | None:
+    """The client's address (the first X-Forwarded-For hop behind a proxy such as a Space's)."""
+    if request is None:
+        return None
+    forwarded = request.headers.get("x-forwarded-for", "")
+    if forwarded:
+        return forwarded.split(",")[0].strip()
+    return request.client.host if request.client else None
+
+
+def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.PathLike | None = None,
+              votes_dir: str | os.PathLike | None = None) -> gr.Blocks:
+    """The Blocks UI. study_dir: the blind study set (default examples/study); votes_dir: where
+    votes.csv and the IP-hash secret live (default outputs/votes)."""
     all_methods, runnable, unavailable_note = method_choices()
+    study_dir = Path(study_dir or os.environ.get("HARMONY_STUDY_DIR") or DEFAULT_STUDY)
+    votes_dir = Path(votes_dir or os.environ.get("HARMONY_VOTES_DIR") or DEFAULT_VOTES)
+    try:
+        study_set: StudySet | None = StudySet.load(study_dir)
+        study_note = f"{len(study_set.samples)} images, methods: {', '.join(study_set.methods)}."
+        gr.set_static_paths([study_set.root])
+    except HarmonyError as exc:
+        study_set, study_note = None, f"No study set: {exc}"
+    store = VoteStore(votes_dir)
+    secret = load_secret(votes_dir)
+    browser_secret = hmac.new(secret, b"browser-state", hashlib.sha256).hexdigest()
 
     @user_errors
     def compose_upload(composite, mask):
@@ -85,16 +116,18 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE) -> gr.Blocks:
         gr.Markdown(
             f"# Harmony Studio <small>v{__version__}</small>\n"
             "Make an object pasted into a photo look like it belongs there. **Compose** a composite, "
-            "then **Compare** harmonization methods side by side."
+            "**Compare** harmonization methods side by side, see what a network looks at in **Explain**, "
+            "and vote blind in the **Blind study**."
         )
+        rater = gr.BrowserState("", storage_key="harmony_studio_rater", secret=browser_secret)
         with gr.Tabs():
             with gr.Tab("Compose", id="compose"):
                 with gr.Tabs():
                     with gr.Tab("Composite + mask"):
                         with gr.Row():
-                            up_composite = gr.Image(label="Composite", type="pil", image_mode=None, format="png")
-                            up_mask = gr.Image(label="Mask (white = pasted object)", type="pil", image_mode=None, format="png")
-                        up_button = gr.Button("Use this composite", variant="primary")
+                            up_composite = gr.Image(label="Composite", type="pil", image_mode=None, format="png", elem_id="compose-composite")
+                            up_mask = gr.Image(label="Mask (white = pasted object)", type="pil", image_mode=None, format="png", elem_id="compose-mask")
+                        up_button = gr.Button("Use this composite", variant="primary", elem_id="compose-use")
                     with gr.Tab("Background + foreground"):
                         with gr.Row():
                             background = gr.Image(label="Background", type="pil", image_mode=None, format="png")
@@ -114,7 +147,7 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE) -> gr.Blocks:
                         paint_button = gr.Button("Use the painted mask", variant="primary")
                 with gr.Accordion("Ground truth (optional: the real photo, to compute metrics)", open=False):
                     ground_truth = gr.Image(label="Ground truth", type="pil", image_mode=None, format="png", height=240)
-                notice = gr.Markdown()
+                notice = gr.Markdown(elem_id="compose-notice")
                 with gr.Row():
                     work_composite = gr.Image(label="Working composite", type="numpy", interactive=False, format="png")
                     work_mask = gr.Image(label="Working mask", type="numpy", image_mode="L", interactive=False, format="png")
@@ -143,11 +176,60 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE) -> gr.Blocks:
                     methods = gr.CheckboxGroup(choices=all_methods, value=runnable, label="Methods")
                     seed = gr.Number(value=0, precision=0, label="Seed")
                 gr.Markdown(unavailable_note)
-                run_button = gr.Button("Harmonize", variant="primary")
-                gallery = gr.Gallery(label="Results", columns=4, format="png", object_fit="contain", height="auto")
+                run_button = gr.Button("Harmonize", variant="primary", elem_id="compare-run")
+                gallery = gr.Gallery(label="Results", columns=4, format="png", object_fit="contain", height="auto", elem_id="compare-gallery")
                 slider = gr.ImageSlider(label="Before / after (click a result to choose it)", format="png")
-                status = gr.Dataframe(headers=STATUS_COLUMNS, label="Status", interactive=False, wrap=True)
+                status = gr.Dataframe(headers=STATUS_COLUMNS, label="Status", interactive=False, wrap=True, elem_id="compare-status")
                 metrics = gr.Dataframe(headers=METRIC_COLUMNS, label="Metrics against the ground truth (256-px protocol)", interactive=False)
+
+            with gr.Tab("Explain", id="explain"):
+                gr.Markdown(
+                    "What each method's maps show, over the working composite. **Click a point on the object** "
+                    "to see which background regions it draws on (methods with a point map re-run)."
+                )
+                gr.Markdown(explain.availability_note())
+                with gr.Row():
+                    explain_methods = gr.CheckboxGroup(choices=all_methods, value=explain.default_methods(), label="Methods")
+                    point_x = gr.Number(value=None, precision=0, label="point x (px)")
+                    point_y = gr.Number(value=None, precision=0, label="point y (px)")
+                explain_button = gr.Button("Explain", variant="primary", elem_id="explain-run")
+                with gr.Row():
+                    map_choice = gr.Dropdown(choices=[], label="Map shown above the legend")
+                    colormap = gr.Dropdown(choices=explain.COLORMAPS, value=explain.COLORMAPS[0], label="Colormap")
+                    opacity = gr.Slider(0, 1, value=0.6, step=0.05, label="Map opacity")
+                explain_view = gr.Image(label="Click a point on the object", type="numpy", interactive=False, format="png")
+                legend = gr.Image(label="Legend", type="numpy", interactive=False, format="png", height=100, show_label=False)
+                explain_notes = gr.Markdown()
+                explain_gallery = gr.Gallery(label="All maps", columns=3, format="png", object_fit="contain", height="auto")
+                explain_state = gr.State(None)
+
+            with gr.Tab("Blind study", id="study"):
+                gr.Markdown(
+                    "Which result looks most natural? Images are labelled by letter only, in a random order; "
+                    f"the methods are revealed after your vote. {study_note}"
+                )
+                rater_note = gr.Markdown()
+                with gr.Row():
+                    study_mode = gr.Radio(list(study.MODE_LABELS), value=next(iter(study.MODE_LABELS)), label="Mode")
+                    next_button = gr.Button("Next image", variant="primary", elem_id="study-next")
+                study_message = gr.Markdown(elem_id="study-message")
+                with gr.Row():
+                    slots = [gr.Image(label=letter, type="filepath", interactive=False, elem_id=f"slot-{letter}")
+                             for letter in LETTERS[:MAX_SHOWN]]
+                with gr.Row():
+                    vote_buttons = [gr.Button(letter, interactive=False, elem_id=f"vote-{letter}") for letter in LETTERS[:MAX_SHOWN]]
+                    cant_decide = gr.Button(study.CANT_DECIDE, interactive=False, elem_id="vote-none")
+                round_state = gr.State(None)
+
+            with gr.Tab("Leaderboard", id="leaderboard") as leaderboard_tab:
+                with gr.Row():
+                    board_mode = gr.Radio(list(study.MODE_FILTERS), value="All votes", label="Votes")
+                    board_refresh = gr.Button("Refresh", elem_id="board-refresh")
+                    board_download = gr.DownloadButton("Download the raw votes CSV", value=None)
+                board_headline = gr.Markdown(elem_id="board-headline")
+                board_table = gr.Dataframe(headers=TABLE_COLUMNS, label="Methods (best first)", interactive=False,
+                                           elem_id="board-table")
+                board_plot = gr.Plot(label="Pairwise win rates")
 
         up_button.click(compose_upload, [up_composite, up_mask], compose_outputs, api_name="compose_upload")
         place_button.click(
@@ -187,6 +269,126 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE) -> gr.Blocks:
             return (composite, event.value["image"]["path"])
 
         gallery.select(choose, [work_composite], [slider], api_name=False)
+
+        # --- Explain ----------------------------------------------------------------------------
+
+        def explain_outputs(result: explain.Explained, composite: np.ndarray, point, cmap: str, alpha: float, chosen: str | None) -> tuple:
+            if result.panels and result.panels[0].values.shape != composite.shape[:2]:
+                raise InputError("The composite changed since these maps were made: press **Explain** again.")
+            labels = [p.label for p in result.panels]
+            chosen = chosen if chosen in labels else (labels[0] if labels else None)
+            point = tuple(int(v) for v in point) if point else None
+            overlays = [(explain.overlay_map(composite, p.values, cmap, alpha, point), p.caption) for p in result.panels]
+            main = overlays[labels.index(chosen)][0] if chosen else composite
+            notes = "\n".join(f"- {n}" for n in result.notes)
+            return (result, main, gr.update(choices=labels, value=chosen), overlays,
+                    explain.legend_image(cmap), notes)
+
+        explain_view_outputs = [explain_state, explain_view, map_choice, explain_gallery, legend, explain_notes]
+
+        def explain_request(composite, mask, point) -> HarmonizationRequest:
+            if composite is None or mask is None:
+                raise InputError("Compose a composite first (Compose tab).")
+            return HarmonizationRequest(composite=imaging.load_rgb(composite, "composite"),
+                                        mask=imaging.load_mask(mask, "mask"), point=point)
+
+        @user_errors
+        def explain_run(composite, mask, names, x, y, cmap, alpha, chosen, progress=gr.Progress(track_tqdm=True)):
+            if not names:
+                raise InputError("Choose at least one method.")
+            point = (int(x), int(y)) if x is not None and y is not None else None
+            request = explain_request(composite, mask, point)
+            result = explain.explain(request, list(names), lambda f, m: progress(f, desc=m))
+            return explain_outputs(result, request.composite, point, cmap, alpha, chosen)
+
+        @user_errors
+        def explain_click(composite, mask, previous, cmap, alpha, chosen, event: gr.SelectData,
+                          progress=gr.Progress(track_tqdm=True)):
+            x, y = (int(v) for v in event.index)
+            request = explain_request(composite, mask, (x, y))
+            if previous is None:
+                raise InputError("Press **Explain** first, then click a point.")
+            rerun = previous.point_methods()
+            if rerun:
+                fresh = explain.explain(request, rerun, lambda f, m: progress(f, desc=m))
+                previous = explain.merge(previous, fresh, rerun)
+            else:
+                previous.notes = ["None of the chosen methods has a point map; nothing to re-run."]
+            return (x, y, *explain_outputs(previous, request.composite, (x, y), cmap, alpha, chosen))
+
+        @user_errors
+        def explain_restyle(composite, previous, x, y, cmap, alpha, chosen):
+            if previous is None or composite is None:
+                return (previous, None, gr.update(), [], explain.legend_image(cmap), "")
+            point = (int(x), int(y)) if x is not None and y is not None else None
+            return explain_outputs(previous, imaging.load_rgb(composite, "composite"), point, cmap, alpha, chosen)
+
+        explain_button.click(
+            explain_run, [work_composite, work_mask, explain_methods, point_x, point_y, colormap, opacity, map_choice],
+            explain_view_outputs, api_name="explain", concurrency_id=GPU_QUEUE, concurrency_limit=1,
+        )
+        explain_view.select(
+            explain_click, [work_composite, work_mask, explain_state, colormap, opacity, map_choice],
+            [point_x, point_y, *explain_view_outputs], api_name=False, concurrency_id=GPU_QUEUE, concurrency_limit=1,
+        )
+        gr.on(
+            [map_choice.input, colormap.change, opacity.release], explain_restyle,
+            [work_composite, explain_state, point_x, point_y, colormap, opacity, map_choice], explain_view_outputs,
+            api_name=False,
+        )
+
+        # --- Blind study ------------------------------------------------------------------------
+
+        def known_rater(rater_id: str | None) -> tuple[str, str]:
+            rater_id = rater_id or study.new_rater_id()
+            return rater_id, f"Your anonymous rater id (kept in this browser): `{rater_id}`"
+
+        demo.load(known_rater, [rater], [rater, rater_note], api_name=False)
+
+        def round_outputs(state, view: study.RoundView, locked: bool) -> tuple:
+            images = [gr.update(value=img, label=cap, visible=img is not None) for img, cap in zip(view.images, view.captions)]
+            buttons = [gr.update(interactive=not locked and img is not None, visible=img is not None) for img in view.images]
+            return (state, *images, *buttons, gr.update(interactive=not locked), view.message)
+
+        round_view_outputs = [round_state, *slots, *vote_buttons, cant_decide, study_message]
+
+        @user_errors
+        def next_round(mode, rater_id):
+            if study_set is None:
+                raise InputError(study_note)
+            rater_id, note = known_rater(rater_id)
+            state, view = study.start_round(study_set, store, rater_id, mode)
+            return (rater_id, note, *round_outputs(state, view, locked=state is None))
+
+        next_button.click(next_round, [study_mode, rater], [rater, rater_note, *round_view_outputs],
+                          api_name="study_next", concurrency_limit=None)
+
+        def voter(choice: str) -> Callable[..., tuple]:
+            @user_errors
+            def vote(state, rater_id, request: gr.Request):
+                view = study.cast_vote(state, choice, store, rater_id or "", getattr(request, "session_hash", "") or "",
+                                       _client_ip(request), secret)
+                return round_outputs(state, view, locked=True)
+
+            return vote
+
+        for letter, button in zip(LETTERS, vote_buttons):
+            button.click(voter(letter), [round_state, rater], round_view_outputs,
+                         api_name=f"vote_{letter.lower()}", concurrency_limit=None)
+        cant_decide.click(voter(study.CANT_DECIDE), [round_state, rater], round_view_outputs,
+                          api_name="vote_cant_decide", concurrency_limit=None)
+
+        # --- Leaderboard ------------------------------------------------------------------------
+
+        @user_errors
+        def show_board(mode_filter):
+            headline, result, figure = study.board(store, mode_filter)
+            return headline, result.table, figure, study.export_csv(store)
+
+        board_outputs = [board_headline, board_table, board_plot, board_download]
+        board_refresh.click(show_board, [board_mode], board_outputs, api_name="leaderboard", concurrency_limit=4)
+        board_mode.change(show_board, [board_mode], board_outputs, api_name=False, concurrency_limit=4)
+        leaderboard_tab.select(show_board, [board_mode], board_outputs, api_name=False, concurrency_limit=4)
     return demo
 
 
@@ -195,9 +397,14 @@ def main() -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", 7860))))
     parser.add_argument("--max-side", type=int, default=compose.DEFAULT_MAX_SIDE, help="long side the studio works at")
+    parser.add_argument("--study", default=None, help="blind study set folder (default: $HARMONY_STUDY_DIR or examples/study)")
+    parser.add_argument("--votes", default=None, help="votes folder (default: $HARMONY_VOTES_DIR or outputs/votes)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    build_app(args.max_side).queue().launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft())
+    votes_dir = Path(args.votes or os.environ.get("HARMONY_VOTES_DIR") or DEFAULT_VOTES)
+    demo = build_app(args.max_side, args.study, votes_dir)
+    start_hub_sync(votes_dir)  # only when $HARMONY_VOTES_DATASET is set; its thread pushes until exit
+    demo.queue().launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft())
 
 
 if __name__ == "__main__":

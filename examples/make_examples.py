@@ -1,4 +1,4 @@
-"""Rebuild the example images from scikit-image's public-domain / CC0 samples.
+"""Rebuild the example images from scikit-image's public-domain / CC0 samples and our own painting.
 
 Needs `pip install scikit-image` (not a runtime dependency). Run from the repository root:
     PYTHONPATH=. python examples/make_examples.py
@@ -20,6 +20,39 @@ def ellipse_mask(shape: tuple[int, int], centre: tuple[int, int], axes: tuple[in
     mask = np.zeros(shape, np.uint8)
     cv2.ellipse(mask, centre, axes, 0, 0, 360, 255, -1)
     return mask
+
+
+def brush_painting(width: int = 512, height: int = 384, seed: int = 0) -> np.ndarray:
+    """A procedural oil sketch of a sunset landscape, made of brush strokes (our code; output CC0).
+
+    No installed package ships a public-domain painting (scikit-image's and matplotlib's samples
+    are photographs), so the painterly background is painted here: a smooth scene (sky gradient,
+    sun, hills, water reflecting the sky) covered with layers of oriented, colour-jittered
+    strokes, large to small, along a swirling flow field, plus a canvas weave.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    v, u = yy / height, xx / width
+    horizon, shore = 0.58, 0.72
+    sky = np.stack([np.interp(v, [0, horizon], [40, 250]), np.interp(v, [0, horizon], [60, 170]),
+                    np.interp(v, [0, horizon], [120, 80])], axis=-1)
+    sun = np.exp(-(((u - 0.68) / 0.07) ** 2 + ((v - 0.45) / 0.09) ** 2))[..., None]
+    scene = sky + sun * np.array([5, 70, 90], np.float32)
+    hills = horizon - 0.08 * np.sin(u * 7 + 1.0) * np.exp(-(((u - 0.25) / 0.3) ** 2)) - 0.05 * np.sin(u * 13)
+    scene = np.where((v > hills)[..., None], np.array([45, 60, 40], np.float32) + 30 * (v[..., None] - horizon), scene)
+    mirrored = np.clip((2 * shore * height - yy).astype(int), 0, height - 1)
+    reflection = sky[mirrored, xx.astype(int)]
+    scene = np.clip(np.where((v > shore)[..., None], 0.55 * reflection + np.array([10, 30, 60], np.float32), scene), 0, 255)
+    canvas = cv2.GaussianBlur(scene, (0, 0), 6)
+    flow = 0.6 * np.sin(u * 9 + v * 4) + np.where(v > horizon, 0.0, 0.4 * np.cos(v * 11))
+    for size, count in ((18, 1500), (10, 3500), (5, 6000)):
+        for y, x in zip(rng.integers(0, height, count), rng.integers(0, width, count)):
+            colour = tuple(float(c) for c in scene[y, x] + rng.normal(0, 12, 3))
+            angle = float(np.degrees(flow[y, x]) + rng.normal(0, 10))
+            axes = (int(size * rng.uniform(1.2, 2.2)), max(1, int(size * rng.uniform(0.25, 0.45))))
+            cv2.ellipse(canvas, (int(x), int(y)), axes, angle, 0, 360, colour, -1, cv2.LINE_AA)
+    weave = 6 * np.sin(xx * 1.7) * np.sin(yy * 1.7) + rng.normal(0, 3, (height, width))
+    return np.clip(canvas + weave[..., None], 0, 255).astype(np.uint8)
 
 
 def main() -> None:
@@ -44,6 +77,13 @@ def main() -> None:
     Image.fromarray(cat).save(HERE / "cat_real.jpg", quality=92)
     Image.fromarray(composite).save(HERE / "cat_composite.jpg", quality=92)
     Image.fromarray(imaging.mask_to_image(mask)).save(HERE / "cat_mask.png", optimize=True)
+
+    # 3. Painterly (freepih): the CC0 cup photo placed in our procedural brush-stroke painting.
+    painting = brush_painting()
+    Image.fromarray(painting).save(HERE / "painting_background.jpg", quality=85)
+    composite, mask = imaging.place_foreground(painting, cup, x=0.3, y=0.8, scale=0.4)
+    Image.fromarray(composite).save(HERE / "cup_painting_composite.jpg", quality=90)
+    Image.fromarray(imaging.mask_to_image(mask)).save(HERE / "cup_painting_mask.png", optimize=True)
 
 
 if __name__ == "__main__":

@@ -8,18 +8,20 @@ Python/NumPy allocations (tracemalloc) and the sampled growth of the process's r
 
 from __future__ import annotations
 
+import ast
 import statistics
 import threading
 import time
 import tracemalloc
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 import psutil
 
-from harmony_core.registry import get_method
+from harmony_core.errors import InputError
+from harmony_core.registry import Method, get_method
 from harmony_core.types import HarmonizationRequest
 
 
@@ -83,8 +85,39 @@ class BenchRow:
     repeats: int
 
 
-def bench_method(name: str, size: int, repeats: int = 5, seed: int = 0) -> BenchRow:
-    method = get_method(name)
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """KEY=VALUE strings -> settings; values are Python literals (50, 0.3, True) or else strings."""
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--option expects KEY=VALUE, got '{item}'")
+        try:
+            options[key.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = text.strip()
+    return options
+
+
+def create_method(name: str, options: dict[str, Any] | None = None, random_weights: bool = False,
+                  device: str | None = None) -> Method:
+    """The instance to benchmark: the shared one, or a fresh one with options / random full-size weights."""
+    if not options and not random_weights:
+        return get_method(name)
+    cls = type(get_method(name))
+    try:
+        if random_weights:
+            return cls.random_weights("full", device, **(options or {}))
+        return cls(**options)
+    except NotImplementedError as exc:
+        raise InputError(f"--random-weights: {exc}") from None
+    except TypeError as exc:
+        raise InputError(f"{name} does not accept the options {sorted(options or {})} ({exc})") from None
+
+
+def bench_method(name: str, size: int, repeats: int = 5, seed: int = 0, method: Method | None = None) -> BenchRow:
+    """Median latency of `method` (default: the registry's shared instance of `name`)."""
+    method = method or get_method(name)
     request = synthetic_request(size, seed)
     method.run(request)  # warm-up: loads weights, fills caches
     times = []

@@ -1,4 +1,4 @@
-"""Command line: `python -m harmony_core {methods,harmonize,bench,make-dataset,evaluate}`.
+"""Command line: `python -m harmony_core {methods,harmonize,bench,make-dataset,evaluate,prepare-study}`.
 
 Errors the user can fix are printed as one line on stderr with exit status 2; nothing is left
 half-written.
@@ -45,6 +45,18 @@ def _selected_methods(args: argparse.Namespace) -> list[str]:
     return resolve_methods([n.strip() for item in args.method for n in item.split(",") if n.strip()])
 
 
+def apply_weights(args: argparse.Namespace) -> None:
+    """--weights METHOD=SOURCE: point a method's shared instance at a weights folder or Hub id."""
+    for item in getattr(args, "weights", None) or []:
+        name, sep, source = item.partition("=")
+        if not sep or not name.strip() or not source.strip():
+            raise InputError(f"--weights expects METHOD=SOURCE (a folder or Hub id), got '{item}'")
+        method = get_method(resolve_methods([name.strip()])[0])
+        if not hasattr(method, "set_weights"):
+            raise InputError(f"{method.name} takes no weights (--weights {item})")
+        method.set_weights(source.strip())
+
+
 def build_request(args: argparse.Namespace) -> HarmonizationRequest:
     """A request from --composite/--mask, or from --background/--foreground placed at x/y/scale."""
     background = foreground = None
@@ -70,6 +82,7 @@ def build_request(args: argparse.Namespace) -> HarmonizationRequest:
 
 
 def cmd_harmonize(args: argparse.Namespace) -> int:
+    apply_weights(args)
     names = _selected_methods(args)
     request = build_request(args)
     out = Path(args.out)
@@ -106,16 +119,22 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harmony_core.bench import bench_method, markdown_table
+    from harmony_core.bench import bench_method, create_method, markdown_table, parse_options
 
+    apply_weights(args)
     args.all = args.all or not args.method
     names = _selected_methods(args)
+    options = parse_options(args.option)
+    methods = {name: create_method(name, options, args.random_weights, args.device) for name in names}
     rows = []
     for size in args.size:
         for name in names:
-            rows.append(bench_method(name, size, args.repeats))
+            rows.append(bench_method(name, size, args.repeats, method=methods[name]))
             print(f"  {name} @ {size}: {rows[-1].median_ms:.1f} ms", file=sys.stderr)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores")
+    for name, method in methods.items():
+        if args.random_weights or options:
+            print(f"{name}: device {method.device}, weights: {method.weights_source}, options {options or 'default'}")
     print(markdown_table(rows))
     return 0
 
@@ -134,12 +153,34 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from harmony_core.evaluate import PER_IMAGE, evaluate
 
+    apply_weights(args)
     start = time.perf_counter()
     methods = [n.strip() for n in args.methods.split(",") if n.strip()]
     summary = evaluate(args.data, methods, args.out, args.split)
     if summary is not None:
         print(summary.read_text())
         print(f"{summary} and {summary.with_name(PER_IMAGE)} written in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_prepare_study(args: argparse.Namespace) -> int:
+    from harmony_core.data.datasets import read_dataset
+    from harmony_core.study.studyset import StudySet, prepare_study
+
+    methods = [n.strip() for n in args.methods.split(",") if n.strip()]
+    total = len(read_dataset(Path(args.inputs))) * len(dict.fromkeys(methods))
+    with tqdm(total=total, desc="prepare-study", unit="output") as bar:
+        manifest = prepare_study(args.inputs, methods, args.out, args.max_side, args.format, args.seed,
+                                 lambda step: (bar.set_postfix_str(step, refresh=False), bar.update()))
+    study = StudySet.load(manifest.parent)
+    print(f"{len(study.samples)} samples x {len(study.methods)} methods -> {manifest}")
+    return 0
+
+
+def cmd_train_ptl(args: argparse.Namespace) -> int:
+    from harmony_core.train_ptl import train
+
+    train(args)
     return 0
 
 
@@ -155,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--method", action="append", help="method name (repeatable, or comma-separated)")
         p.add_argument("--all", action="store_true", help="every method that can run here")
 
+    def add_weights_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--weights", action="append", metavar="METHOD=SOURCE",
+                       help="weights folder or Hub id for a method, e.g. diffharmony=/data/diffharmony (repeatable)")
+
     p = sub.add_parser("harmonize", help="harmonize one composite with one or more methods")
     p.add_argument("--composite", help="the composite image")
     p.add_argument("--mask", help="object mask (white = object); with --foreground: the foreground's mask")
@@ -168,12 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (images + results.json)")
     add_method_choice(p)
+    add_weights_option(p)
     p.set_defaults(func=cmd_harmonize)
 
     p = sub.add_parser("bench", help="latency (median of N) and peak memory per method")
     p.add_argument("--size", type=int, nargs="+", default=[256, 1024], help="square input sizes")
     p.add_argument("--repeats", type=int, default=5)
     add_method_choice(p)  # default: every method that can run here
+    add_weights_option(p)
+    p.add_argument("--random-weights", action="store_true",
+                   help="full-size architectures with random weights (networks only; no download needed)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a method setting for the benchmarked instances, e.g. n_gen=50 (repeatable)")
+    p.add_argument("--device", help="device for --random-weights models (default: cuda when present, else cpu)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("make-dataset", help="synthesize iHarmony4-style composites from photos with object masks")
@@ -192,7 +244,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", required=True, help="comma-separated method names")
     p.add_argument("--out", default="eval-report", help="report folder (rerun with the same folder to resume)")
     p.add_argument("--split", default="test", help="iHarmony4 list file to read: DATASET_{split}.txt")
+    add_weights_option(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train-ptl", help="train the ptl network on composites synthesized from photos (resumable)")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "photos-masks"),
+                   help="folder with images/ and masks/ (source photos; the train split is used)")
+    p.add_argument("--out", default="runs/ptl", help="run folder: checkpoint.pt, curve.csv, curve.png (rerun to resume)")
+    p.add_argument("--steps", type=int, default=20000, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=4, help="the paper's: 4")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-drop", type=float, default=120 / 140, help="fraction of the steps after which lr /= 10")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = the paper's 9.5M network)")
+    p.add_argument("--ptl-write", choices=["replace", "add"], default="add",
+                   help="PTL output at the object: replace the features (paper) or add to them (ours, default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="data-synthesis worker processes")
+    p.add_argument("--val-every", type=int, default=250, help="validate and checkpoint every N steps")
+    p.add_argument("--val-samples", type=int, default=64, help="held-out composites in the curve")
+    p.add_argument("--max-minutes", type=float, help="stop, with a checkpoint, after this much wall time")
+    p.add_argument("--export", help="write fp16 weights + config + curve to this folder (e.g. weights/ptl)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (1 avoids stalls on a busy machine)")
+    p.set_defaults(func=cmd_train_ptl)
+
+    p = sub.add_parser("prepare-study", help="precompute every method's output for a blind study (resumable)")
+    p.add_argument("--inputs", required=True, help="folder of X_composite.* + X_mask.* files (or iHarmony4 layout)")
+    p.add_argument("--methods", required=True, help="comma-separated method names (at least two)")
+    p.add_argument("--out", required=True, help="study folder (rerun with the same folder to resume)")
+    p.add_argument("--max-side", type=int, default=1024, help="long side the composites are shown at")
+    p.add_argument("--format", choices=["png", "jpg"], default="png", help="image format of the outputs")
+    p.add_argument("--seed", type=int, default=0, help="seed passed to every method")
+    p.set_defaults(func=cmd_prepare_study)
     return parser
 
 

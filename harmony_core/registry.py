@@ -7,6 +7,7 @@ and fills in the metadata, so no method can forget either.
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -54,6 +55,15 @@ class Method(ABC):
     def parameters(self) -> dict[str, Any]:
         """The method's settings, recorded in every result's metadata."""
         return {}
+
+    @classmethod
+    def random_weights(cls, scale: str = "full", device: str | None = None, **options: Any) -> "Method":
+        """An instance with the real architecture but random weights ("full") or a tiny one ("tiny").
+
+        For benchmarks and tests on machines without the weights; `options` are the method's
+        settings (e.g. n_gen=50). Methods without networks do not support it.
+        """
+        raise NotImplementedError(f"{cls.name} has no random-weight mode")
 
     @abstractmethod
     def harmonize(self, request: HarmonizationRequest, progress: Progress) -> HarmonizationResult | np.ndarray:
@@ -104,8 +114,14 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+BUILTIN_METHODS = ("classical", "ptl", "hspace", "diffharmony", "freepih")
+"""Modules of harmony_core.methods, imported on first use of the registry. Importing one module
+(say the classical colour tools, which data synthesis uses) does not pull in torch."""
+
+
 def _load_builtins() -> None:
-    import harmony_core.methods  # noqa: F401  (registers the built-in methods)
+    for module in BUILTIN_METHODS:
+        importlib.import_module(f"harmony_core.methods.{module}")
 
 
 def method_names() -> list[str]:

@@ -17,8 +17,9 @@ class HarmonizationRequest:
 
     composite: HxWx3 uint8 RGB. mask: HxW bool, True on the pasted object.
     background / foreground: the parts the composite was made from, when known (HxWx3 RGB and
-    hxwx4 RGBA). ground_truth: the real photo, for metrics. The constructor validates once so
-    that every method can trust its input.
+    hxwx4 RGBA). ground_truth: the real photo, for metrics. point: an (x, y) pixel of interest
+    for methods that explain themselves per location (ptl's contribution map for that point).
+    The constructor validates once so that every method can trust its input.
     """
 
     composite: np.ndarray
@@ -28,6 +29,7 @@ class HarmonizationRequest:
     prompt: str = ""
     ground_truth: np.ndarray | None = None
     seed: int = 0
+    point: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.composite = imaging.load_rgb(self.composite, "composite")
@@ -42,6 +44,12 @@ class HarmonizationRequest:
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
         self.seed = int(self.seed)
+        if self.point is not None:
+            x, y = (int(v) for v in self.point)
+            width, height = self.size
+            if not (0 <= x < width and 0 <= y < height):
+                raise InputError(f"point ({x}, {y}) lies outside the {width}x{height} image")
+            self.point = (x, y)
 
     @property
     def size(self) -> tuple[int, int]:

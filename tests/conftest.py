@@ -1,3 +1,5 @@
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -7,6 +9,29 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # app.py lives at the top level
 SHARED = ROOT.parent / "shared"
+# One torch/OpenMP thread in tests and the processes they start: the models under test are tiny,
+# and on a busy 2-core machine OpenMP threads waiting for each other made calls up to 80x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Tests never download (the Hub is not reachable from CI either): methods that need weights are
+# tested with tiny models built in the test, and any other connection attempt fails the test.
+os.environ["HF_HUB_OFFLINE"] = "1"
+for name in ("HARMONY_ALLOW_DOWNLOAD", "HARMONY_PTL_WEIGHTS", "HARMONY_HSPACE_WEIGHTS",
+             "HARMONY_DIFFHARMONY_WEIGHTS", "HARMONY_FREEPIH_WEIGHTS"):
+    os.environ.pop(name, None)
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+
+
+@pytest.fixture(autouse=True)
+def local_network_only(monkeypatch):
+    """Connections to this machine (the app under test) are fine; anything else fails the test."""
+    connect = socket.socket.connect
+
+    def guarded(self, address):
+        if isinstance(address, tuple) and address[0] not in LOOPBACK:
+            raise AssertionError(f"a test tried to reach {address[0]}")
+        return connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
 @pytest.fixture

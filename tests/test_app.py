@@ -9,6 +9,12 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from harmony_core import registry
+from harmony_core.registry import Method
+from harmony_core.study.studyset import StudySet
+from harmony_core.study.votes import VoteStore
+from harmony_core.types import HarmonizationResult
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -18,17 +24,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Mapper(Method):
+    """Stands in for ptl in the Explain tab: a background map, and a point map when clicked."""
+
+    name, family, title, summary = "test-mapper", "network", "x", "x"
+
+    def harmonize(self, request, progress):
+        h, w = request.mask.shape
+        maps = {"background contribution": (~request.mask).astype(np.float32)}
+        if request.point is not None:
+            x, y = request.point
+            yy, xx = np.mgrid[:h, :w]
+            maps["point contribution"] = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 100.0)
+        return HarmonizationResult(request.composite.copy(), maps)
+
+
 @pytest.fixture(scope="module")
-def client():
+def votes_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("votes")
+
+
+@pytest.fixture(scope="module")
+def client(votes_dir):
     from app import build_app
 
-    demo = build_app(max_side=400)
+    registry._FACTORIES[Mapper.name] = Mapper
+    demo = build_app(max_side=400, votes_dir=votes_dir)
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield Client(f"http://127.0.0.1:{port}/", verbose=False)
     finally:
         demo.close()
+        registry._FACTORIES.pop(Mapper.name)
+        registry._INSTANCES.pop(Mapper.name, None)
 
 
 def load(path) -> np.ndarray:
@@ -106,3 +135,71 @@ def test_invert_a_mostly_white_mask(client, tmp_path):
     assert "Invert mask" in message
     _, inverted, _, _ = client.predict(handle_file(composite), handle_file(mask), api_name="/compose_invert")
     assert (load(inverted) > 127).mean() < 0.05
+
+
+def test_blind_study_vote_reveal_and_duplicates(client, votes_dir):
+    rater = "r-apptest"
+    out = client.predict("Best of all (A-D)", rater, api_name="/study_next")
+    assert out[0] == rater and rater in out[1]
+    slots = out[2:6]
+    assert [s["label"] for s in slots] == ["A", "B", "C", "D"]  # letters only before the vote
+    assert all(Path(s["value"]).is_file() for s in slots)
+    revealed = client.predict(rater, api_name="/vote_c")
+    labels = [s["label"] for s in revealed[:4]]
+    assert all(" · " in label for label in labels) and "your pick" in labels[2]
+    assert "Recorded" in revealed[4]
+    with pytest.raises(AppError, match="already recorded"):
+        client.predict(rater, api_name="/vote_a")
+    client.predict("Best of all (A-D)", rater, api_name="/study_next")
+    client.predict(rater, api_name="/vote_cant_decide")
+    client.predict("Pairwise (A/B)", rater, api_name="/study_next")
+    revealed = client.predict(rater, api_name="/vote_a")
+    assert [s["visible"] for s in revealed[:4]] == [True, True, False, False]
+    rows = VoteStore(votes_dir).rows()
+    mine = [r for r in rows if r["rater_id"] == rater]
+    assert [r["mode"] for r in mine] == ["best_of_n", "best_of_n", "pairwise"]
+    first = mine[0]
+    assert first["winner_method"] == labels[2].split(" · ")[1].split(" ")[0]
+    assert first["choice_pos"] == "2" and len(first["shown_order"].split(";")) == 4
+    assert first["sample_source"] == "study" and first["ip_hash"] and "127.0.0.1" not in first["ip_hash"]
+    assert first["session_hash"] and first["flags"].startswith("seed=")
+    assert mine[1]["winner_method"] == "" and mine[1]["choice_pos"] == ""
+    for _ in range(len(StudySet.load(EXAMPLES / "study").samples) - 2):  # vote on the remaining samples
+        client.predict("Best of all (A-D)", rater, api_name="/study_next")
+        client.predict(rater, api_name="/vote_cant_decide")
+    done = client.predict("Best of all (A-D)", rater, api_name="/study_next")
+    assert "voted on all" in done[-1] and not done[2]["visible"]
+
+
+def test_leaderboard_counts_votes_and_offers_the_csv(client, votes_dir):
+    client.predict("Best of all (A-D)", "r-board", api_name="/study_next")
+    client.predict("r-board", api_name="/vote_a")
+    headline, table, plot, csv_path = client.predict("All votes", api_name="/leaderboard")
+    assert "preferred" in headline and "raters" in headline
+    assert table["headers"][:3] == ["method", "shown", "wins"]
+    methods = {row[0] for row in table["data"]}
+    assert {"composite", "reinhard", "histogram", "poisson"} <= methods
+    assert all(row[-1] == "provisional" for row in table["data"])
+    assert plot["type"] == "matplotlib"
+    assert Path(csv_path).read_bytes() == (votes_dir / "votes.csv").read_bytes()
+    headline, table, _, _ = client.predict("Pairwise", api_name="/leaderboard")
+    assert sum(row[2] for row in table["data"]) <= 2
+
+
+def test_explain_shows_any_methods_maps_and_a_point_map(client):
+    composite, mask, _, _ = client.predict(
+        handle_file(str(EXAMPLES / "cat_composite.jpg")), handle_file(str(EXAMPLES / "cat_mask.png")),
+        api_name="/compose_upload",
+    )
+    job = client.submit(handle_file(composite), handle_file(mask), ["test-mapper", "reinhard"], None, None,
+                        "inferno", 0.6, None, api_name="/explain")
+    main, choice, gallery, legend, notes = job.result(timeout=120)
+    assert [item["caption"] for item in gallery] == ["test-mapper · background contribution"]
+    assert load(main).shape[:2] == load(composite).shape[:2]
+    assert "reinhard** returns no maps" in notes
+    main, _, gallery, _, _ = client.predict(handle_file(composite), handle_file(mask), ["test-mapper"], 100, 80,
+                                            "viridis", 0.5, None, api_name="/explain")
+    assert [item["caption"].split(" · ")[1] for item in gallery] == ["background contribution", "point contribution"]
+    with pytest.raises(AppError, match="outside"):
+        client.predict(handle_file(composite), handle_file(mask), ["test-mapper"], 5000, 80, "inferno", 0.5, None,
+                       api_name="/explain")

@@ -1,3 +1,1 @@
-"""Built-in methods; importing this package registers them (one module per method family)."""
-
-from harmony_core.methods import classical  # noqa: F401
+"""Built-in methods, one module each; harmony_core.registry imports them on first use."""

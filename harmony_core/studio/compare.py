@@ -11,11 +11,12 @@ import numpy as np
 from harmony_core.errors import HarmonyError, MethodUnavailable
 from harmony_core.metrics import ImageMetrics, image_metrics
 from harmony_core.registry import Progress, availability_table, get_method
+from harmony_core.studio.serving import failure_reason, run_method
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 log = logging.getLogger(__name__)
 
-STATUS_COLUMNS = ["method", "status", "seconds", "device", "resolution", "seed", "weights"]
+STATUS_COLUMNS = ["method", "status", "seconds", "device", "resolution", "seed", "steps", "peak memory", "weights"]
 METRIC_COLUMNS = ["method", "MSE", "fMSE", "PSNR", "fPSNR", "bMSE"]
 
 
@@ -40,7 +41,8 @@ class CompareState:
 
 def _status_row(name: str, result: HarmonizationResult) -> list[str]:
     m = result.metadata
-    return [name, "done", f"{m['seconds']:.2f}", m["device"], m["resolution"], str(m["seed"]), str(m["weights"])]
+    return [name, "done", f"{m['seconds']:.2f}", m["device"], m["resolution"], str(m["seed"]),
+            str(m.get("steps", "")), m.get("peak_memory", ""), str(m["weights"])]
 
 
 def run_methods(request: HarmonizationRequest, names: list[str], progress: Progress) -> Iterator[CompareState]:
@@ -53,18 +55,18 @@ def run_methods(request: HarmonizationRequest, names: list[str], progress: Progr
             progress((i + fraction) / len(names), message)
 
         try:
-            result = method.run(request, scaled)
+            result = run_method(method, request, scaled)
         except MethodUnavailable as exc:
-            state.status.append([name, f"not available: {exc}", "", "", "", "", ""])
+            state.status.append([name, f"not available: {exc}", *[""] * (len(STATUS_COLUMNS) - 2)])
             yield state
             continue
         except HarmonyError as exc:
-            state.status.append([name, f"failed: {exc}", "", "", "", "", ""])
+            state.status.append([name, f"failed: {exc}", *[""] * (len(STATUS_COLUMNS) - 2)])
             yield state
             continue
-        except Exception:  # never a stack trace in the UI; the server log keeps it
+        except Exception as exc:  # never a stack trace in the UI; the server log keeps it
             log.exception("method %s failed", name)
-            state.status.append([name, "failed: internal error (details in the server log)", "", "", "", "", ""])
+            state.status.append([name, f"failed: {failure_reason(exc)}", *[""] * (len(STATUS_COLUMNS) - 2)])
             yield state
             continue
         state.results[name] = result

@@ -1,0 +1,246 @@
+"""Loading diffusers / transformers parts by Hub id or local folder, into one shared cache.
+
+Where weights come from (the policy every diffusion method follows):
+
+- A **local folder** (any existing directory) is used as is; nothing is copied or downloaded.
+- A **Hub id** (``owner/name``) is resolved from the local Hugging Face cache only
+  (``snapshot_download(..., local_files_only=True)``; ``HF_HOME`` / ``HF_HUB_CACHE`` say where that
+  cache is). Only when the environment variable ``HARMONY_ALLOW_DOWNLOAD=1`` is set (the Space's
+  Dockerfile sets it) may a missing snapshot be downloaded. Tests and CI never download.
+
+Why one cache keyed by content: Stable Diffusion 1.5's VAE and DiffHarmony's ``base/vae`` are the
+same weights reached through different folders; keying by a fingerprint of the files (not by path)
+makes them ONE module in memory. The fingerprint is the sha256 of the subfolder's weight and config
+files, memoized per file by (real path, size, mtime_ns), so each file is hashed once per process.
+Models come back in eval mode with ``requires_grad`` False; they are shared, so callers must not
+modify them (no in-place weight edits, no ``.train()``). Schedulers are small and stateful
+(``set_timesteps``), so every call returns a fresh one instead of a shared instance.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import torch
+
+from harmony_core.registry import Availability
+
+ALLOW_DOWNLOAD_ENV = "HARMONY_ALLOW_DOWNLOAD"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+HASHED_SUFFIXES = WEIGHT_SUFFIXES + (".json", ".txt", ".model")
+"""Files that define a component (weights, configs, tokenizer vocabularies); README etc. are ignored."""
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+T = TypeVar("T")
+
+_LOCK = threading.RLock()
+_MODELS: dict[tuple[str, str, str, str], Any] = {}
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def downloads_allowed() -> bool:
+    """True when HARMONY_ALLOW_DOWNLOAD=1 lets a missing Hub snapshot be fetched."""
+    return os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip() == "1"
+
+
+def is_hub_id(source: str) -> bool:
+    """An ``owner/name`` string that is not an existing path."""
+    return bool(_HUB_ID.match(source)) and not Path(source).expanduser().exists()
+
+
+def resolve(source: str | os.PathLike, allow_patterns: Sequence[str] | None = None) -> Path:
+    """The local folder holding `source` (a folder, or a Hub id from the cache / a permitted download).
+
+    Raises FileNotFoundError with a message saying what is missing and how to provide it.
+    `allow_patterns` limits what a permitted download fetches (e.g. skip 4 GB .ckpt files).
+    """
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if not is_hub_id(text):
+        raise FileNotFoundError(f"folder '{text}' does not exist (and it is not a Hub id of the form owner/name)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    allowed = downloads_allowed()
+    try:
+        return Path(snapshot_download(text, local_files_only=not allowed,
+                                      allow_patterns=list(allow_patterns) if allow_patterns else None))
+    except (LocalEntryNotFoundError, OSError, ValueError) as exc:
+        if allowed:
+            raise FileNotFoundError(f"could not download '{text}' from the Hub ({type(exc).__name__}: {exc})") from exc
+        raise FileNotFoundError(
+            f"'{text}' is not in the local Hugging Face cache and downloads are off; run "
+            f"`huggingface-cli download {text}` on a machine with internet (or set {ALLOW_DOWNLOAD_ENV}=1 "
+            f"to let the studio download it), or pass a local folder instead"
+        ) from exc
+
+
+def _missing(folder: Path, requirement: str) -> bool:
+    """True when no alternative of `requirement` ('a/config.json' or 'a/*.safetensors|a/*.bin') exists."""
+    for pattern in requirement.split("|"):
+        if any(ch in pattern for ch in "*?["):
+            parent = (folder / pattern).parent
+            if parent.is_dir() and any(fnmatch.fnmatch(p.name, Path(pattern).name) for p in parent.iterdir()):
+                return False
+        elif (folder / pattern).exists():
+            return False
+    return True
+
+
+def check(source: str | os.PathLike | None, required: Sequence[str], how_to_set: str) -> Availability:
+    """Can `source` be loaded here? Never downloads; the reason says exactly what to do.
+
+    required: paths relative to the folder; '|' separates alternatives, globs are allowed, e.g.
+    ``("unet/config.json", "unet/*.safetensors|unet/*.bin")``. how_to_set: where the user sets the
+    source (e.g. "the env var HARMONY_HSPACE_WEIGHTS or the `weights` argument").
+    """
+    if source is None or not os.fspath(source).strip():
+        return Availability(False, f"no weights configured; set {how_to_set} to a local folder or Hub id")
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        folder = path
+    elif is_hub_id(text):
+        try:
+            folder = resolve(text) if not downloads_allowed() else _cached_snapshot(text)
+        except FileNotFoundError as exc:
+            return Availability(False, f"{exc}; {how_to_set} chooses another source")
+        if folder is None:
+            return Availability(True, f"'{text}' will be downloaded from the Hub on first use ({ALLOW_DOWNLOAD_ENV}=1)")
+    else:
+        return Availability(False, f"folder '{text}' does not exist; set {how_to_set} to an existing folder or a Hub id")
+    missing = [r for r in required if _missing(folder, r)]
+    if missing:
+        return Availability(False, f"'{folder}' lacks {', '.join(missing)}; put the complete weights there "
+                                   f"or set {how_to_set} to a folder that has them")
+    return Availability(True)
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot of `repo_id`, or None (never downloads, even when downloads are allowed)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def configured_source(explicit: str | os.PathLike | None, env: str) -> str | None:
+    """The weights a method is pointed at: `explicit` (its argument / set_weights), else $env, else None.
+
+    One rule for every diffusion method, so the API, the CLI and the env vars agree; blank means unset.
+    """
+    for candidate in (explicit, os.environ.get(env)):
+        text = os.fspath(candidate).strip() if candidate is not None else ""
+        if text:
+            return text
+    return None
+
+
+def default_device() -> str:
+    """'cuda' when a GPU is visible, else 'cpu'."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """fp16 on CUDA (half the memory, tensor cores), fp32 on the CPU (fp16 matmuls are slow or missing there)."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for queued GPU work, so stage timings measure the work and not the launch (no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _file_hash(path: Path) -> str:
+    real = path.resolve()
+    stat = real.stat()
+    key = (str(real), stat.st_size, stat.st_mtime_ns)
+    with _LOCK:
+        if key in _FILE_HASHES:
+            return _FILE_HASHES[key]
+    digest = hashlib.sha256()
+    with open(real, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    with _LOCK:
+        _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def fingerprint(folder: str | os.PathLike) -> str:
+    """sha256 over the (name, content hash) of the folder's weight/config files (not recursive)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in HASHED_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"'{folder}' holds no weight or config files")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}\0{_file_hash(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def _is_scheduler(cls: type) -> bool:
+    from diffusers import SchedulerMixin
+
+    return issubclass(cls, SchedulerMixin)
+
+
+def load(cls: type[T], source: str | os.PathLike, subfolder: str | None = None,
+         dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> T:
+    """The shared instance of `cls` loaded from `source`/`subfolder` (see the module docstring).
+
+    Works for diffusers models (UNet2DModel, UNet2DConditionModel, AutoencoderKL), transformers
+    models and tokenizers (CLIPTextModel, CLIPTokenizer) and schedulers (a fresh one every call).
+    dtype / device default to `default_dtype(device)` / `default_device()`.
+    """
+    folder = resolve(source)
+    if _is_scheduler(cls):
+        return cls.from_pretrained(folder, subfolder=subfolder)
+    device = torch.device(device or default_device())
+    dtype = dtype or default_dtype(device)
+    part = folder / subfolder if subfolder else folder
+    key = (f"{cls.__module__}.{cls.__qualname__}", fingerprint(part), str(dtype), str(device))
+    with _LOCK:
+        if key in _MODELS:
+            return _MODELS[key]
+        obj = _from_pretrained(cls, folder, subfolder, dtype)
+        if isinstance(obj, torch.nn.Module):
+            obj = obj.to(device).eval().requires_grad_(False)
+        _MODELS[key] = obj
+        return obj
+
+
+def _from_pretrained(cls: type, folder: Path, subfolder: str | None, dtype: torch.dtype) -> Any:
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    if issubclass(cls, torch.nn.Module):
+        from diffusers import ModelMixin
+
+        # diffusers names the argument torch_dtype, transformers 5 names it dtype.
+        kwargs["torch_dtype" if issubclass(cls, ModelMixin) else "dtype"] = dtype
+    return cls.from_pretrained(folder, **kwargs)
+
+
+def cache_size() -> int:
+    """Number of shared models and tokenizers held (the tests check sharing with it)."""
+    with _LOCK:
+        return len(_MODELS)
+
+
+def clear_cache() -> None:
+    """Drop every shared model, so the next `load` reads the files again (tests use it between cases)."""
+    with _LOCK:
+        _MODELS.clear()

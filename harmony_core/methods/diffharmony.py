@@ -1,0 +1,402 @@
+"""DiffHarmony — an SD-1.5 inpainting UNet fine-tuned on iHarmony4 (Zhou et al., ICMR 2024).
+
+Stage 1 treats harmonization as conditional generation in latent space: the UNet sees the noisy
+latent, the object mask and the latent of the *whole* composite (9 channels, the SD-inpainting
+layout) and, with the empty prompt and no guidance, denoises pure noise in 5 Euler-ancestral
+steps into the harmonized image. Stage 2 (optional, `refinement/`) repairs the VAE's
+reconstruction loss at 256 px with a residual UNet; the optional Harmony-VAE (`condition_vae/`,
+DiffHarmony++) decodes with the composite and mask as extra input. Every detail of the math is
+in ../shared/specs/methods.md, section 1; the weights layout is the authors' archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harmony_core import imaging
+from harmony_core.errors import InputError, MethodUnavailable
+from harmony_core.registry import Availability, Method, Progress, register
+from harmony_core.types import HarmonizationRequest, HarmonizationResult
+
+WEIGHTS_ENV = "HARMONY_DIFFHARMONY_WEIGHTS"
+HOW_TO_SET = (f"the environment variable {WEIGHTS_ENV}, the command-line flag `--weights diffharmony=SOURCE` "
+              "or DiffHarmony(weights=...) / set_weights")
+DOWNLOAD_HELP = (
+    "DiffHarmony's weights are not on the Hugging Face Hub. Download the authors' archive (the "
+    "'Pretrained Models' link of https://github.com/nicecv/DiffHarmony: Baidu pan "
+    "https://pan.baidu.com/s/1IkF6YP4C3fsEAi0_9eCESg, extraction code aqqd) and unpack it into one folder "
+    "that holds base/ (a diffusers pipeline: unet/, vae/, text_encoder/, tokenizer/, scheduler/) and, "
+    "optionally, refinement/ (config.json + diffusion_pytorch_model.safetensors) and condition_vae/; then "
+    f"point {HOW_TO_SET} at that folder (or at a Hub repo id you mirrored it to)"
+)
+BASE_REQUIRED = (
+    "base/unet/config.json|unet/config.json",
+    "base/unet/*.safetensors|base/unet/*.bin|unet/*.safetensors|unet/*.bin",
+    "base/vae/config.json|vae/config.json",
+    "base/vae/*.safetensors|base/vae/*.bin|vae/*.safetensors|vae/*.bin",
+    "base/text_encoder/config.json|text_encoder/config.json",
+    "base/text_encoder/*.safetensors|base/text_encoder/*.bin|text_encoder/*.safetensors|text_encoder/*.bin",
+    "base/tokenizer/vocab.json|tokenizer/vocab.json",
+    "base/scheduler/scheduler_config.json|scheduler/scheduler_config.json",
+)
+"""What `base/` must hold; the `|` alternatives also accept a SOURCE that is the base folder itself."""
+
+UNET_IN_CHANNELS = 9
+
+
+@dataclass(frozen=True)
+class WeightsLayout:
+    """Where the parts of the authors' archive are (refinement / condition_vae may be missing)."""
+
+    base: Path
+    refinement: Path | None
+    condition_vae: Path | None
+
+    @classmethod
+    def of(cls, folder: Path) -> "WeightsLayout":
+        """`folder/base` when present (the archive's layout), else `folder` itself as the base pipeline."""
+        base = folder / "base" if (folder / "base").is_dir() else folder
+
+        def optional(name: str) -> Path | None:
+            return folder / name if (folder / name / "config.json").is_file() else None
+
+        return cls(base, optional("refinement"), optional("condition_vae"))
+
+
+@dataclass
+class DiffHarmonyModels:
+    """Everything one run needs, on one device; models may be shared with other methods (read-only)."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict[str, Any]
+    refinement: Any | None = None
+    condition_vae: Any | None = None
+    empty_prompt: Any | None = None
+
+    def prompt_embedding(self) -> Any:
+        """CLIP's encoding of "" (the authors' text input; not a zero tensor), computed once."""
+        import torch
+
+        if self.empty_prompt is None:
+            tokens = self.tokenizer([""], padding="max_length", max_length=self.tokenizer.model_max_length,
+                                    truncation=True, return_tensors="pt")
+            with torch.inference_mode():
+                hidden = self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
+            self.empty_prompt = hidden.to(self.unet.dtype)
+        return self.empty_prompt
+
+
+def stage1(models: DiffHarmonyModels, composite: Any, mask: Any, steps: int, generator: Any,
+           use_condition_vae: bool = True, progress: Progress | None = None,
+           timings: dict[str, float] | None = None) -> Any:
+    """The diffusion stage: (1, 3, R, R) composite in [-1, 1] and (1, 1, R, R) mask -> image in [0, 1].
+
+    Random numbers are drawn from `generator` in the authors' order (initial noise, composite
+    latent sample, the scheduler's ancestral noise, the Harmony-VAE's conditional sample), so a
+    seed reproduces a run exactly. The Harmony-VAE, when loaded and `use_condition_vae`, replaces
+    the plain VAE for encoding and decoding (as in the authors' pipeline).
+    """
+    import torch
+    import torch.nn.functional as F
+    from diffusers import EulerAncestralDiscreteScheduler
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from harmony_core.diffusion.components import synchronize
+
+    timings = {} if timings is None else timings
+    unet, device, dtype = models.unet, models.unet.device, models.unet.dtype
+    condition_vae = models.condition_vae if use_condition_vae else None
+    vae = condition_vae if condition_vae is not None else models.vae
+    scaling = vae.config.scaling_factor
+    height, width = composite.shape[-2:]
+    if height % 8 or width % 8:
+        raise ValueError(f"the working resolution must be a multiple of 8, got {width}x{height}")
+    scheduler = EulerAncestralDiscreteScheduler.from_config(models.scheduler_config)
+    scheduler.set_timesteps(steps, device=device)
+    prompt = models.prompt_embedding()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        latents = randn_tensor((1, unet.config.out_channels, height // 8, width // 8), generator=generator,
+                               device=device, dtype=dtype) * scheduler.init_noise_sigma
+        image = composite.to(device=device, dtype=vae.dtype)
+        composite_latent = vae.encode(image).latent_dist.sample(generator=generator) * scaling
+        binary = (mask >= 0.5).to(device=device, dtype=dtype)
+        mask_latent = F.interpolate(binary, size=(height // 8, width // 8), mode="nearest")
+        synchronize(device)
+        timings["encode_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        for index, t in enumerate(scheduler.timesteps):
+            model_input = torch.cat(
+                [scheduler.scale_model_input(latents, t), mask_latent, composite_latent.to(dtype)], dim=1)
+            noise = unet(model_input, t, encoder_hidden_states=prompt).sample
+            latents = scheduler.step(noise, t, latents, generator=generator).prev_sample
+            if progress is not None:
+                progress(0.1 + 0.7 * (index + 1) / steps, f"diffharmony: step {index + 1}/{steps}")
+        synchronize(device)
+        timings["denoise_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        latents = latents.to(vae.dtype) / scaling
+        if condition_vae is not None:
+            cond = torch.cat([image, binary.to(vae.dtype)], dim=1)
+            decoded = condition_vae.decode_with_cond(latents, cond, generator=generator)
+        else:
+            decoded = vae.decode(latents).sample
+        result = (decoded.float() / 2 + 0.5).clamp(0, 1)
+        synchronize(device)
+        timings["decode_s"] = time.perf_counter() - start
+    return result
+
+
+def refine(model: Any, stage1_image: Any, composite: Any, mask: Any) -> Any:
+    """Stage 2: the refinement network at its resolution; all (1, C, S, S), returns [0, 1].
+
+    `stage1_image` in [0, 1] at any size is resized (bilinear, antialiased) to the size of
+    `composite` (in [-1, 1]) and `mask` ({0, 1}), the size the network was trained at.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from harmony_core.models.refinement import stage2_input
+
+    with torch.inference_mode():
+        harmonized = stage1_image.to(device=model.device, dtype=torch.float32) * 2 - 1
+        size = tuple(composite.shape[-2:])
+        if tuple(harmonized.shape[-2:]) != size:
+            harmonized = F.interpolate(harmonized, size=size, mode="bilinear", antialias=True,
+                                       align_corners=False).clamp(-1, 1)
+        inputs = stage2_input(harmonized, mask.to(harmonized), composite.to(harmonized), model.config.in_channels)
+        refined = model(inputs.to(model.dtype)).float().clamp(-1, 1)
+    return (refined + 1) / 2
+
+
+def _to_tensor(image: np.ndarray, device: Any) -> Any:
+    """HxWx3 uint8 -> (1, 3, H, W) float32 in [-1, 1]; HxW bool -> (1, 1, H, W) in {0, 1}."""
+    import torch
+
+    tensor = torch.from_numpy(np.array(image)).to(device)  # a copy: inputs may be read-only views
+    if image.dtype == bool:
+        return tensor[None, None].float()
+    return tensor.permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def _to_uint8(image: Any) -> np.ndarray:
+    """(1, 3, H, W) in [0, 1] -> HxWx3 uint8."""
+    return (image[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
+
+
+@register
+class DiffHarmony(Method):
+    name = "diffharmony"
+    family = "diffusion"
+    title = "DiffHarmony"
+    summary = "SD-1.5 inpainting UNet fine-tuned for harmonization, 5 Euler-ancestral steps + refinement (ICMR 2024)"
+
+    def __init__(self, weights: str | os.PathLike | None = None, resolution: int = 512, steps: int = 5,
+                 use_refinement: bool = True, use_condition_vae: bool = True, device: str | None = None) -> None:
+        """weights: the archive folder or a Hub id; None reads HARMONY_DIFFHARMONY_WEIGHTS at use time.
+
+        use_refinement / use_condition_vae: use those parts when the weights have them.
+        device: None picks cuda when available (fp16 there, fp32 on the CPU).
+        """
+        self._weights: str | os.PathLike | None = weights
+        self._device = device
+        self._models: DiffHarmonyModels | None = None
+        self._loaded_from: str | None = None
+        self._fingerprint = ""
+        self._lock = threading.RLock()
+        self.configure(resolution=resolution, steps=steps, use_refinement=use_refinement,
+                       use_condition_vae=use_condition_vae)
+
+    # --- settings ------------------------------------------------------------------------------
+
+    def configure(self, resolution: int | None = None, steps: int | None = None,
+                  use_refinement: bool | None = None, use_condition_vae: bool | None = None) -> None:
+        """Change settings between runs (the studio's and the benchmark's knobs); None keeps a setting."""
+        if resolution is not None:
+            if int(resolution) != resolution or resolution < 64 or resolution % 8:
+                raise InputError(f"diffharmony: resolution must be a multiple of 8 (512 or 1024), got {resolution}")
+            self.resolution = int(resolution)
+        if steps is not None:
+            if int(steps) != steps or steps < 1:
+                raise InputError(f"diffharmony: steps must be a positive integer, got {steps}")
+            self.steps = int(steps)
+        if use_refinement is not None:
+            self.use_refinement = bool(use_refinement)
+        if use_condition_vae is not None:
+            self.use_condition_vae = bool(use_condition_vae)
+
+    def set_weights(self, source: str | os.PathLike | None) -> None:
+        """Use weights from `source` (a folder or Hub id); None or "" falls back to the env variable.
+
+        Loaded models are dropped here and reloaded lazily on the next run.
+        """
+        with self._lock:
+            self._weights = source
+            self._models = None
+            self._loaded_from = None
+
+    @property
+    def source(self) -> str | None:
+        """The configured weights: the explicit setting, else HARMONY_DIFFHARMONY_WEIGHTS."""
+        from harmony_core.diffusion.components import configured_source
+
+        return configured_source(self._weights, WEIGHTS_ENV)
+
+    @property
+    def weights_source(self) -> str:  # type: ignore[override]
+        source = self._loaded_from or self.source
+        if source is None:
+            return "none"
+        return f"{source} (unet sha256 {self._fingerprint[:12]})" if self._fingerprint else source
+
+    @property
+    def device(self) -> str:  # type: ignore[override]
+        from harmony_core.diffusion.components import default_device
+
+        return self._device or default_device()
+
+    def parameters(self) -> dict[str, Any]:
+        models = self._models
+        return {
+            "resolution": self.resolution, "steps": self.steps, "scheduler": "EulerAncestralDiscreteScheduler",
+            "guidance_scale": 1.0, "prompt": "", "use_refinement": self.use_refinement,
+            "use_condition_vae": self.use_condition_vae,
+            "refinement": bool(models and models.refinement is not None and self.use_refinement),
+            "condition_vae": bool(models and models.condition_vae is not None and self.use_condition_vae),
+        }
+
+    # --- availability and loading ---------------------------------------------------------------
+
+    def available(self) -> Availability:
+        if self._models is not None and self._loaded_from == self.source:
+            return Availability(True)
+        source = self.source
+        if source is None:
+            return Availability(False, f"no weights configured. {DOWNLOAD_HELP}")
+        from harmony_core.diffusion import components
+
+        state = components.check(source, BASE_REQUIRED, HOW_TO_SET)
+        if not state:
+            return Availability(False, f"{state.reason}. {DOWNLOAD_HELP}")
+        if components.is_hub_id(source) and components.downloads_allowed():
+            return state  # not fetched yet: the UNet's config is checked when it is loaded
+        folder = components.resolve(source)
+        config = json.loads((WeightsLayout.of(folder).base / "unet" / "config.json").read_text())
+        if config.get("in_channels") != UNET_IN_CHANNELS:
+            return Availability(False, f"'{folder}' holds a UNet with {config.get('in_channels')} input channels, "
+                                       f"not DiffHarmony's {UNET_IN_CHANNELS} (latent, mask, composite latent). "
+                                       f"{DOWNLOAD_HELP}")
+        return state
+
+    def load(self) -> DiffHarmonyModels:
+        """Load (once per source) through the shared cache: the VAE / text encoder are one object with
+        freepih's when their files are identical."""
+        with self._lock:
+            source = self.source
+            if self._models is not None and self._loaded_from == source:
+                return self._models
+            state = self.available()
+            if not state:
+                raise MethodUnavailable(f"{self.name} cannot run here: {state.reason}")
+            from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+            from transformers import CLIPTextModel, CLIPTokenizer
+
+            from harmony_core.diffusion import components
+            from harmony_core.models.condition_vae import ConditionVAE
+            from harmony_core.models.refinement import RefinementUNet
+
+            folder = components.resolve(source)
+            layout = WeightsLayout.of(folder)
+            device = self.device
+            dtype = components.default_dtype(device)
+            self._models = DiffHarmonyModels(
+                unet=components.load(UNet2DConditionModel, layout.base, "unet", dtype, device),
+                vae=components.load(AutoencoderKL, layout.base, "vae", dtype, device),
+                text_encoder=components.load(CLIPTextModel, layout.base, "text_encoder", dtype, device),
+                tokenizer=components.load(CLIPTokenizer, layout.base, "tokenizer", dtype, device),
+                scheduler_config=dict(components.load(EulerAncestralDiscreteScheduler, layout.base, "scheduler").config),
+                refinement=(components.load(RefinementUNet, layout.refinement.parent, layout.refinement.name, dtype, device)
+                            if layout.refinement else None),
+                condition_vae=(components.load(ConditionVAE, layout.condition_vae.parent, layout.condition_vae.name,
+                                               dtype, device) if layout.condition_vae else None),
+            )
+            self._loaded_from = source
+            self._fingerprint = components.fingerprint(layout.base / "unet")
+            return self._models
+
+    @classmethod
+    def random_weights(cls, scale: str = "full", device: str | None = None, **options: Any) -> "DiffHarmony":
+        """An instance with randomly initialized components of the real architectures (benchmarks).
+
+        "full": SD-1.5 inpainting UNet (859.5M), SD VAE, CLIP ViT-L/14 text tower, the authors'
+        `base` refinement UNet; "tiny": the same classes, a few channels wide. Speed does not
+        depend on the weights' values; the output is noise. `options`: constructor settings
+        (e.g. steps=1, resolution=1024).
+        """
+        from harmony_core.diffusion import components, tiny
+        from harmony_core.models.refinement import FULL_CONFIG, RefinementUNet
+
+        device = device or components.default_device()
+        dtype = components.default_dtype(device)
+        size = "full" if scale == "full" else "tiny"
+        refinement_config = FULL_CONFIG if size == "full" else {
+            **FULL_CONFIG, "block_out_channels": [8, 16, 16, 16], "norm_num_groups": 8, "layers_per_block": 1}
+        method = cls(device=device, **options)
+        method._models = DiffHarmonyModels(
+            **tiny.sd_parts(size, UNET_IN_CHANNELS, seed=0, device=device, dtype=dtype),
+            scheduler_config=dict(tiny.euler_ancestral_scheduler().config),
+            refinement=tiny.seeded(lambda: RefinementUNet(**refinement_config), 3, device, dtype),
+        )
+        method._loaded_from = method._weights = f"random-{size}"
+        return method
+
+    # --- inference ------------------------------------------------------------------------------
+
+    def harmonize(self, request: HarmonizationRequest, progress: Progress) -> HarmonizationResult:
+        import torch
+
+        from harmony_core.diffusion.components import synchronize
+        from harmony_core.models.refinement import STAGE2_RESOLUTION
+
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        fresh = self._models is None or self._loaded_from != self.source
+        progress(0.02, "diffharmony: loading weights" if fresh else "diffharmony: preparing")
+        models = self.load()
+        if fresh:
+            timings["load_s"] = time.perf_counter() - start
+        refinement = models.refinement if self.use_refinement else None
+        condition_vae = models.condition_vae if self.use_condition_vae else None
+        device = models.unet.device
+        size = (self.resolution, self.resolution)
+        composite = _to_tensor(imaging.resize_rgb(request.composite, size), device)
+        mask = _to_tensor(imaging.resize_mask(request.mask, size), device)
+        generator = torch.Generator(device=device).manual_seed(request.seed)
+        image = stage1(models, composite, mask, self.steps, generator, self.use_condition_vae, progress, timings)
+        if refinement is not None:
+            progress(0.85, "diffharmony: refinement")
+            start = time.perf_counter()
+            small = (STAGE2_RESOLUTION, STAGE2_RESOLUTION)
+            image = refine(refinement, image, _to_tensor(imaging.resize_rgb(request.composite, small), device),
+                           _to_tensor(imaging.resize_mask(request.mask, small), device))
+            synchronize(device)
+            timings["refinement_s"] = time.perf_counter() - start
+        output = imaging.resize_rgb(_to_uint8(image), request.size)
+        metadata = {
+            "steps": self.steps, "working_resolution": self.resolution,
+            "output_resolution": STAGE2_RESOLUTION if refinement is not None else self.resolution,
+            "dtype": str(models.unet.dtype).removeprefix("torch."), "refinement": refinement is not None,
+            "condition_vae": condition_vae is not None, "stage_seconds": timings,
+        }
+        return HarmonizationResult(image=output, metadata=metadata)

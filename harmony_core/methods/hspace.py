@@ -1,0 +1,348 @@
+"""hspace — content injection in the h-space of an unconditional DDPM (DiffStyle / InjectFusion).
+
+The bottleneck h of the UNet (mid block output, 512 x 8 x 8 at 256 px) carries content, the skip
+connections carry style (Jeong et al., "Training-free Style Transfer Emerges from h-space in
+Diffusion models"). For harmonization the style image is the background (the composite when no
+separate background is given) and the content is the composite: we generate from the style's
+DDIM-inverted noise and blend the composite's h into the generation inside the object's area, so
+the object keeps its content and takes the background's style. Algorithm: ../shared/specs/methods.md
+section 3; every setting below is a parameter, and the README says which defaults are the paper's.
+
+Works at the DDPM's resolution (256 px, `unet.config.sample_size`); the output is resized back to
+the input size and `Method.run` pastes it into the object only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import torch
+
+from harmony_core import imaging
+from harmony_core.diffusion import components, ddim
+from harmony_core.errors import InputError
+from harmony_core.registry import Availability, Method, Progress, register
+from harmony_core.types import HarmonizationRequest, HarmonizationResult
+
+WEIGHTS_ENV = "HARMONY_HSPACE_WEIGHTS"
+DEFAULT_WEIGHTS = "google/ddpm-ema-church-256"
+KNOWN_WEIGHTS: tuple[str, ...] = tuple(
+    f"google/ddpm-{ema}{domain}-256" for domain in ("church", "celebahq", "bedroom", "cat") for ema in ("ema-", "")
+)
+"""Hub ids with the 256-px DDPM architecture that hspace runs on (the UI lists them)."""
+HOW_TO_SET = (f"the env var {WEIGHTS_ENV}, `--weights hspace=SOURCE` or HSpace(weights=...) "
+              f"(known Hub ids: {', '.join(KNOWN_WEIGHTS[:2])}, ...)")
+REQUIRED_FILES = ("config.json|unet/config.json", "*.safetensors|*.bin|unet/*.safetensors|unet/*.bin")
+CACHE_ENTRIES = 8
+
+
+@dataclass(frozen=True)
+class HSpaceSettings:
+    """Defaults are the authors' unless marked "ours"."""
+
+    n_inv: int = 50          # DDIM inversion steps (1000 for out-of-domain styles)
+    n_gen: int = 1000        # generation steps (authors: 1000; 50-200 are much faster)
+    n_inject: int = 50       # size of the evenly spaced injection schedule
+    t_edit: int = 400        # inject only at schedule steps with t >= t_edit
+    gamma: float = 0.3       # slerp weight of the content's h (0.4 for artwork styles)
+    omega: float = 0.0       # skip calibration strength; 0 = asymmetric step only
+    t_boost: int = 200       # quality boosting: eta = 1 at schedule steps with t <= t_boost
+    dt_lambda: float = 1.0   # direction-term scale for t >= dt_lambda_from (0.9985 in face presets)
+    dt_lambda_from: int = 950
+
+    def validate(self) -> None:
+        checks = [
+            (2 <= self.n_inv <= 1000, "n_inv must be in [2, 1000]"),
+            (1 <= self.n_gen <= 1000, "n_gen must be in [1, 1000]"),
+            (1 <= self.n_inject <= 1000, "n_inject must be in [1, 1000]"),
+            (0.0 <= self.gamma <= 1.0, "gamma must be in [0, 1]"),
+            (0.0 <= self.omega <= 1.0, "omega must be in [0, 1]"),
+            (self.dt_lambda > 0, "dt_lambda must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(f"hspace: {message}")
+
+
+# --- pure math -----------------------------------------------------------------------------------
+
+def slerp(a: torch.Tensor, b: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Spherical interpolation per sample (flattened), cosine clamped to [-1, 1] before acos.
+
+    Nearly parallel vectors (sin(theta) < 1e-6, identical ones included) fall back to the linear
+    interpolation, which is then exact and free of 0/0.
+    """
+    flat_a, flat_b = a.flatten(1).double(), b.flatten(1).double()
+    cos = (flat_a * flat_b).sum(1) / (flat_a.norm(dim=1) * flat_b.norm(dim=1)).clamp_min(1e-30)
+    theta = torch.acos(cos.clamp(-1.0, 1.0))
+    sin = torch.sin(theta)
+    parallel = sin < 1e-6
+    safe = torch.where(parallel, torch.ones_like(sin), sin)
+    wa = torch.where(parallel, torch.full_like(sin, 1.0 - gamma), torch.sin((1.0 - gamma) * theta) / safe)
+    wb = torch.where(parallel, torch.full_like(sin, gamma), torch.sin(gamma * theta) / safe)
+    shape = (-1,) + (1,) * (a.ndim - 1)
+    return (wa.view(shape) * a.double() + wb.view(shape) * b.double()).to(a.dtype)
+
+
+def norm_match(c: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """c' = c * ||h|| / ||c|| per sample, so the blend keeps h's norm (the distribution the decoder expects)."""
+    ratio = h.flatten(1).norm(dim=1) / c.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return c * ratio.view((-1,) + (1,) * (c.ndim - 1))
+
+
+def inject(h: torch.Tensor, content: torch.Tensor, gamma: float, mask: torch.Tensor) -> torch.Tensor:
+    """h~ = m * slerp(h, c'; gamma) + (1 - m) * h, written as h + m (slerp - h) so m = 0 leaves h bit-exact."""
+    blended = slerp(h, norm_match(content, h), gamma)
+    return h + mask * (blended - h)
+
+
+def calibrate(x_t: torch.Tensor, eps: torch.Tensor, eps_tilde: torch.Tensor, alpha_t: float, omega: float) -> torch.Tensor:
+    """Skip calibration: x_t + sqrt(a_t)(P~' - P) + omega sqrt(1 - a_t)(eps~ - eps), P~' = P~ with P's std."""
+    p, p_tilde = ddim.predict_x0(x_t, eps, alpha_t), ddim.predict_x0(x_t, eps_tilde, alpha_t)
+    dims = tuple(range(1, x_t.ndim))
+    mean = p_tilde.mean(dim=dims, keepdim=True)
+    p_tilde = (p_tilde - mean) * p.std(dim=dims, keepdim=True) / p_tilde.std(dim=dims, keepdim=True).clamp_min(1e-12) + mean
+    return x_t + alpha_t ** 0.5 * (p_tilde - p) + omega * (1.0 - alpha_t) ** 0.5 * (eps_tilde - eps)
+
+
+def schedule_steps(generation: list[int], n_inject: int, num_train_timesteps: int = 1000) -> set[int]:
+    """The generation timesteps nearest to n_inject evenly spaced ones: where injection and boosting may happen."""
+    targets = ddim.evenly_spaced(min(n_inject, num_train_timesteps), num_train_timesteps)
+    return {min(generation, key=lambda g: (abs(g - s), g)) for s in targets}
+
+
+def mask_grid(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The object mask area-averaged onto the h grid (rows, cols), soft values in [0, 1]."""
+    return cv2.resize(mask.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA).clip(0.0, 1.0)
+
+
+def to_model_input(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """HxWx3 uint8 -> 1x3xSxS float32 in [-1, 1] (bilinear, antialiased when shrinking)."""
+    resized = imaging.resize_rgb(image, (size, size))
+    return torch.tensor(resized, device=device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+
+
+def to_image(x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """1x3xSxS in [-1, 1] -> uint8 image resized to (width, height)."""
+    array = ((x[0].permute(1, 2, 0).float().cpu().numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+    return imaging.resize_rgb(array, size)
+
+
+# --- the method ----------------------------------------------------------------------------------
+
+@dataclass
+class Inversion:
+    """x_T of one image and its h at every inversion timestep."""
+
+    x_T: torch.Tensor
+    h: dict[int, torch.Tensor]
+
+
+@register
+class HSpace(Method):
+    name = "hspace"
+    family = "diffusion"
+    title = "h-space content injection (DiffStyle)"
+    summary = "training-free: the object's h-space content injected into a DDPM generation of the background's style"
+
+    def __init__(self, settings: HSpaceSettings | None = None, *, weights: str | os.PathLike | None = None,
+                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                 unet: torch.nn.Module | None = None, weights_label: str | None = None, **overrides: Any) -> None:
+        """settings, or any of its fields as keyword arguments (`HSpace(n_gen=200)`).
+
+        weights: a local folder or Hub id (default: $HARMONY_HSPACE_WEIGHTS, else google/ddpm-ema-church-256).
+        unet: an already-built UNet2DModel (tests, random-weight benchmarks); weights are then not loaded.
+        dtype: float32 by default on every device — DDIM inversion accumulates rounding over 50+ steps.
+        """
+        names = {f.name for f in fields(HSpaceSettings)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise InputError(f"hspace has no option {', '.join(sorted(unknown))}; options: {', '.join(sorted(names))}")
+        self.settings = replace(settings or HSpaceSettings(), **overrides)
+        self.settings.validate()
+        self.device = str(torch.device(device or (unet.device if unet is not None else components.default_device())))
+        self.dtype = dtype
+        self._weights = weights
+        self._unet = None if unet is None else unet.to(self.device) if unet.dtype == dtype else unet.to(self.device, dtype)
+        self.weights_source = weights_label or ("injected model" if unet is not None else self.source())
+        self._cache: OrderedDict[str, Inversion] = OrderedDict()
+        self._lock = threading.Lock()
+        self.cache_hits = 0
+
+    def source(self) -> str:
+        """The weights to load: the `weights` argument, else $HARMONY_HSPACE_WEIGHTS, else the church DDPM."""
+        return components.configured_source(self._weights, WEIGHTS_ENV) or DEFAULT_WEIGHTS
+
+    def set_weights(self, source: str | os.PathLike | None) -> None:
+        """Load from `source` (folder or Hub id; None: back to the default) on the next run."""
+        with self._lock:
+            self._weights = source
+            self._unet = None
+            self._cache.clear()
+            self.weights_source = self.source()
+
+    @classmethod
+    def random_weights(cls, scale: str = "full", device: str | torch.device | None = None, **options: Any) -> "HSpace":
+        """The 256-px DDPM architecture ("full", 113.7M parameters) or the tiny one, random weights (seed 0)."""
+        from harmony_core.diffusion import tiny
+
+        unet = tiny.ddpm_unet("full" if scale == "full" else "tiny", seed=0, device=device)
+        label = f"random weights ({'google/ddpm-*-256 architecture' if scale == 'full' else 'tiny'})"
+        return cls(unet=unet, device=device, weights_label=label, **options)
+
+    def available(self) -> Availability:
+        if self._unet is not None:
+            return Availability(True)
+        return components.check(self.source(), REQUIRED_FILES, HOW_TO_SET)
+
+    def parameters(self) -> dict[str, Any]:
+        return {**asdict(self.settings), "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def unet(self) -> torch.nn.Module:
+        """The UNet2DModel, loaded once through the shared cache."""
+        if self._unet is None:
+            from diffusers import UNet2DModel
+
+            folder = components.resolve(self.source())
+            subfolder = "unet" if (folder / "unet" / "config.json").is_file() else None
+            self._unet = components.load(UNet2DModel, folder, subfolder, self.dtype, self.device)
+        return self._unet
+
+    # --- inversion with a bounded cache ------------------------------------------------------
+
+    def _cache_key(self, image: np.ndarray) -> str:
+        digest = hashlib.sha256(image.tobytes())
+        digest.update(repr((image.shape, self.weights_source, id(self.unet()), self.settings.n_inv,
+                            self.device, str(self.dtype))).encode())
+        return digest.hexdigest()
+
+    def invert(self, image: np.ndarray, on_step: Callable[[], None] | None = None) -> tuple[Inversion, bool]:
+        """DDIM inversion (eta 0) of an image, from the cache when the same bytes were inverted before."""
+        key = self._cache_key(image)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return self._cache[key], True
+        result = self._invert(image, on_step)
+        with self._lock:
+            self._cache[key] = result
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return result, False
+
+    @torch.no_grad()
+    def _invert(self, image: np.ndarray, on_step: Callable[[], None] | None) -> Inversion:
+        from harmony_core.diffusion import unet_parts
+
+        unet = self.unet()
+        ac = ddim.alphas_cumprod_from_betas(ddim.linear_betas())
+        steps = ddim.evenly_spaced(self.settings.n_inv)
+        x0 = to_model_input(image, unet.config.sample_size, torch.device(self.device))
+        h: dict[int, torch.Tensor] = {}
+
+        def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
+            enc = unet_parts.encode(unet, x.to(self.dtype), t)
+            h[t] = enc.h
+            if on_step is not None:
+                on_step()
+            return unet_parts.decode(unet, enc.h, enc.skips, enc.emb).float()
+
+        x_T = ddim.ddim_invert(x0, eps_fn, steps, ac)
+        h[steps[-1]] = unet_parts.encode(unet, x_T.to(self.dtype), steps[-1]).h  # injection may start at T
+        return Inversion(x_T=x_T, h=h)
+
+    # --- generation with injection -----------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, style: Inversion, content: Inversion, mask: torch.Tensor, seed: int,
+                 on_step: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """DDIM generation from the style's x_T with the content's h injected; returns (x0, sum |h~-h|, injections)."""
+        from harmony_core.diffusion import unet_parts
+
+        s = self.settings
+        unet = self.unet()
+        ac = ddim.alphas_cumprod_from_betas(ddim.linear_betas())
+        generation = ddim.evenly_spaced(s.n_gen)
+        schedule = schedule_steps(generation, s.n_inject)
+        content_steps = sorted(content.h)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        x = style.x_T.clone()
+        change = torch.zeros(mask.shape[-2:], dtype=torch.float32, device=x.device)
+        injections = 0
+        for t, t_prev in ddim.step_pairs(generation):
+            a_t, a_prev = ddim.alpha_at(ac, t), ddim.alpha_at(ac, t_prev)
+            eta = 1.0 if (t in schedule and t <= s.t_boost) else 0.0
+            scale = s.dt_lambda if t >= s.dt_lambda_from else 1.0
+            enc = unet_parts.encode(unet, x.to(self.dtype), t)
+            eps = unet_parts.decode(unet, enc.h, enc.skips, enc.emb).float()
+            if t in schedule and t >= s.t_edit:
+                c = content.h[min(content_steps, key=lambda k: (abs(k - t), k))]
+                h_tilde = inject(enc.h, c, s.gamma, mask.to(enc.h.dtype))
+                eps_tilde = unet_parts.decode(unet, h_tilde, enc.skips, enc.emb).float()  # the SAME skips
+                change += (h_tilde - enc.h).float().norm(dim=1)[0]
+                injections += 1
+                if s.omega > 0.0:
+                    x = calibrate(x, eps, eps_tilde, a_t, s.omega)
+                    eps = unet_parts.forward(unet, x.to(self.dtype), t).float()
+                    x = ddim.ddim_step(x, eps, a_t, a_prev, eta=eta, generator=generator, direction_scale=scale)
+                else:
+                    x = ddim.ddim_step(x, eps_tilde, a_t, a_prev, eta=eta, generator=generator,
+                                       eps_direction=eps, direction_scale=scale)
+            else:
+                x = ddim.ddim_step(x, eps, a_t, a_prev, eta=eta, generator=generator, direction_scale=scale)
+            if on_step is not None:
+                on_step()
+        return x, change, injections
+
+    def harmonize(self, request: HarmonizationRequest, progress: Progress) -> HarmonizationResult:
+        style_image = request.background if request.background is not None else request.composite
+        images = [request.composite] if style_image is request.composite else [request.composite, style_image]
+        total = sum(self.settings.n_inv - 1 for _ in images) + self.settings.n_gen
+        done = 0
+
+        def tick(what: str) -> Callable[[], None]:
+            def step() -> None:
+                nonlocal done
+                done += 1
+                progress(min(done / total, 0.99), f"hspace: {what} {done}/{total}")
+            return step
+
+        start = time.perf_counter()
+        content, content_hit = self.invert(request.composite, tick("inverting"))
+        if len(images) == 2:
+            style, style_hit = self.invert(style_image, tick("inverting"))
+        else:
+            style, style_hit = content, content_hit
+        done = total - self.settings.n_gen
+        inverted = time.perf_counter()
+        grid = next(iter(content.h.values())).shape[-2:]
+        soft = mask_grid(request.mask, (grid[0], grid[1]))
+        mask = torch.from_numpy(soft).to(self.device)[None, None]
+        x0, change, injections = self.generate(style, content, mask, request.seed, tick("generating"))
+        image = to_image(x0, request.size)
+        width, height = request.size
+        change_map = change.cpu().numpy()
+        change_map = change_map / change_map.max() if change_map.max() > 0 else change_map
+        maps = {
+            "hspace injection mask": cv2.resize(soft, (width, height), interpolation=cv2.INTER_NEAREST),
+            "hspace |h~-h|": cv2.resize(change_map.astype(np.float32), (width, height), interpolation=cv2.INTER_NEAREST),
+        }
+        metadata = {
+            "style": "background" if len(images) == 2 else "composite",
+            "inversion_cache_hits": int(content_hit) + (int(style_hit) if len(images) == 2 else 0),
+            "inversion_seconds": inverted - start,
+            "generation_seconds": time.perf_counter() - inverted,
+            "injection_steps": injections,
+            "working_size": int(self.unet().config.sample_size),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+        return HarmonizationResult(image=image, maps=maps, metadata=metadata)

@@ -1,0 +1,143 @@
+"""`ptl`: the regional-reference network (LTL + PTL + residual reconstruction), with its maps.
+
+The network sees the composite at 256 x 256 (its fixed input size). Its predicted change
+(output - input at 256) is upsampled to the input's resolution and added inside the mask, so an
+input of any size keeps its own detail: only the smooth colour change comes from 256 px.
+
+Contribution maps (paper fig. 5), all sized like the input, in [0, 1], zero on the object:
+- "ptl background contribution": PTL's block attention averaged over foreground locations,
+  each block's weight spread over the background pixels of its 16x16 footprint (128-px grid).
+- "ptl point contribution": the same for the one foreground location nearest `request.point`
+  (default: the object's pixel nearest its centroid).
+- "ltl attention" / "ltl point attention": LTL's attention over the 32x32 background tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harmony_core import imaging
+from harmony_core.models.ptl_net import CONFIG_NAME, WEIGHTS_NAME, PTLNet
+from harmony_core.registry import Availability, Method, Progress, register
+from harmony_core.types import HarmonizationRequest, HarmonizationResult
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "ptl"
+WEIGHTS_ENV = "HARMONY_PTL_WEIGHTS"
+MAP_NAMES = ("ptl background contribution", "ptl point contribution", "ltl attention", "ltl point attention")
+
+
+def default_point(mask: np.ndarray) -> tuple[int, int]:
+    """The object's pixel nearest its centroid, as (x, y)."""
+    ys, xs = np.nonzero(mask)
+    nearest = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2)
+    return int(xs[nearest]), int(ys[nearest])
+
+
+def nearest_row(rows: np.ndarray, side: int, point: tuple[float, float]) -> int:
+    """Index of the foreground row (flattened side x side grid) nearest a point in grid units."""
+    ys, xs = np.divmod(rows, side)
+    return int(rows[np.argmin((xs + 0.5 - point[0]) ** 2 + (ys + 0.5 - point[1]) ** 2)])
+
+
+def spread_blocks(weights: torch.Tensor, background: torch.Tensor, block: int, stride: int) -> torch.Tensor:
+    """Per-pixel contribution of K block weights: each block's weight over its footprint's
+    background pixels (H x W background weight), summed over the overlapping blocks."""
+    side = background.shape[-1]
+    grid = (side - block) // stride + 1
+    cols = weights.view(1, 1, grid * grid).expand(1, block * block, grid * grid)
+    return F.fold(cols, (side, side), block, stride=stride)[0, 0] * background
+
+
+def to_map(grid: torch.Tensor, background: np.ndarray) -> np.ndarray:
+    """A low-resolution map upsampled to the input, zeroed on the object, scaled to max 1."""
+    h, w = background.shape
+    up = F.interpolate(grid[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    out = up.clamp_min(0).cpu().numpy() * background
+    peak = out.max()
+    return (out / peak if peak > 0 else out).astype(np.float32)
+
+
+@register
+class PTLMethod(Method):
+    name = "ptl"
+    family = "network"
+    title = "Regional reference network (LTL + PTL)"
+    summary = ("Each object location takes its colour statistics from content-related background regions "
+               "(the shipped weights are undertrained: see weights/ptl/README.md).")
+
+    def __init__(self, weights: str | Path | None = None, device: str | None = None) -> None:
+        self.weights = Path(weights or os.environ.get(WEIGHTS_ENV) or SHIPPED_WEIGHTS)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.weights_source = str(self.weights)
+        self._model: PTLNet | None = None
+
+    def available(self) -> Availability:
+        missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (self.weights / name).is_file()]
+        if missing:
+            return Availability(False, f"weights missing: {', '.join(missing)} not found in '{self.weights}' "
+                                       f"(train with `python -m harmony_core train-ptl --export FOLDER` "
+                                       f"and point {WEIGHTS_ENV} at FOLDER)")
+        return Availability(True)
+
+    @property
+    def model(self) -> PTLNet:
+        if self._model is None:
+            self._model = PTLNet.from_pretrained(self.weights, device=self.device)
+        return self._model
+
+    def parameters(self) -> dict[str, Any]:
+        return {"network_size": self.model.config.image_size, "width": self.model.config.width}
+
+    @torch.no_grad()
+    def harmonize(self, request: HarmonizationRequest, progress: Progress) -> HarmonizationResult:
+        model = self.model
+        size = model.config.image_size
+        composite, mask = request.composite, request.mask
+        small = imaging.resize_rgb(composite, (size, size))
+        small_mask = imaging.resize_mask(mask, (size, size))
+        image = torch.from_numpy(small.transpose(2, 0, 1).copy()).float().div(255.0)[None].to(self.device)
+        mask_t = torch.from_numpy(small_mask.astype(np.float32))[None, None].to(self.device)
+        for layer in (model.ltl, model.ptl):
+            layer.record = True
+        try:
+            progress(0.2, "ptl: network at 256 px")
+            change = model(image, mask_t) - image
+            maps = self._maps(model, mask_t, mask, request.point or default_point(mask))
+        finally:
+            for layer in (model.ltl, model.ptl):
+                layer.record, layer.attention = False, None
+        h, w = mask.shape
+        change = F.interpolate(change, size=(h, w), mode="bilinear", align_corners=False)[0]
+        change = change.permute(1, 2, 0).cpu().numpy() * 255.0
+        out = composite.astype(np.float32) + change * mask[..., None]
+        return HarmonizationResult(image=np.clip(np.round(out), 0, 255).astype(np.uint8), maps=maps)
+
+    def _maps(self, model: PTLNet, mask_t: torch.Tensor, mask: np.ndarray,
+              point: tuple[int, int]) -> dict[str, np.ndarray]:
+        background = (~mask).astype(np.float32)
+        h, w = mask.shape
+        maps = {}
+        for layer, prefix in ((model.ptl, "ptl"), (model.ltl, "ltl")):
+            attention = layer.attention[0]  # L x K
+            side = int(round(attention.shape[0] ** 0.5))
+            rows = attention.sum(dim=1).nonzero().squeeze(1).cpu().numpy()
+            if rows.size == 0:  # no foreground location or no usable background
+                overall = point_row = torch.zeros(attention.shape[1], device=attention.device)
+            else:
+                overall = attention[rows].mean(dim=0)
+                point_row = attention[nearest_row(rows, side, (point[0] * side / w, point[1] * side / h))]
+            if prefix == "ptl":
+                soft_background = 1.0 - F.adaptive_avg_pool2d(mask_t, (side, side))[0, 0]
+                spread = lambda weights: spread_blocks(weights, soft_background, layer.block, layer.stride)  # noqa: E731
+                maps["ptl background contribution"] = to_map(spread(overall), background)
+                maps["ptl point contribution"] = to_map(spread(point_row), background)
+            else:
+                maps["ltl attention"] = to_map(overall.view(side, side), background)
+                maps["ltl point attention"] = to_map(point_row.view(side, side), background)
+        return maps

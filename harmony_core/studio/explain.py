@@ -1,0 +1,153 @@
+"""The Explain tab: whatever maps methods return (result.maps), laid over the composite.
+
+Generic over the keys, so a method that adds a map needs no UI change. The contract: each map
+is an HxW array (any size; resized to the image) of values in [0, 1] (other ranges are
+rescaled and the caption says so); a method whose map depends on `request.point` names that
+map with the word "point", and only such methods are re-run when the user clicks a point.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colorbar import ColorbarBase
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from harmony_core.errors import HarmonyError
+from harmony_core.registry import Progress, get_method, method_names
+from harmony_core.studio.serving import failure_reason, run_method
+from harmony_core.types import HarmonizationRequest
+
+log = logging.getLogger(__name__)
+
+COLORMAPS = ["inferno", "viridis", "magma", "coolwarm", "gray"]
+EXPLAINER = "ptl"
+"""The method the tab is built around (the region-matching network's contribution maps)."""
+
+
+def to_unit(values: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """A float32 HxW map in [0, 1] at `size` (width, height), and a note when it was rescaled."""
+    values = np.nan_to_num(np.asarray(values, np.float32))
+    while values.ndim > 2 and 1 in (values.shape[0], values.shape[-1]):  # (1, H, W) or (H, W, 1)
+        values = values[0] if values.shape[0] == 1 else values[..., 0]
+    if values.ndim == 3:  # a map per channel or head: show their mean
+        values = values.mean(axis=-1 if values.shape[-1] <= values.shape[0] else 0)
+    if values.ndim != 2:
+        raise ValueError(f"a map must be HxW, got shape {values.shape}")
+    note = ""
+    lo, hi = float(values.min()), float(values.max())
+    if lo < 0 or hi > 1:
+        values = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+        note = f"rescaled from [{lo:.3g}, {hi:.3g}]"
+    if values.shape != (size[1], size[0]):
+        values = np.clip(cv2.resize(values, size, interpolation=cv2.INTER_LINEAR), 0, 1)
+    return values, note
+
+
+def overlay_map(image: np.ndarray, values: np.ndarray, colormap: str = "inferno", opacity: float = 0.6,
+                point: tuple[int, int] | None = None) -> np.ndarray:
+    """The image with a [0, 1] map blended over it in a colormap, and the point marked."""
+    rgb = colormaps[colormap](values)[..., :3] * 255
+    out = ((1 - opacity) * image.astype(np.float32) + opacity * rgb).round().astype(np.uint8)
+    if point is not None:
+        radius = max(4, round(0.012 * max(image.shape[:2])))
+        cv2.circle(out, point, radius + 2, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.circle(out, point, radius, (0, 255, 255), 2, cv2.LINE_AA)
+    return out
+
+
+def legend_image(colormap: str = "inferno", label: str = "contribution (0 = none, 1 = highest)") -> np.ndarray:
+    """A horizontal colorbar as an RGB image (Figure + Agg canvas: no pyplot global state)."""
+    figure = Figure(figsize=(4.8, 0.9), dpi=100)
+    FigureCanvasAgg(figure)
+    axis = figure.add_axes((0.04, 0.55, 0.92, 0.3))
+    ColorbarBase(axis, cmap=colormaps[colormap], norm=Normalize(0, 1), orientation="horizontal").set_label(label, fontsize=9)
+    axis.tick_params(labelsize=8)
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+
+
+@dataclass
+class MapPanel:
+    method: str
+    key: str
+    values: np.ndarray
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} · {self.key}"
+
+    @property
+    def caption(self) -> str:
+        return self.label + (f" ({self.note})" if self.note else "")
+
+
+@dataclass
+class Explained:
+    panels: list[MapPanel] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def point_methods(self) -> list[str]:
+        """Methods whose maps depend on the clicked point (a map key mentions "point")."""
+        return list(dict.fromkeys(p.method for p in self.panels if "point" in p.key.lower()))
+
+
+def default_methods() -> list[str]:
+    return [EXPLAINER] if EXPLAINER in method_names() else []
+
+
+def availability_note() -> str:
+    """Why the tab's main method cannot run here, or '' when it can."""
+    if EXPLAINER not in method_names():
+        return f"**{EXPLAINER}** is not part of this build yet (harmony_core/methods/{EXPLAINER}.py); maps of other methods still show."
+    state = get_method(EXPLAINER).available()
+    return "" if state else f"**{EXPLAINER}** cannot run here: {state.reason}"
+
+
+def explain(request: HarmonizationRequest, names: list[str], progress: Progress) -> Explained:
+    """Run each method and collect its maps; a method that cannot run or has no maps gets a note."""
+    out = Explained()
+    for i, name in enumerate(names):
+        method = get_method(name)
+        state = method.available()
+        if not state:
+            out.notes.append(f"**{name}** cannot run here: {state.reason}")
+            continue
+        try:
+            result = run_method(method, request, lambda f, m, i=i: progress((i + f) / len(names), m))
+        except HarmonyError as exc:
+            out.notes.append(f"**{name}** failed: {exc}")
+            continue
+        except Exception as exc:  # the log keeps the trace; the user gets a sentence
+            log.exception("explain: %s failed", name)
+            out.notes.append(f"**{name}** failed: {failure_reason(exc)}")
+            continue
+        if not result.maps:
+            out.notes.append(f"**{name}** returns no maps.")
+        for key, values in result.maps.items():
+            try:
+                unit, note = to_unit(values, request.size)
+            except ValueError as exc:
+                out.notes.append(f"**{name}** map '{key}' not shown: {exc}")
+                continue
+            out.panels.append(MapPanel(name, key, unit, note))
+    return out
+
+
+def merge(previous: Explained, fresh: Explained, rerun: list[str]) -> Explained:
+    """The panels of `previous`, those of the re-run methods replaced by `fresh` (order kept)."""
+    fresh_by_method = {m: [p for p in fresh.panels if p.method == m] for m in rerun}
+    panels: list[MapPanel] = []
+    for panel in previous.panels:
+        if panel.method not in rerun:
+            panels.append(panel)
+        elif fresh_by_method.get(panel.method) is not None:
+            panels += fresh_by_method.pop(panel.method)
+    return Explained(panels + [p for ps in fresh_by_method.values() for p in ps], fresh.notes)

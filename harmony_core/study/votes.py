@@ -1,0 +1,267 @@
+"""The vote store: one append-only CSV, safe under many processes and threads and after crashes.
+
+Every append takes a file lock, re-reads what other processes appended since (so duplicates are
+caught across processes), writes the whole row in one `write`, then flushes and fsyncs before
+the lock is released. A crash can at worst leave one torn last line: readers skip it with a
+warning, and the next append moves its bytes to `<votes>.torn` (nothing is thrown away) and cuts
+the CSV back to its last complete line, so no new row is ever glued onto a torn one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import logging
+import os
+import secrets
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from filelock import FileLock
+
+from harmony_core import __version__
+from harmony_core.errors import InputError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "vote_id", "schema_version", "ts_utc", "app_version", "mode", "sample_id", "sample_source",
+    "shown_order", "choice_pos", "winner_method", "rater_id", "session_hash", "ip_hash",
+    "latency_ms", "flags",
+)
+SCHEMA_VERSION = "1"
+MODES = ("best_of_n", "pairwise")
+SOURCES = ("study", "user")
+VOTES_FILE = "votes.csv"
+SECRET_FILE = ".ip_hash_secret"
+SECRET_ENV = "HARMONY_VOTE_SECRET"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class DuplicateVote(InputError):
+    """This rater already voted on this sample in this mode; the vote is not recorded."""
+
+
+def neutralize(value: object) -> str:
+    """A cell a spreadsheet shows as text: no leading formula character, no line breaks.
+
+    Line breaks are replaced too, so every row is exactly one physical line (the torn-line
+    detection depends on it).
+    """
+    text = "" if value is None else str(value)
+    if text.startswith(FORMULA_STARTS):
+        text = "'" + text
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def ip_hash(ip: str | None, secret: bytes) -> str:
+    """HMAC-SHA256 of the client IP: lets an organizer spot ballot stuffing without storing IPs."""
+    if not ip:
+        return ""
+    return hmac.new(secret, ip.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def load_secret(folder: str | os.PathLike) -> bytes:
+    """The HMAC secret: $HARMONY_VOTE_SECRET, else `<folder>/.ip_hash_secret` (created 0600 once)."""
+    if os.environ.get(SECRET_ENV):
+        return os.environ[SECRET_ENV].encode()
+    path = Path(folder) / SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=30):
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+                handle.flush()
+                os.fsync(handle.fileno())
+    return path.read_text().strip().encode()
+
+
+@dataclass
+class Vote:
+    """One vote as the UI knows it; `VoteStore.append` adds ids, time and version."""
+
+    mode: str
+    sample_id: str
+    sample_source: str
+    shown_order: list[str]
+    choice_pos: int | None
+    """Index into shown_order (0 = the image labelled A); None for "can't decide"."""
+    rater_id: str
+    session_hash: str = ""
+    ip_hash: str = ""
+    latency_ms: int | None = None
+    flags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"Unknown vote mode '{self.mode}' (expected one of {', '.join(MODES)}).")
+        if self.sample_source not in SOURCES:
+            raise InputError(f"Unknown sample source '{self.sample_source}'.")
+        if len(self.shown_order) < 2:
+            raise InputError("A vote needs at least two shown methods.")
+        if self.choice_pos is not None and not 0 <= self.choice_pos < len(self.shown_order):
+            raise InputError(f"Choice {self.choice_pos} is not one of the {len(self.shown_order)} shown images.")
+        if not self.rater_id:
+            raise InputError("A vote needs a rater id.")
+
+    @property
+    def winner(self) -> str:
+        return "" if self.choice_pos is None else self.shown_order[self.choice_pos]
+
+    def row(self) -> dict[str, str]:
+        values = {
+            "vote_id": uuid.uuid4().hex,
+            "schema_version": SCHEMA_VERSION,
+            "ts_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "app_version": __version__,
+            "mode": self.mode,
+            "sample_id": self.sample_id,
+            "sample_source": self.sample_source,
+            "shown_order": ";".join(self.shown_order),
+            "choice_pos": "" if self.choice_pos is None else str(self.choice_pos),
+            "winner_method": self.winner,
+            "rater_id": self.rater_id,
+            "session_hash": self.session_hash,
+            "ip_hash": self.ip_hash,
+            "latency_ms": "" if self.latency_ms is None else str(max(0, int(self.latency_ms))),
+            "flags": ";".join(self.flags),
+        }
+        return {k: neutralize(v) for k, v in values.items()}
+
+
+def _encode(values: list[str] | tuple[str, ...]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue().encode()
+
+
+def _parse(lines: bytes, where: str) -> tuple[list[dict[str, str]], int]:
+    """Well-formed rows of complete lines (header skipped) and the number of malformed lines."""
+    rows, bad = [], 0
+    for record in csv.reader(io.StringIO(lines.decode("utf-8", errors="replace"))):
+        if tuple(record) == COLUMNS:
+            continue
+        if len(record) != len(COLUMNS) or record[1] != SCHEMA_VERSION or record[4] not in MODES:
+            bad += 1
+            continue
+        rows.append(dict(zip(COLUMNS, record)))
+    if bad:
+        log.warning("%s: %d malformed line(s) skipped", where, bad)
+    return rows, bad
+
+
+class VoteStore:
+    """The votes CSV of one folder. Safe to share between threads and processes."""
+
+    def __init__(self, folder: str | os.PathLike, lock_timeout: float = 60.0) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / VOTES_FILE
+        self.torn_path = self.path.with_suffix(".torn")
+        self._file_lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout)
+        self._thread_lock = threading.Lock()
+        self._offset = 0
+        self._keys: set[tuple[str, str, str]] = set()
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def append(self, vote: Vote) -> dict[str, str]:
+        """Record a vote exactly once; DuplicateVote if (rater, sample, mode) already voted."""
+        row = vote.row()
+        key = (row["rater_id"], row["sample_id"], row["mode"])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._thread_lock, self._file_lock:
+            self._catch_up()
+            if key in self._keys:
+                raise DuplicateVote("You already voted on this image in this mode; the repeated vote was not recorded.")
+            data = _encode([row[c] for c in COLUMNS])
+            if self._offset == 0:
+                data = _encode(COLUMNS) + data
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._offset += len(data)
+            self._keys.add(key)
+        return row
+
+    def _catch_up(self) -> None:
+        """Read what was appended since our last look (under the lock); repair a torn tail."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size < self._offset:  # the file was replaced behind our back: start over
+            self._offset, self._keys = 0, set()
+        if size == self._offset:
+            return
+        with open(self.path, "rb") as handle:
+            handle.seek(self._offset)
+            chunk = handle.read(size - self._offset)
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        if self._offset == 0 and complete and not complete.startswith(_encode(COLUMNS)):
+            raise InputError(f"{self.path} is not a votes file of this version (other columns); move it away.")
+        rows, _ = _parse(complete, str(self.path))
+        self._keys.update((r["rater_id"], r["sample_id"], r["mode"]) for r in rows)
+        self._offset += len(complete)
+        tail = chunk[len(complete):]
+        if tail:
+            log.warning("%s: a torn last line (%d bytes, from an interrupted write) moved to %s",
+                        self.path, len(tail), self.torn_path)
+            with open(self.torn_path, "ab") as torn:
+                torn.write(tail + b"\n")
+                torn.flush()
+                os.fsync(torn.fileno())
+            os.truncate(self.path, self._offset)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def complete_bytes(self) -> bytes:
+        """The file up to its last complete line (a torn last line is skipped with a warning)."""
+        if not self.path.exists():
+            return b""
+        with self._thread_lock, self._file_lock:
+            data = self.path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) < len(data):
+            log.warning("%s: a torn last line (%d bytes) skipped", self.path, len(data) - len(complete))
+        return complete
+
+    def rows(self) -> list[dict[str, str]]:
+        """Every well-formed vote; torn or malformed lines are skipped with a warning."""
+        return _parse(self.complete_bytes(), str(self.path))[0]
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows(), columns=list(COLUMNS))
+
+    def voted_samples(self, rater_id: str, mode: str) -> set[str]:
+        """Samples this rater already voted on in this mode (to pick the next round)."""
+        rater = neutralize(rater_id)
+        return {r["sample_id"] for r in self.rows() if r["rater_id"] == rater and r["mode"] == mode}
+
+
+def start_hub_sync(folder: str | os.PathLike):
+    """Push the votes CSV to a Hub dataset every few minutes, when $HARMONY_VOTES_DATASET is set.
+
+    Only `votes.csv` is uploaded (never the HMAC secret or the lock). A push that catches a row
+    mid-write uploads a torn last line, which readers skip and the next push replaces.
+    Returns the CommitScheduler, or None when not configured.
+    """
+    repo_id = os.environ.get("HARMONY_VOTES_DATASET")
+    if not repo_id:
+        return None
+    from huggingface_hub import CommitScheduler
+
+    minutes = float(os.environ.get("HARMONY_VOTES_SYNC_MINUTES", "5"))
+    log.info("syncing %s to the Hub dataset %s every %g min", folder, repo_id, minutes)
+    return CommitScheduler(
+        repo_id=repo_id, repo_type="dataset", folder_path=folder, path_in_repo="votes",
+        every=minutes, allow_patterns=[VOTES_FILE], private=True,
+    )

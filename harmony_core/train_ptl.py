@@ -1,0 +1,180 @@
+"""Training of the `ptl` network on composites synthesized on the fly from real photos.
+
+`python -m harmony_core train-ptl --out runs/ptl` trains with the paper's recipe (Adam 1e-3,
+betas 0.9/0.999, foreground-normalized MSE with A_min 100, random resized crop + flip, 256 px,
+learning rate / 10 after 6/7 of the steps as the paper's epoch 120 of 140) on the project's
+training split, validates on held-out photos, and resumes from `OUT/checkpoint.pt` when rerun.
+
+Determinism: sample i of the run is synthetic sample i of SyntheticComposites(train photos, seed)
+(a pure function of seed and i) and batches take consecutive samples, so a run and a resumed run
+see the same data; weights start from torch.manual_seed(seed). On one machine with the same
+thread count the run is reproducible; across machines floating-point order may differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from harmony_core import atomic
+from harmony_core.data import SyntheticComposites, list_photos, select_split
+from harmony_core.errors import InputError
+from harmony_core.metrics import psnr_from_mse
+from harmony_core.models.ptl_net import PTLConfig, PTLNet, foreground_mse_loss
+
+CHECKPOINT = "checkpoint.pt"
+CURVE_CSV = "curve.csv"
+CURVE_PNG = "curve.png"
+CURVE_FIELDS = ("step", "samples", "lr", "train_loss", "val_mse", "val_fmse", "val_psnr", "val_fpsnr", "seconds")
+
+
+def datasets(data: str | Path, seed: int, length: int, val_samples: int) -> tuple[SyntheticComposites, SyntheticComposites]:
+    root = Path(data)
+    if not root.is_dir():
+        raise InputError(f"Training data folder '{root}' not found (expected images/ and masks/ inside).")
+    photos = list_photos(root / "images", root / "masks")
+    train = SyntheticComposites(select_split(photos, "train"), seed=seed, length=length, size=256, augment=True)
+    val = SyntheticComposites(select_split(photos, "val"), seed=0, size=256)
+    val.length = min(val_samples, len(val))
+    return train, val
+
+
+@torch.no_grad()
+def validate(model: PTLNet, loader: DataLoader, device: str) -> dict[str, float]:
+    """Mean per-image MSE / fMSE (0..255, the metric protocol at 256 px) and their PSNRs."""
+    model.eval()
+    mse, fmse = [], []
+    for composite, mask, real in loader:
+        composite, mask, real = composite.to(device), mask.to(device), real.to(device)
+        # Quantize like a saved image so the curve matches `evaluate`.
+        out = torch.round(model(composite, mask).clamp(0, 1) * 255.0)
+        error = (out - torch.round(real * 255.0)) ** 2
+        mse += error.mean(dim=(1, 2, 3)).tolist()
+        fmse += ((error * mask).sum(dim=(1, 2, 3)) / (3 * mask.sum(dim=(1, 2, 3)).clamp_min(1))).tolist()
+    model.train()
+    m, f = float(np.mean(mse)), float(np.mean(fmse))
+    return {"val_mse": m, "val_fmse": f, "val_psnr": psnr_from_mse(m), "val_fpsnr": psnr_from_mse(f)}
+
+
+def plot_curve(rows: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["train_loss"] / 3 for r in rows], label="train loss / 3 (fMSE scale)")
+    ax.plot(steps, [r["val_fmse"] for r in rows], marker="o", label="validation fMSE")
+    ax.set_xlabel("step")
+    ax.set_ylabel("foreground MSE (0..255)")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic.atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)
+    plt.close(fig)
+
+
+def write_curve(rows: list[dict[str, float]], out: Path) -> None:
+    with atomic.atomic_open(out / CURVE_CSV, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CURVE_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_curve(rows, out / CURVE_PNG)
+
+
+def save_checkpoint(path: Path, model: PTLNet, optimizer: torch.optim.Optimizer, step: int,
+                    rows: list[dict[str, float]], args: argparse.Namespace) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+             "curve": rows, "config": asdict(model.config), "args": vars(args)}
+    with atomic.atomic_open(path, "wb") as handle:
+        torch.save(state, handle)
+
+
+def learning_rate(args: argparse.Namespace, step: int) -> float:
+    return args.lr * (0.1 if step >= math.floor(args.lr_drop * args.steps) else 1.0)
+
+
+def train(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = PTLNet(PTLConfig(width=args.width, ptl_write=args.ptl_write)).to(args.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
+    step, rows = 0, []
+    checkpoint = out / CHECKPOINT
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=args.device, weights_only=False)
+        if state["config"] != asdict(model.config):
+            raise InputError(f"{checkpoint} was trained with {state['config']}; use another --out.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, rows = state["step"], state["curve"]
+        print(f"resuming from step {step}")
+    train_set, val_set = datasets(args.data, args.seed, args.steps * args.batch_size, args.val_samples)
+    loader_options = {"batch_size": args.batch_size, "num_workers": args.workers,
+                      "persistent_workers": args.workers > 0}
+    batches = DataLoader(Subset(train_set.torch_dataset(), range(step * args.batch_size, len(train_set))),
+                         **loader_options)
+    val_loader = DataLoader(val_set.torch_dataset(), batch_size=8)
+    started = time.perf_counter()
+    elapsed_before = rows[-1]["seconds"] if rows else 0.0
+    running: list[float] = []
+    model.train()
+    progress = tqdm(total=args.steps, initial=step, desc="train-ptl", unit="step")
+    for composite, mask, real in batches:
+        composite, mask, real = composite.to(args.device), mask.to(args.device), real.to(args.device)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(args, step)
+        loss = foreground_mse_loss(model(composite, mask), real, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        running.append(loss.item())
+        progress.update()
+        progress.set_postfix(loss=f"{np.mean(running[-50:]):.0f}")
+        out_of_time = args.max_minutes is not None and time.perf_counter() - started > 60 * args.max_minutes
+        if step % args.val_every == 0 or step == args.steps or out_of_time:
+            row = {"step": step, "samples": step * args.batch_size, "lr": learning_rate(args, step - 1),
+                   "train_loss": float(np.mean(running)), **validate(model, val_loader, args.device),
+                   "seconds": elapsed_before + time.perf_counter() - started}
+            rows.append(row)
+            running = []
+            write_curve(rows, out)
+            save_checkpoint(checkpoint, model, optimizer, step, rows, args)
+            progress.write(f"step {step}: val fMSE {row['val_fmse']:.1f}, PSNR {row['val_psnr']:.2f}")
+        if out_of_time:
+            break
+    progress.close()
+    if args.export:
+        export(model, rows, args)
+    return checkpoint
+
+
+def export(model: PTLNet, rows: list[dict[str, float]], args: argparse.Namespace) -> None:
+    """The shipped artifact: fp16 safetensors + config.json + the training curve and recipe."""
+    folder = Path(args.export)
+    model.save_pretrained(folder)
+    write_curve(rows, folder)
+    recipe = {key: value for key, value in vars(args).items() if key not in ("func", "export")}
+    recipe["data"] = Path(args.data).name
+    atomic.write_text(folder / "training.json", json.dumps({"recipe": recipe, "final": rows[-1] if rows else {}},
+                                                          indent=2) + "\n")
+    print(f"exported {folder}")

@@ -1,0 +1,80 @@
+"""One real click-through in Debian's chromium (Playwright): compose -> compare -> vote -> leaderboard."""
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+    pytest.skip(f"chromium is not installed ({CHROMIUM}); .ci/run installs it with apt-get", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    from app import build_app
+
+    demo = build_app(max_side=400, votes_dir=tmp_path_factory.mktemp("votes"))
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def test_click_through_in_chromium(url, tmp_path):
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=executable, headless=True,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(url)
+            page.get_by_text("Harmony Studio").first.wait_for()
+
+            # Compose: upload a composite and its mask.
+            page.locator("#compose-composite input[type=file]").set_input_files(str(EXAMPLES / "cat_composite.jpg"))
+            page.locator("#compose-mask input[type=file]").set_input_files(str(EXAMPLES / "cat_mask.png"))
+            page.locator("#compose-composite img").first.wait_for()
+            page.locator("#compose-mask img").first.wait_for()
+            page.locator("#compose-use").click()
+            sync_api.expect(page.locator("#compose-notice")).to_contain_text("Ready")
+
+            # Compare: every runnable method streams into the gallery.
+            page.get_by_role("tab", name="Compare").click()
+            page.locator("#compare-run").click()
+            sync_api.expect(page.locator("#compare-status")).to_contain_text("poisson", timeout=120_000)
+            sync_api.expect(page.locator("#compare-gallery").get_by_text("poisson ·").first).to_be_visible()
+
+            # Blind study: letters only, then the names after the vote.
+            page.get_by_role("tab", name="Blind study").click()
+            page.locator("#study-next").click()
+            sync_api.expect(page.locator("#vote-B")).to_be_enabled()
+            page.locator("#vote-B").click()
+            sync_api.expect(page.locator("#study-message")).to_contain_text("Recorded")
+            sync_api.expect(page.locator("#vote-A")).to_be_disabled()
+            sync_api.expect(page.locator("#slot-B")).to_contain_text("your pick")
+            page.screenshot(path=str(tmp_path / "study.png"), full_page=True)
+
+            # Leaderboard: the vote is counted.
+            page.get_by_role("tab", name="Leaderboard").click()
+            sync_api.expect(page.locator("#board-headline")).to_contain_text("preferred", timeout=60_000)
+            sync_api.expect(page.locator("#board-table")).to_contain_text("poisson")
+        finally:
+            page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
+            browser.close()
+    assert (tmp_path / "studio.png").stat().st_size > 10_000

@@ -1,0 +1,343 @@
+"""The ptl network: shapes, LTL/PTL against slow references written from the paper's equations,
+edge cases, residual reconstruction, the loss, the shipped weights, maps, and training."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harmony_core import imaging
+from harmony_core.methods.ptl import MAP_NAMES, SHIPPED_WEIGHTS, PTLMethod, spread_blocks
+from harmony_core.models.ptl_net import LTL, PTL, PTLConfig, PTLNet, foreground_mse_loss
+from harmony_core.types import HarmonizationRequest
+
+
+def test_parameter_count_matches_the_paper() -> None:
+    model = PTLNet()
+    total = sum(p.numel() for p in model.parameters())
+    ltl = sum(p.numel() for p in model.ltl.parameters())
+    ptl = sum(p.numel() for p in model.ptl.parameters())
+    print(f"ptl network: {total:,} parameters (LTL {ltl:,}, PTL {ptl:,})")
+    assert 9.3e6 < total < 9.6e6  # paper: 9.48M
+    assert ptl == 64 * 16 * 16 * 64 + 64  # Linear(C*16*16 -> C) at C = 64
+    assert (model.ptl.block, model.ptl.stride) == (16, 4)
+    assert F.unfold(torch.zeros(1, 1, 128, 128), 16, stride=4).shape[-1] == 29 * 29  # 841 blocks
+
+
+def test_forward_shapes_and_small_variant() -> None:
+    torch.manual_seed(0)
+    model = PTLNet(PTLConfig(width=0.25)).eval()
+    image = torch.rand(2, 3, 256, 256)
+    mask = torch.zeros(2, 1, 256, 256)
+    mask[:, :, 60:150, 90:200] = 1
+    with torch.no_grad():
+        out = model(image, mask)
+    assert out.shape == image.shape
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError):
+        PTLNet(PTLConfig(image_size=128))
+
+
+def _mask(h: int, w: int, seed: int) -> torch.Tensor:
+    """A blob covering roughly a third of the map, as 1 x 1 x h x w."""
+    g = torch.Generator().manual_seed(seed)
+    noise = F.interpolate(torch.rand(1, 1, 3, 3, generator=g), size=(h, w), mode="bilinear", align_corners=False)
+    return (noise > noise.flatten().quantile(0.65)).float()
+
+
+def ltl_reference(layer: LTL, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eqs. 1-2 for one image with loops and explicit single-head attention."""
+    c, h, w = features.shape[1:]
+    attention = layer.attention_layer
+    wq, wk, wv = attention.in_proj_weight.chunk(3)
+    bq, bk, bv = attention.in_proj_bias.chunk(3)
+    t = features[0].reshape(c, -1).T  # L x C
+    q, k, v = t @ wq.T + bq, t @ wk.T + bk, t @ wv.T + bv
+    sa = torch.softmax(q @ k.T / math.sqrt(c), dim=-1) @ v
+    t = t + sa @ attention.out_proj.weight.T + attention.out_proj.bias
+    t = (t - t.mean(0)) / torch.sqrt(t.var(0, unbiased=False) + layer.norm.eps)
+    fg = (F.adaptive_avg_pool2d(mask, (h, w)) > 0.5).flatten()
+    out = t.clone()
+    tb = t[~fg]
+    for i in torch.nonzero(fg).flatten():
+        r = torch.softmax(t[i] @ tb.T / math.sqrt(c), dim=0) @ tb
+        out[i] = layer.fuse(torch.cat([t[i], r]))
+    return out.T.reshape(1, c, h, w)
+
+
+def ptl_reference(layer: PTL, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eqs. 3-5 for one image, block by block."""
+    c, h, w = features.shape[1:]
+    k, s = layer.block, layer.stride
+    soft = F.adaptive_avg_pool2d(mask, (h, w))[0, 0]
+    mb = 1 - soft
+    f = features[0]
+    mus, sigmas, tokens, valid = [], [], [], []
+    for top in range(0, h - k + 1, s):
+        for left in range(0, w - k + 1, s):
+            block, patch = f[:, top:top + k, left:left + k], mb[top:top + k, left:left + k]
+            area = patch.sum()
+            mu = (block * patch).sum(dim=(1, 2)) / area.clamp_min(1e-8)
+            var = ((block - mu[:, None, None]) ** 2 * patch).sum(dim=(1, 2)) / area.clamp_min(1e-8)
+            sigma = torch.sqrt(var + layer.eps)
+            normalized = (block - mu[:, None, None]) / sigma[:, None, None] * patch
+            mus.append(mu)
+            sigmas.append(sigma)
+            tokens.append(layer.project(normalized.flatten()))
+            valid.append(bool(patch.mean() >= layer.min_coverage))
+    mu, sigma, cb = torch.stack(mus), torch.stack(sigmas), torch.stack(tokens)
+    valid_t = torch.tensor(valid)
+    fg = (soft > 0.5).flatten()
+    flat = f.reshape(c, -1).T.clone()
+    tf = flat[fg]
+    cf = (tf - tf.mean(0)) / torch.sqrt(tf.var(0, unbiased=False) + layer.eps)
+    logits = cf @ cb[valid_t].T / math.sqrt(c)
+    weights = torch.softmax(logits, dim=-1)
+    flat[fg] = cf * (weights @ sigma[valid_t]) + weights @ mu[valid_t]
+    return flat.T.reshape(1, c, h, w)
+
+
+def test_ltl_matches_the_equations() -> None:
+    torch.manual_seed(1)
+    layer = LTL(8).eval()
+    features, mask = torch.randn(1, 8, 6, 6), _mask(24, 24, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(features, mask), ltl_reference(layer, features, mask), atol=1e-5, rtol=1e-4)
+
+
+def test_ptl_matches_the_equations() -> None:
+    torch.manual_seed(2)
+    config = PTLConfig(block_divisor=4, stride_divisor=8)  # 16 px map: 4x4 blocks, stride 2, 7x7 blocks
+    layer = PTL(6, 16, config)
+    features, mask = torch.randn(1, 6, 16, 16) * 2 + 0.5, _mask(32, 32, 2)
+    with torch.no_grad():
+        out = layer(features, mask)
+        torch.testing.assert_close(out, ptl_reference(layer, features, mask), atol=1e-4, rtol=1e-4)
+    background = (F.adaptive_avg_pool2d(mask, (16, 16)) <= 0.5).expand_as(features)
+    assert torch.equal(out[background], features[background])
+
+
+def test_ptl_add_variant_adds_the_translation() -> None:
+    torch.manual_seed(2)
+    replace = PTL(6, 16, PTLConfig(block_divisor=4, stride_divisor=8))
+    add = PTL(6, 16, PTLConfig(block_divisor=4, stride_divisor=8, ptl_write="add"))
+    add.load_state_dict(replace.state_dict())
+    features, mask = torch.randn(1, 6, 16, 16), _mask(32, 32, 2)
+    foreground = (F.adaptive_avg_pool2d(mask, (16, 16)) > 0.5).expand_as(features)
+    with torch.no_grad():
+        expected = torch.where(foreground, features + replace(features, mask), features)
+        torch.testing.assert_close(add(features, mask), expected)
+
+
+def test_ptl_batches_like_single_images() -> None:
+    torch.manual_seed(3)
+    layer = PTL(4, 16, PTLConfig(block_divisor=4, stride_divisor=8))
+    features = torch.randn(2, 4, 16, 16)
+    masks = torch.cat([_mask(16, 16, 4), _mask(16, 16, 5)])
+    with torch.no_grad():
+        both = layer(features, masks)
+        for i in range(2):
+            torch.testing.assert_close(both[i:i + 1], layer(features[i:i + 1], masks[i:i + 1]))
+
+
+def test_no_background_and_no_foreground_pass_through() -> None:
+    torch.manual_seed(4)
+    ptl = PTL(4, 16, PTLConfig(block_divisor=4, stride_divisor=8))
+    ltl = LTL(4).eval()
+    features = torch.randn(1, 4, 16, 16)
+    everything, nothing = torch.ones(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(ptl(features, everything), features)  # no background block
+        assert torch.equal(ptl(features, nothing), features)  # no foreground location
+        assert torch.equal(ltl(features, everything), features)  # no background token
+        out = ltl(features, nothing)  # background tokens keep the self-attended, normalized T
+    assert torch.isfinite(out).all() and not torch.equal(out, features)
+    # A foreground so large that no block keeps 25% background: PTL must leave it alone too.
+    almost = torch.ones(1, 1, 16, 16)
+    almost[..., 0, 0] = 0
+    with torch.no_grad():
+        assert torch.equal(ptl(features, almost), features)
+
+
+def test_gradients_are_finite_on_edge_cases() -> None:
+    torch.manual_seed(5)
+    model = PTLNet(PTLConfig(width=0.25))
+    image = torch.rand(3, 3, 256, 256)
+    mask = torch.zeros(3, 1, 256, 256)
+    mask[0] = 1  # all foreground
+    mask[2, :, 100:180, 40:90] = 1  # a normal object; sample 1 has no foreground at all
+    foreground_mse_loss(model(image, mask), torch.rand_like(image), mask).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_residual_reconstruction_keeps_the_background() -> None:
+    torch.manual_seed(6)
+    model = PTLNet(PTLConfig(width=0.25)).eval()
+    torch.nn.init.normal_(model.to_rgb.weight)  # it starts at zero: the composite unchanged
+    image = torch.rand(1, 3, 256, 256)
+    mask = torch.zeros(1, 1, 256, 256)
+    mask[..., 30:90, 100:220] = 1
+    with torch.no_grad():
+        out = model(image, mask)
+    outside = (mask == 0).expand_as(image)
+    torch.testing.assert_close(out[outside], image[outside], atol=1e-6, rtol=0)
+    assert (out[~outside] - image[~outside]).abs().max() > 1e-3
+
+
+def test_foreground_loss_formula() -> None:
+    out, target = torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, :, :2, :2] = 1  # 4 pixels -> clamped to A_min
+    mask[1] = 1
+    out[:, 0] = 0.1  # error 25.5 in the red channel everywhere
+    expected_0 = 4 * 25.5**2 / 100
+    expected_1 = 16 * 25.5**2 / 100
+    loss = foreground_mse_loss(out, target, mask, min_area=100)
+    assert loss.item() == pytest.approx((expected_0 + expected_1) / 2, rel=1e-5)
+    assert foreground_mse_loss(out, target, mask, min_area=1).item() == pytest.approx(25.5**2, rel=1e-5)
+
+
+def test_save_and_load_round_trip(tmp_path) -> None:
+    torch.manual_seed(7)
+    model = PTLNet(PTLConfig(width=0.25)).eval()
+    model.save_pretrained(tmp_path)
+    loaded = PTLNet.from_pretrained(tmp_path)
+    assert loaded.config == model.config
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a.half().float(), b) if a.is_floating_point() else torch.equal(a, b), name
+
+
+def test_spread_blocks_covers_footprints() -> None:
+    weights = torch.zeros(7 * 7)
+    weights[0] = 1.0  # the top-left 4x4 block
+    out = spread_blocks(weights, torch.ones(16, 16), block=4, stride=2)
+    assert out[:4, :4].eq(1).all() and out.sum() == 16
+
+
+# --- the shipped weights through the method ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shipped() -> PTLMethod:
+    method = PTLMethod()
+    if not method.available():
+        pytest.fail(f"the shipped ptl weights must load: {method.available().reason}")
+    return method
+
+
+def _cat_request(**extra) -> HarmonizationRequest:
+    from tests.conftest import ROOT
+
+    composite = imaging.load_rgb(ROOT / "examples" / "cat_composite.jpg")
+    mask = imaging.load_mask(ROOT / "examples" / "cat_mask.png")
+    return HarmonizationRequest(composite=composite, mask=mask, **extra)
+
+
+def test_shipped_weights_load_and_harmonize(shipped: PTLMethod) -> None:
+    assert shipped.weights == SHIPPED_WEIGHTS
+    request = _cat_request()
+    result = shipped.run(request)
+    assert result.image.shape == request.composite.shape
+    assert np.array_equal(result.image[~request.mask], request.composite[~request.mask])
+    assert not np.array_equal(result.image[request.mask], request.composite[request.mask])
+    assert result.metadata["weights"] == str(SHIPPED_WEIGHTS)
+
+
+def test_maps_are_normalized_sized_and_zero_on_the_object(shipped: PTLMethod) -> None:
+    request = _cat_request()
+    maps = shipped.run(request).maps
+    assert set(maps) == set(MAP_NAMES)
+    for name, value in maps.items():
+        assert value.shape == request.mask.shape, name
+        assert value.min() >= 0 and value.max() == pytest.approx(1.0), name
+        assert np.all(value[request.mask] == 0), name
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory) -> PTLMethod:
+    """A randomly initialized small network: its attention differs from location to location
+    (the shipped, briefly trained one sends every location mostly to the same few blocks)."""
+    folder = tmp_path_factory.mktemp("ptl-random")
+    torch.manual_seed(8)
+    PTLNet(PTLConfig(width=0.25, ptl_write="add")).save_pretrained(folder)
+    return PTLMethod(weights=folder)
+
+
+def test_point_map_follows_the_point(untrained: PTLMethod) -> None:
+    base = _cat_request()
+    ys, xs = np.nonzero(base.mask)
+    top = (int(xs[np.argmin(ys)]), int(ys.min()))
+    bottom = (int(xs[np.argmax(ys)]), int(ys.max()))
+    first = untrained.run(_cat_request(point=top)).maps
+    second = untrained.run(_cat_request(point=bottom)).maps
+    for name in ("ptl point contribution", "ltl point attention"):
+        assert np.abs(first[name] - second[name]).max() > 0.01, name
+    for name in ("ptl background contribution", "ltl attention"):
+        assert np.array_equal(first[name], second[name]), name
+
+
+def test_full_resolution_keeps_detail(shipped: PTLMethod) -> None:
+    """The change is the upsampled 256-px residual: smooth, so the object's fine texture survives."""
+    rng = np.random.default_rng(0)
+    composite = np.full((768, 1024, 3), 120, np.uint8)
+    composite[:, :512] = (60, 110, 170)
+    mask = np.zeros((768, 1024), bool)
+    mask[200:600, 300:800] = True
+    composite[mask] = rng.integers(100, 220, size=(int(mask.sum()), 3), dtype=np.uint8)  # pixel noise
+    result = shipped.run(HarmonizationRequest(composite=composite, mask=mask)).image
+    change = result.astype(np.float32) - composite.astype(np.float32)
+    inner = change[210:590, 310:790]
+    # Neighbouring pixels change by almost the same amount, whereas the texture differs wildly.
+    assert np.abs(np.diff(inner, axis=1)).mean() < 1.0
+    assert np.abs(np.diff(composite[210:590, 310:790].astype(np.float32), axis=1)).mean() > 30
+
+
+def test_missing_weights_say_what_to_do(tmp_path) -> None:
+    state = PTLMethod(weights=tmp_path).available()
+    assert not state and "config.json" in state.reason and "train-ptl" in state.reason
+
+
+# --- training ------------------------------------------------------------------------------------
+
+def _photos(root) -> None:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    names = [f"p{i}" for i in range(12)]
+    for name in names:
+        base = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+        image = np.asarray(imaging.resize_rgb(base, (300, 280)))
+        mask = np.zeros((280, 300), bool)
+        top, left = rng.integers(20, 120, size=2)
+        mask[top:top + 100, left:left + 120] = True
+        imaging.save_image(image, root / "images" / f"{name}.png")
+        imaging.save_image(mask, root / "masks" / f"{name}.png")
+
+
+def _train_args(data, out, steps: int, **extra) -> argparse.Namespace:
+    options = dict(data=str(data), out=str(out), steps=steps, batch_size=2, lr=1e-3, lr_drop=0.5, width=0.25,
+                   seed=0, workers=0, val_every=2, val_samples=2, max_minutes=None, export=None, device="cpu",
+                   threads=None, ptl_write="add")
+    options.update(extra)
+    return argparse.Namespace(**options)
+
+
+def test_training_is_deterministic_resumable_and_exports(tmp_path) -> None:
+    from harmony_core.train_ptl import CURVE_CSV, CURVE_PNG, train
+
+    _photos(tmp_path / "photos")
+    straight = torch.load(train(_train_args(tmp_path / "photos", tmp_path / "a", 4)), weights_only=False)
+    train(_train_args(tmp_path / "photos", tmp_path / "b", 4, max_minutes=0.0))  # stops after one step
+    resumed = torch.load(train(_train_args(tmp_path / "photos", tmp_path / "b", 4, export=str(tmp_path / "w"))),
+                         weights_only=False)
+    assert resumed["step"] == straight["step"] == 4
+    for name, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    assert [row["step"] for row in resumed["curve"]] == [1, 2, 4]
+    for name in (CURVE_CSV, CURVE_PNG, "config.json", "model.safetensors", "training.json"):
+        assert (tmp_path / "w" / name).is_file(), name
+    assert PTLMethod(weights=tmp_path / "w").available()
