@@ -13,6 +13,7 @@ from transformers import CLIPTextModel
 
 from harmony_core import imaging
 from harmony_core.diffusion import components
+from harmony_core.diffusion.pixels import to_tensor
 from harmony_core.diffusion.tiny import save_tiny_sd_pipeline
 from harmony_core.errors import MethodUnavailable
 from harmony_core.methods.freepih import (
@@ -36,7 +37,6 @@ from harmony_core.methods.freepih import (
     stability_loss,
     style_loss,
     style_module_names,
-    to_tensor,
     working_size,
 )
 from harmony_core.registry import get_method, method_names

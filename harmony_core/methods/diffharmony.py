@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from harmony_core import imaging
+from harmony_core.diffusion.pixels import to_tensor, to_uint8
 from harmony_core.errors import InputError, MethodUnavailable
 from harmony_core.registry import Availability, Method, Progress, register
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
@@ -178,21 +178,6 @@ def refine(model: Any, stage1_image: Any, composite: Any, mask: Any) -> Any:
         inputs = stage2_input(harmonized, mask.to(harmonized), composite.to(harmonized), model.config.in_channels)
         refined = model(inputs.to(model.dtype)).float().clamp(-1, 1)
     return (refined + 1) / 2
-
-
-def _to_tensor(image: np.ndarray, device: Any) -> Any:
-    """HxWx3 uint8 -> (1, 3, H, W) float32 in [-1, 1]; HxW bool -> (1, 1, H, W) in {0, 1}."""
-    import torch
-
-    tensor = torch.from_numpy(np.array(image)).to(device)  # a copy: inputs may be read-only views
-    if image.dtype == bool:
-        return tensor[None, None].float()
-    return tensor.permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
-def _to_uint8(image: Any) -> np.ndarray:
-    """(1, 3, H, W) in [0, 1] -> HxWx3 uint8."""
-    return (image[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
 
 
 @register
@@ -380,19 +365,19 @@ class DiffHarmony(Method):
         condition_vae = models.condition_vae if self.use_condition_vae else None
         device = models.unet.device
         size = (self.resolution, self.resolution)
-        composite = _to_tensor(imaging.resize_rgb(request.composite, size), device)
-        mask = _to_tensor(imaging.resize_mask(request.mask, size), device)
+        composite = to_tensor(imaging.resize_rgb(request.composite, size), device)
+        mask = to_tensor(imaging.resize_mask(request.mask, size), device)
         generator = torch.Generator(device=device).manual_seed(request.seed)
         image = stage1(models, composite, mask, self.steps, generator, self.use_condition_vae, progress, timings)
         if refinement is not None:
             progress(0.85, "diffharmony: refinement")
             start = time.perf_counter()
             small = (STAGE2_RESOLUTION, STAGE2_RESOLUTION)
-            image = refine(refinement, image, _to_tensor(imaging.resize_rgb(request.composite, small), device),
-                           _to_tensor(imaging.resize_mask(request.mask, small), device))
+            image = refine(refinement, image, to_tensor(imaging.resize_rgb(request.composite, small), device),
+                           to_tensor(imaging.resize_mask(request.mask, small), device))
             synchronize(device)
             timings["refinement_s"] = time.perf_counter() - start
-        output = imaging.resize_rgb(_to_uint8(image), request.size)
+        output = imaging.resize_rgb(to_uint8(image * 2 - 1), request.size)
         metadata = {
             "steps": self.steps, "working_resolution": self.resolution,
             "output_resolution": STAGE2_RESOLUTION if refinement is not None else self.resolution,

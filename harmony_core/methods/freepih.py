@@ -15,12 +15,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from harmony_core import imaging
 from harmony_core.diffusion import components, ddim, hooks
+from harmony_core.diffusion.pixels import to_tensor, to_uint8
 from harmony_core.registry import Availability, Method, Progress, register
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
@@ -421,17 +421,6 @@ def guided_eps(parts: SDParts, z: torch.Tensor, t: int, uncond: torch.Tensor, co
     batch = torch.cat([z, z]).to(parts.dtype)
     eps_u, eps_c = parts.unet(batch, t, encoder_hidden_states=torch.cat([uncond, cond])).sample.float().chunk(2)
     return eps_u + guidance_scale * (eps_c - eps_u)
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 -> (1, 3, H, W) float32 in [-1, 1]."""
-    return torch.tensor(image).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(1, 3, H, W) in [-1, 1] -> HxWx3 uint8."""
-    pixels = ((image[0].float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return pixels.permute(1, 2, 0).numpy()
 
 
 @register

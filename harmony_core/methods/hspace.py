@@ -28,6 +28,7 @@ import torch
 
 from harmony_core import imaging
 from harmony_core.diffusion import components, ddim
+from harmony_core.diffusion.pixels import to_tensor, to_uint8
 from harmony_core.errors import InputError
 from harmony_core.registry import Availability, Method, Progress, register
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
@@ -122,18 +123,6 @@ def schedule_steps(generation: list[int], n_inject: int, num_train_timesteps: in
 def mask_grid(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The object mask area-averaged onto the h grid (rows, cols), soft values in [0, 1]."""
     return cv2.resize(mask.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA).clip(0.0, 1.0)
-
-
-def to_model_input(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    """HxWx3 uint8 -> 1x3xSxS float32 in [-1, 1] (bilinear, antialiased when shrinking)."""
-    resized = imaging.resize_rgb(image, (size, size))
-    return torch.tensor(resized, device=device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-
-
-def to_image(x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """1x3xSxS in [-1, 1] -> uint8 image resized to (width, height)."""
-    array = ((x[0].permute(1, 2, 0).float().cpu().numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
-    return imaging.resize_rgb(array, size)
 
 
 # --- the method ----------------------------------------------------------------------------------
@@ -246,7 +235,7 @@ class HSpace(Method):
         unet = self.unet()
         ac = ddim.alphas_cumprod_from_betas(ddim.linear_betas())
         steps = ddim.evenly_spaced(self.settings.n_inv)
-        x0 = to_model_input(image, unet.config.sample_size, torch.device(self.device))
+        x0 = to_tensor(imaging.resize_rgb(image, (unet.config.sample_size,) * 2), self.device)
         h: dict[int, torch.Tensor] = {}
 
         def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -328,7 +317,7 @@ class HSpace(Method):
         soft = mask_grid(request.mask, (grid[0], grid[1]))
         mask = torch.from_numpy(soft).to(self.device)[None, None]
         x0, change, injections = self.generate(style, content, mask, request.seed, tick("generating"))
-        image = to_image(x0, request.size)
+        image = imaging.resize_rgb(to_uint8(x0), request.size)
         width, height = request.size
         change_map = change.cpu().numpy()
         change_map = change_map / change_map.max() if change_map.max() > 0 else change_map
