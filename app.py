@@ -23,7 +23,9 @@ from harmony_core.study.stats import TABLE_COLUMNS
 from harmony_core.study.studyset import LETTERS, MAX_SHOWN, StudySet
 from harmony_core.study.votes import VoteStore, load_secret, start_hub_sync
 from harmony_core.studio import compose, explain, study
-from harmony_core.studio.compare import METRIC_COLUMNS, STATUS_COLUMNS, method_choices, run_methods
+from harmony_core.studio.compare import (
+    METRIC_COLUMNS, STATUS_COLUMNS, WEIGHTED_METHODS, method_choices, run_methods, set_weights,
+)
 from harmony_core.types import HarmonizationRequest
 
 log = logging.getLogger("harmony_studio")
@@ -175,7 +177,10 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
                 with gr.Row():
                     methods = gr.CheckboxGroup(choices=all_methods, value=runnable, label="Methods")
                     seed = gr.Number(value=0, precision=0, label="Seed")
-                gr.Markdown(unavailable_note)
+                availability = gr.Markdown(unavailable_note)
+                with gr.Accordion("Model weights (a local folder or a Hub id; empty = the default)", open=False):
+                    weight_boxes = [gr.Textbox(label=name, placeholder="default", max_lines=1) for name in WEIGHTED_METHODS]
+                    weights_button = gr.Button("Use these weights (for everyone on this server)")
                 run_button = gr.Button("Harmonize", variant="primary", elem_id="compare-run")
                 gallery = gr.Gallery(label="Results", columns=4, format="png", object_fit="contain", height="auto", elem_id="compare-gallery")
                 slider = gr.ImageSlider(label="Before / after (click a result to choose it)", format="png")
@@ -264,6 +269,14 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
             [gallery, slider, status, metrics], api_name="compare",
             concurrency_id=GPU_QUEUE, concurrency_limit=1,
         )
+
+        @user_errors
+        def use_weights(*sources):
+            runnable_now, note = set_weights(dict(zip(WEIGHTED_METHODS, sources)))
+            return gr.update(value=runnable_now), note
+
+        weights_button.click(use_weights, weight_boxes, [methods, availability], api_name="set_weights",
+                             concurrency_id=GPU_QUEUE, concurrency_limit=1)
 
         def choose(composite, event: gr.SelectData):
             return (composite, event.value["image"]["path"])

@@ -203,3 +203,20 @@ def test_explain_shows_any_methods_maps_and_a_point_map(client):
     with pytest.raises(AppError, match="outside"):
         client.predict(handle_file(composite), handle_file(mask), ["test-mapper"], 5000, 80, "inferno", 0.5, None,
                        api_name="/explain")
+
+
+def test_weights_field_points_a_method_at_a_folder(client, tmp_path):
+    from harmony_core.diffusion.tiny import save_tiny_ddpm
+    from harmony_core.registry import get_method
+
+    missing = str(tmp_path / "nowhere")
+    runnable, note = client.predict("", "", missing, api_name="/set_weights")
+    assert "hspace" in note and "nowhere" in note
+    assert "hspace" not in runnable
+    try:
+        save_tiny_ddpm(tmp_path / "ddpm")
+        _, note = client.predict("", "", str(tmp_path / "ddpm"), api_name="/set_weights")
+        assert get_method("hspace").available()
+        assert "**hspace**" not in note
+    finally:
+        client.predict("", "", "", api_name="/set_weights")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from harmony_core import imaging
+from harmony_core.errors import InputError
 from harmony_core.diffusion import components, ddim, hooks
 from harmony_core.diffusion.pixels import to_tensor, to_uint8
 from harmony_core.registry import Availability, Method, Progress, register
@@ -135,15 +136,15 @@ class FreePIHSettings:
 
     def __post_init__(self) -> None:
         if self.resolution < 64 or self.resolution % 64:
-            raise ValueError(f"resolution must be a positive multiple of 64, got {self.resolution}")
+            raise InputError(f"freepih: resolution must be a positive multiple of 64, got {self.resolution}")
         if not 0.0 < self.noise_level <= 1.0:
-            raise ValueError(f"noise_level must be in (0, 1], got {self.noise_level}")
+            raise InputError(f"freepih: noise_level must be in (0, 1], got {self.noise_level}")
         if self.lbfgs_max_iter < 1 or self.num_inference_steps < 1:
-            raise ValueError("lbfgs_max_iter and num_inference_steps must be at least 1")
+            raise InputError("freepih: lbfgs_max_iter and num_inference_steps must be at least 1")
         if self.style_layers not in ("all", "last"):
-            raise ValueError(f"style_layers must be 'all' or 'last', got {self.style_layers!r}")
+            raise InputError(f"freepih: style_layers must be 'all' or 'last', got {self.style_layers!r}")
         if not 0.0 <= self.latent_mask_threshold < 1.0:
-            raise ValueError(f"latent_mask_threshold must be in [0, 1), got {self.latent_mask_threshold}")
+            raise InputError(f"freepih: latent_mask_threshold must be in [0, 1), got {self.latent_mask_threshold}")
 
 
 @dataclass

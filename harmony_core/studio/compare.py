@@ -29,6 +29,19 @@ def method_choices() -> tuple[list[str], list[str], str]:
     return [r["method"] for r in rows], runnable, note
 
 
+WEIGHTED_METHODS = ("diffharmony", "freepih", "hspace")
+"""Methods whose weights the studio can point elsewhere (a local folder or a Hub id)."""
+
+
+def set_weights(sources: dict[str, str]) -> tuple[list[str], str]:
+    """Point methods at weights ("" = back to the environment variable / default) for this server
+    process; returns the runnable methods and the availability note, as `method_choices`."""
+    for name, source in sources.items():
+        get_method(name).set_weights(source.strip() or None)
+    _, runnable, note = method_choices()
+    return runnable, note
+
+
 @dataclass
 class CompareState:
     """What the Compare tab shows; updated and yielded after each method."""
