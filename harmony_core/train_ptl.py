@@ -44,8 +44,8 @@ def datasets(data: str | Path, seed: int, length: int, val_samples: int) -> tupl
         raise InputError(f"Training data folder '{root}' not found (expected images/ and masks/ inside).")
     photos = list_photos(root / "images", root / "masks")
     train = SyntheticComposites(select_split(photos, "train"), seed=seed, length=length, size=256, augment=True)
-    val = SyntheticComposites(select_split(photos, "val"), seed=0, size=256)
-    val.length = min(val_samples, len(val))
+    held_out = select_split(photos, "val")
+    val = SyntheticComposites(held_out, seed=0, size=256, length=min(val_samples, len(held_out)))
     return train, val
 
 
