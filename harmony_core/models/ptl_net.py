@@ -53,14 +53,6 @@ class PTLConfig:
         return max(8, int(round(base * self.width)))
 
 
-def masked_mean_std(x: torch.Tensor, weight: torch.Tensor, dims: tuple[int, ...], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted mean and std over `dims` (eq. 3); an empty weight gives mean 0, std sqrt(eps)."""
-    total = weight.sum(dim=dims, keepdim=True).clamp_min(1e-8)
-    mean = (x * weight).sum(dim=dims, keepdim=True) / total
-    var = ((x - mean) ** 2 * weight).sum(dim=dims, keepdim=True) / total
-    return mean, torch.sqrt(var + eps)
-
-
 def masked_softmax(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Softmax over the last axis restricted to `keep`. The dtype's lowest finite value (not -inf)
     fills the rest, so a row with nothing to keep gives finite weights (discarded by the caller)
