@@ -26,7 +26,6 @@ from harmony_core.methods.freepih import (
     content_loss,
     denoising_timesteps,
     encode_image,
-    encode_prompts,
     mask_weights,
     masked_gram,
     masked_mse,
@@ -193,7 +192,7 @@ def test_first_step_optimization_lowers_the_total_loss(tiny_method, request64):
     t = denoising_timesteps(settings, parts.num_train_timesteps, parts.steps_offset)[0]
     alpha = float(parts.alphas_cumprod[t])
     m_lat = (mask_weights(mask, z0.shape[-2:]) > 0).float()
-    cond = encode_prompts(parts, ["a cup"])
+    cond = components.encode_prompts(parts.tokenizer, parts.text_encoder, ["a cup"])
     with torch.no_grad():
         targets = content_features(parts, image)
     objective = StepObjective(parts, settings, noised(z0, eps, alpha), t, alpha, m_lat, mask, cond, targets,

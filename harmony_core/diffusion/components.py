@@ -157,6 +157,21 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """"float16" for torch.float16: how settings and reports name a dtype."""
+    return str(dtype).removeprefix("torch.")
+
+
+def encode_prompts(tokenizer: Any, text_encoder: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """CLIP's last hidden states of the prompts, padded to the tokenizer's length: SD-1.5's text
+    conditioning (an empty prompt is encoded too, never replaced by zeros). no_grad, not
+    inference_mode: FreePIH back-propagates through cross-attention that reads these states."""
+    tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
+
+
 def synchronize(device: str | torch.device) -> None:
     """Wait for queued GPU work, so stage timings measure the work and not the launch (no-op on the CPU)."""
     if torch.device(device).type == "cuda":

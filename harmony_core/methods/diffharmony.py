@@ -86,13 +86,10 @@ class DiffHarmonyModels:
 
     def prompt_embedding(self) -> Any:
         """CLIP's encoding of "" (the authors' text input; not a zero tensor), computed once."""
-        import torch
+        from harmony_core.diffusion import components
 
         if self.empty_prompt is None:
-            tokens = self.tokenizer([""], padding="max_length", max_length=self.tokenizer.model_max_length,
-                                    truncation=True, return_tensors="pt")
-            with torch.inference_mode():
-                hidden = self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
+            hidden = components.encode_prompts(self.tokenizer, self.text_encoder, [""])
             self.empty_prompt = hidden.to(self.unet.dtype)
         return self.empty_prompt
 
@@ -231,7 +228,6 @@ class DiffHarmony(Method):
             self._models = None
             self._loaded_from = None
 
-    @property
     def source(self) -> str | None:
         """The configured weights: the explicit setting, else HARMONY_DIFFHARMONY_WEIGHTS."""
         from harmony_core.diffusion.components import configured_source
@@ -240,7 +236,7 @@ class DiffHarmony(Method):
 
     @property
     def weights_source(self) -> str:  # type: ignore[override]
-        source = self._loaded_from or self.source
+        source = self._loaded_from or self.source()
         if source is None:
             return "none"
         return f"{source} (unet sha256 {self._fingerprint[:12]})" if self._fingerprint else source
@@ -264,9 +260,9 @@ class DiffHarmony(Method):
     # --- availability and loading ---------------------------------------------------------------
 
     def available(self) -> Availability:
-        if self._models is not None and self._loaded_from == self.source:
+        if self._models is not None and self._loaded_from == self.source():
             return Availability(True)
-        source = self.source
+        source = self.source()
         if source is None:
             return Availability(False, f"no weights configured. {DOWNLOAD_HELP}")
         from harmony_core.diffusion import components
@@ -288,7 +284,7 @@ class DiffHarmony(Method):
         """Load (once per source) through the shared cache: the VAE / text encoder are one object with
         freepih's when their files are identical."""
         with self._lock:
-            source = self.source
+            source = self.source()
             if self._models is not None and self._loaded_from == source:
                 return self._models
             state = self.available()
@@ -351,12 +347,12 @@ class DiffHarmony(Method):
     def harmonize(self, request: HarmonizationRequest, progress: Progress) -> HarmonizationResult:
         import torch
 
-        from harmony_core.diffusion.components import synchronize
+        from harmony_core.diffusion.components import dtype_name, synchronize
         from harmony_core.models.refinement import STAGE2_RESOLUTION
 
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        fresh = self._models is None or self._loaded_from != self.source
+        fresh = self._models is None or self._loaded_from != self.source()
         progress(0.02, "diffharmony: loading weights" if fresh else "diffharmony: preparing")
         models = self.load()
         if fresh:
@@ -381,7 +377,7 @@ class DiffHarmony(Method):
         metadata = {
             "steps": self.steps, "working_resolution": self.resolution,
             "output_resolution": STAGE2_RESOLUTION if refinement is not None else self.resolution,
-            "dtype": str(models.unet.dtype).removeprefix("torch."), "refinement": refinement is not None,
+            "dtype": dtype_name(models.unet.dtype), "refinement": refinement is not None,
             "condition_vae": condition_vae is not None, "stage_seconds": timings,
         }
         return HarmonizationResult(image=output, metadata=metadata)

@@ -202,14 +202,6 @@ def working_size(width: int, height: int, resolution: int) -> tuple[int, int]:
     return tuple(max(64, int(round(side * factor / 64)) * 64) for side in (width, height))  # type: ignore[return-value]
 
 
-def encode_prompts(parts: SDParts, prompts: list[str]) -> torch.Tensor:
-    """CLIP last hidden states of the prompts, padded to the tokenizer's length (SD's conditioning)."""
-    tokens = parts.tokenizer(prompts, padding="max_length", max_length=parts.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        return parts.text_encoder(tokens.input_ids.to(parts.device))[0]
-
-
 def encode_image(parts: SDParts, image: torch.Tensor) -> torch.Tensor:
     """z0: the posterior mean (not a sample: no extra randomness) times the VAE scaling factor."""
     with torch.no_grad():
@@ -362,7 +354,7 @@ def run_freepih(parts: SDParts, image: torch.Tensor, mask: torch.Tensor, prompt:
     z0 = encode_image(parts, image)
     eps_bg = shared_noise(tuple(z0.shape), seed, device)
     m_lat = (mask_weights(mask, z0.shape[-2:]) > settings.latent_mask_threshold).float()
-    uncond, cond = encode_prompts(parts, ["", prompt]).chunk(2)
+    uncond, cond = components.encode_prompts(parts.tokenizer, parts.text_encoder, ["", prompt]).chunk(2)
     with torch.no_grad():
         targets = [f.detach() for f in content_features(parts, image)]
     style_names = style_module_names(parts.unet, settings.style_layers)
@@ -458,7 +450,7 @@ class FreePIH(Method):
         return components.check(self.source(), REQUIRED_FILES, HOW_TO_SET)
 
     def parameters(self) -> dict[str, Any]:
-        return asdict(self.settings) | {"dtype": str(self.dtype).removeprefix("torch.")}
+        return asdict(self.settings) | {"dtype": components.dtype_name(self.dtype)}
 
     @classmethod
     def random_weights(cls, scale: str = "full", device: str | None = None, **overrides: Any) -> "FreePIH":
@@ -499,5 +491,5 @@ class FreePIH(Method):
         outcome = run_freepih(parts, image, mask, request.prompt, request.seed, self.settings, progress)
         output = imaging.resize_rgb(to_uint8(outcome.image), (width, height))
         metadata = outcome.metadata | {"working_resolution": f"{size[0]}x{size[1]}", "prompt": request.prompt,
-                                       "dtype": str(parts.dtype).removeprefix("torch.")}
+                                       "dtype": components.dtype_name(parts.dtype)}
         return HarmonizationResult(image=output, metadata=metadata)

@@ -193,7 +193,7 @@ class HSpace(Method):
         return components.check(self.source(), REQUIRED_FILES, HOW_TO_SET)
 
     def parameters(self) -> dict[str, Any]:
-        return {**asdict(self.settings), "dtype": str(self.dtype).removeprefix("torch.")}
+        return {**asdict(self.settings), "dtype": components.dtype_name(self.dtype)}
 
     def unet(self) -> torch.nn.Module:
         """The UNet2DModel, loaded once through the shared cache."""
@@ -332,6 +332,6 @@ class HSpace(Method):
             "generation_seconds": time.perf_counter() - inverted,
             "injection_steps": injections,
             "working_size": int(self.unet().config.sample_size),
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": components.dtype_name(self.dtype),
         }
         return HarmonizationResult(image=image, maps=maps, metadata=metadata)
