@@ -122,7 +122,7 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
             "and vote blind in the **Blind study**."
         )
         rater = gr.BrowserState("", storage_key="harmony_studio_rater", secret=browser_secret)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Compose", id="compose"):
                 with gr.Tabs():
                     with gr.Tab("Composite + mask"):
@@ -186,6 +186,8 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
                 slider = gr.ImageSlider(label="Before / after (click a result to choose it)", format="png")
                 status = gr.Dataframe(headers=STATUS_COLUMNS, label="Status", interactive=False, wrap=True, elem_id="compare-status")
                 metrics = gr.Dataframe(headers=METRIC_COLUMNS, label="Metrics against the ground truth (256-px protocol)", interactive=False)
+                blind_button = gr.Button("Vote blind on these results (Blind study tab)", elem_id="compare-blind")
+                compare_results = gr.State(None)
 
             with gr.Tab("Explain", id="explain"):
                 gr.Markdown(
@@ -229,6 +231,7 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
             with gr.Tab("Leaderboard", id="leaderboard") as leaderboard_tab:
                 with gr.Row():
                     board_mode = gr.Radio(list(study.MODE_FILTERS), value="All votes", label="Votes")
+                    board_source = gr.Radio(list(study.SOURCE_FILTERS), value="All images", label="Images")
                     board_refresh = gr.Button("Refresh", elem_id="board-refresh")
                     board_download = gr.DownloadButton("Download the raw votes CSV", value=None)
                 board_headline = gr.Markdown(elem_id="board-headline")
@@ -262,11 +265,12 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
                 changed = [r.image for name, r in state.results.items() if name != "composite"]
                 if before_after is None and changed:
                     before_after = (composite, changed[0])
-                yield state.gallery, before_after, state.status, state.metrics or None
+                outputs = {name: r.image for name, r in state.results.items()}
+                yield state.gallery, before_after, state.status, state.metrics or None, (request.composite, request.mask, outputs)
 
         run_button.click(
             harmonize, [work_composite, work_mask, ground_truth, methods, seed],
-            [gallery, slider, status, metrics], api_name="compare",
+            [gallery, slider, status, metrics, compare_results], api_name="compare",
             concurrency_id=GPU_QUEUE, concurrency_limit=1,
         )
 
@@ -391,17 +395,27 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
         cant_decide.click(voter(study.CANT_DECIDE), [round_state, rater], round_view_outputs,
                           api_name="vote_cant_decide", concurrency_limit=None)
 
+        @user_errors
+        def blind_from_compare(results, mode, rater_id):
+            rater_id, note = known_rater(rater_id)
+            state, view = study.start_user_round(*(results or (None, None, None)), store, rater_id, mode)
+            return (rater_id, note, *round_outputs(state, view, locked=False), gr.Tabs(selected="study"))
+
+        blind_button.click(blind_from_compare, [compare_results, study_mode, rater],
+                           [rater, rater_note, *round_view_outputs, tabs], api_name="compare_blind", concurrency_limit=None)
+
         # --- Leaderboard ------------------------------------------------------------------------
 
         @user_errors
-        def show_board(mode_filter):
-            headline, result, figure = study.board(store, mode_filter)
+        def show_board(mode_filter, source_filter):
+            headline, result, figure = study.board(store, mode_filter, source_filter)
             return headline, result.table, figure, study.export_csv(store)
 
+        board_inputs = [board_mode, board_source]
         board_outputs = [board_headline, board_table, board_plot, board_download]
-        board_refresh.click(show_board, [board_mode], board_outputs, api_name="leaderboard", concurrency_limit=4)
-        board_mode.change(show_board, [board_mode], board_outputs, api_name=False, concurrency_limit=4)
-        leaderboard_tab.select(show_board, [board_mode], board_outputs, api_name=False, concurrency_limit=4)
+        board_refresh.click(show_board, board_inputs, board_outputs, api_name="leaderboard", concurrency_limit=4)
+        gr.on([board_mode.change, board_source.change, leaderboard_tab.select], show_board, board_inputs, board_outputs,
+              api_name=False, concurrency_limit=4)
     return demo
 
 

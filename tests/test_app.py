@@ -174,7 +174,7 @@ def test_blind_study_vote_reveal_and_duplicates(client, votes_dir):
 def test_leaderboard_counts_votes_and_offers_the_csv(client, votes_dir):
     client.predict("Best of all (A-D)", "r-board", api_name="/study_next")
     client.predict("r-board", api_name="/vote_a")
-    headline, table, plot, csv_path = client.predict("All votes", api_name="/leaderboard")
+    headline, table, plot, csv_path = client.predict("All votes", "All images", api_name="/leaderboard")
     assert "preferred" in headline and "raters" in headline
     assert table["headers"][:3] == ["method", "shown", "wins"]
     methods = {row[0] for row in table["data"]}
@@ -182,8 +182,33 @@ def test_leaderboard_counts_votes_and_offers_the_csv(client, votes_dir):
     assert all(row[-1] == "provisional" for row in table["data"])
     assert plot["type"] == "matplotlib"
     assert Path(csv_path).read_bytes() == (votes_dir / "votes.csv").read_bytes()
-    headline, table, _, _ = client.predict("Pairwise", api_name="/leaderboard")
+    headline, table, _, _ = client.predict("Pairwise", "All images", api_name="/leaderboard")
     assert sum(row[2] for row in table["data"]) <= 2
+
+
+def test_blind_vote_on_the_users_own_compare_results(client, votes_dir):
+    rater = "r-own"
+    composite, mask, _, _ = client.predict(
+        handle_file(str(EXAMPLES / "cat_composite.jpg")), handle_file(str(EXAMPLES / "cat_mask.png")),
+        api_name="/compose_upload",
+    )
+    client.predict(handle_file(composite), handle_file(mask), None, ["reinhard", "histogram", "poisson"], 0,
+                   api_name="/compare")
+    out = client.predict("Pairwise (A/B)", rater, api_name="/compare_blind")
+    slots = out[2:6]
+    assert [s["label"] for s in slots] == ["A", "B", "C", "D"] and [s["visible"] for s in slots] == [True, True, False, False]
+    assert not any(m in Path(s["value"]).name for s in slots[:2] for m in ("reinhard", "histogram", "poisson"))
+    assert "Your composite" in out[-1]
+    revealed = client.predict(rater, api_name="/vote_b")
+    assert "your pick" in revealed[1]["label"]
+    (vote,) = [r for r in VoteStore(votes_dir).rows() if r["rater_id"] == rater]
+    assert vote["sample_source"] == "user" and vote["mode"] == "pairwise"
+    assert vote["winner_method"] == revealed[1]["label"].split(" · ")[1].split(" ")[0]
+    with pytest.raises(AppError, match="already voted"):
+        client.predict("Pairwise (A/B)", rater, api_name="/compare_blind")
+    _, table, _, _ = client.predict("All votes", "Users' own composites", api_name="/leaderboard")
+    assert sum(row[1] for row in table["data"]) == 2  # the one vote showed two methods
+    assert {row[0] for row in table["data"]} <= {"reinhard", "histogram", "poisson"}
 
 
 def test_explain_shows_any_methods_maps_and_a_point_map(client):

@@ -97,3 +97,17 @@ def test_more_methods_than_slots_are_sampled():
     sample = studyset.StudySample("x", "x", Path("c"), Path("m"), {f"m{i}": Path(f"m{i}") for i in range(6)})
     rnd = next_round(StudySet(Path("."), [f"m{i}" for i in range(6)], [sample]), "best_of_n", set(), seed=0)
     assert len(rnd.shown) == studyset.MAX_SHOWN == 4
+
+
+def test_user_rounds_shuffle_a_raters_own_results():
+    outputs = {name: Path(f"{name}.png") for name in ("ptl", "poisson", "reinhard")}
+    sample = studyset.StudySample("x", "your composite", Path("c"), Path("m"), outputs)
+    rnd = studyset.user_round(sample, "best_of_n", seed=4)
+    assert rnd.source == "user" and sorted(rnd.shown) == sorted(outputs) and rnd.labels == ["A", "B", "C"]
+    assert rnd.shown == studyset.user_round(sample, "best_of_n", seed=4).shown
+    assert len(studyset.user_round(sample, "pairwise").shown) == 2
+    assert next_round(StudySet(Path("."), list(outputs), [sample]), "best_of_n", set()).source == "study"
+    with pytest.raises(InputError, match="at least two results"):
+        studyset.user_round(studyset.StudySample("x", "x", Path("c"), Path("m"), {"ptl": Path("p")}), "best_of_n")
+    with pytest.raises(InputError):
+        studyset.user_round(sample, "ranking")

@@ -12,9 +12,12 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from harmony_core import imaging
 from harmony_core.errors import InputError
 from harmony_core.study import stats
-from harmony_core.study.studyset import LETTERS, MAX_SHOWN, Round, StudySet, next_round
+from harmony_core.study.studyset import (
+    LETTERS, MAX_SHOWN, Round, StudySample, StudySet, next_round, sample_id, user_round,
+)
 from harmony_core.study.votes import DuplicateVote, Vote, VoteStore, ip_hash
 
 CANT_DECIDE = "Can't decide"
@@ -45,6 +48,13 @@ class RoundView:
     message: str
 
 
+QUESTION = f"Which looks most natural, as if the object had been photographed in this scene? Pick one, or *{CANT_DECIDE}*."
+
+
+def _images(rnd: Round) -> list[str | None]:
+    return [str(rnd.sample.outputs[m]) for m in rnd.shown] + [None] * (MAX_SHOWN - len(rnd.shown))
+
+
 def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: str) -> tuple[RoundState | None, RoundView]:
     """The next round for this rater, or a thank-you when every sample has their vote."""
     mode = MODE_LABELS.get(mode_label, mode_label)
@@ -52,9 +62,31 @@ def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: st
     if rnd is None:
         return None, RoundView([None] * MAX_SHOWN, list(LETTERS),
                                f"Thank you: you have voted on all {len(study.samples)} images in this mode.")
-    images = [str(rnd.sample.outputs[m]) for m in rnd.shown] + [None] * (MAX_SHOWN - len(rnd.shown))
-    question = "Which looks most natural, as if the object had been photographed in this scene?"
-    return RoundState(rnd, time.monotonic()), RoundView(images, list(LETTERS), f"{question} Pick one, or *{CANT_DECIDE}*.")
+    return RoundState(rnd, time.monotonic()), RoundView(_images(rnd), list(LETTERS), QUESTION)
+
+
+def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outputs: dict[str, np.ndarray] | None,
+                     store: VoteStore, rater_id: str, mode_label: str) -> tuple[RoundState, RoundView]:
+    """A blind round over the rater's own Compare results; the vote is recorded as sample_source "user".
+
+    The outputs are written to a fresh temporary folder so the round shows files like a study round.
+    """
+    if composite is None or mask is None or not outputs:
+        raise InputError("Run two or more methods in **Compare** first, then vote blind on their results.")
+    mode = MODE_LABELS.get(mode_label, mode_label)
+    sid = sample_id(composite, mask)
+    if sid in store.voted_samples(rater_id, mode):
+        raise InputError("You have already voted on this composite in this mode.")
+    folder = Path(tempfile.mkdtemp(prefix="harmony-blind-"))
+    paths = {"composite": folder / "composite.png", "mask": folder / "mask.png"}
+    imaging.save_image(composite, paths["composite"])
+    imaging.save_image(mask, paths["mask"])
+    for name, image in outputs.items():
+        paths[name] = folder / f"{len(paths)}.png"  # not the method's name: the page must not reveal it
+        imaging.save_image(image, paths[name])
+    sample = StudySample(sid, "your composite", paths.pop("composite"), paths.pop("mask"), paths)
+    rnd = user_round(sample, mode)
+    return RoundState(rnd, time.monotonic()), RoundView(_images(rnd), list(LETTERS), f"Your composite. {QUESTION}")
 
 
 def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id: str, session_hash: str,
@@ -75,7 +107,7 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
     flags = [f"seed={rnd.seed}"] + (["fast"] if latency < FAST_VOTE_MS else [])
     try:
         store.append(Vote(
-            mode=rnd.mode, sample_id=rnd.sample.id, sample_source="study", shown_order=rnd.shown,
+            mode=rnd.mode, sample_id=rnd.sample.id, sample_source=rnd.source, shown_order=rnd.shown,
             choice_pos=position, rater_id=rater_id, session_hash=session_hash or "",
             ip_hash=ip_hash(client_ip, secret), latency_ms=latency, flags=flags,
         ))
@@ -87,11 +119,11 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
                 for i, (letter, method) in enumerate(zip(rnd.labels, rnd.shown))]
     captions += list(LETTERS[len(captions):])
     picked = "you could not decide" if position is None else f"you picked {rnd.labels[position]} ({rnd.shown[position]})"
-    return RoundView([str(rnd.sample.outputs[m]) for m in rnd.shown] + [None] * (MAX_SHOWN - len(rnd.shown)),
-                     captions, f"Recorded: {picked}. Press **Next image** for another.")
+    return RoundView(_images(rnd), captions, f"Recorded: {picked}. Press **Next image** for another.")
 
 
 MODE_FILTERS = {"All votes": None, "Best of all": "best_of_n", "Pairwise": "pairwise"}
+SOURCE_FILTERS = {"All images": None, "Study set": "study", "Users' own composites": "user"}
 
 
 def heatmap(methods: list[str], rates: np.ndarray) -> Figure:
@@ -124,12 +156,13 @@ def export_csv(store: VoteStore) -> Path:
     return path
 
 
-def board(store: VoteStore, mode_filter: str = "All votes") -> tuple[str, stats.Leaderboard, Figure | None]:
+def board(store: VoteStore, mode_filter: str = "All votes",
+          source_filter: str = "All images") -> tuple[str, stats.Leaderboard, Figure | None]:
     """(headline Markdown, the statistics, the heatmap) for the chosen votes."""
     votes = store.frame()
-    mode = MODE_FILTERS.get(mode_filter)
-    if mode is not None:
-        votes = votes[votes["mode"] == mode]
+    for column, value in (("mode", MODE_FILTERS.get(mode_filter)), ("sample_source", SOURCE_FILTERS.get(source_filter))):
+        if value is not None:
+            votes = votes[votes[column] == value]
     result = stats.leaderboard(votes)
     if not result.methods:
         return "No votes yet: vote in the **Blind study** tab.", result, None

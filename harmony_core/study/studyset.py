@@ -169,6 +169,8 @@ class Round:
     mode: str
     shown: list[str]
     seed: int
+    source: str = "study"
+    """"study" for the organizer's set, "user" for a rater's own Compare results."""
 
     @property
     def labels(self) -> list[str]:
@@ -181,13 +183,30 @@ def next_round(study: StudySet, mode: str, done: set[str], seed: int | None = No
     The seed (random unless given) fixes the sample, the order and, in pairwise mode, the pair;
     it is recorded with the vote, so every round can be replayed.
     """
-    if mode not in MODES:
-        raise InputError(f"Unknown study mode '{mode}'.")
-    seed = secrets.randbits(48) if seed is None else seed
-    rng = random.Random(seed)
+    seed, rng = _round_rng(mode, seed)
     remaining = [s for s in study.samples if s.id not in done]
     if not remaining:
         return None
     sample = rng.choice(remaining)
+    return Round(sample, mode, _shuffled(rng, sample, mode), seed)
+
+
+def user_round(sample: StudySample, mode: str, seed: int | None = None) -> Round:
+    """A round over a rater's own results (the Compare tab's), shown and recorded like a study round."""
+    if len(sample.outputs) < 2:
+        raise InputError("A blind vote needs at least two results: run two or more methods in **Compare** first.")
+    seed, rng = _round_rng(mode, seed)
+    return Round(sample, mode, _shuffled(rng, sample, mode), seed, source="user")
+
+
+def _round_rng(mode: str, seed: int | None) -> tuple[int, random.Random]:
+    if mode not in MODES:
+        raise InputError(f"Unknown study mode '{mode}'.")
+    seed = secrets.randbits(48) if seed is None else seed
+    return seed, random.Random(seed)
+
+
+def _shuffled(rng: random.Random, sample: StudySample, mode: str) -> list[str]:
+    """The methods to show, in random order: two in pairwise mode, else up to MAX_SHOWN."""
     count = 2 if mode == "pairwise" else min(MAX_SHOWN, len(sample.outputs))
-    return Round(sample, mode, rng.sample(sorted(sample.outputs), count), seed)
+    return rng.sample(sorted(sample.outputs), count)
