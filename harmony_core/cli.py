@@ -150,6 +150,16 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack_photos(args: argparse.Namespace) -> int:
+    from harmony_core.data import list_photos
+    from harmony_core.data.datasets import pack_photos
+
+    photos = list_photos(args.photos, args.masks)
+    size = pack_photos(tqdm(photos, desc="pack-photos", unit="img"), args.out, args.quality, args.max_mib)
+    print(f"{len(photos)} photos + masks -> {args.out} ({size / 2**20:.1f} MiB)")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from harmony_core.evaluate import PER_IMAGE, evaluate
 
@@ -237,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "all"], default="all",
                    help="photos to use: val iff int(sha1(NAME), 16) %% 10 == 0, train otherwise")
     p.set_defaults(func=cmd_make_dataset)
+
+    p = sub.add_parser("pack-photos", help="a compact copy of source photos + masks (e.g. to train on a GPU machine)")
+    p.add_argument("--photos", required=True, help="folder of real photos (NAME.jpg, ...)")
+    p.add_argument("--masks", required=True, help="folder of object masks named like the photos (NAME.png)")
+    p.add_argument("--out", required=True, help="folder for images/ and masks/ (train-ptl --data reads it)")
+    p.add_argument("--quality", type=int, default=92, help="JPEG quality (4:4:4 chroma)")
+    p.add_argument("--max-mib", type=float, default=60.0, help="fail when the copy is larger (the device tool carries 64 MiB)")
+    p.set_defaults(func=cmd_pack_photos)
 
     p = sub.add_parser("evaluate", help="metrics of methods on datasets: per-image CSV + Markdown summary (resumable)")
     p.add_argument("--data", required=True, nargs="+", action="extend",

@@ -11,7 +11,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -303,13 +303,14 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int
     return tinted.astype(np.uint8)
 
 
-def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write atomically (temporary file + rename): a crash never leaves a half-written image."""
+def save_image(image: np.ndarray, path: str | os.PathLike, **options: Any) -> Path:
+    """Write atomically (temporary file + rename): a crash never leaves a half-written image.
+    `options` go to PIL's encoder (e.g. quality=92, subsampling=0 for JPEG)."""
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise InputError(f"Unknown image extension '{path.suffix}' for {path}")
     pil = Image.fromarray(mask_to_image(image) if image.dtype == bool else image)
     with atomic_open(path, "wb") as handle:
-        pil.save(handle, format=fmt)
+        pil.save(handle, format=fmt, **options)
     return path

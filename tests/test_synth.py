@@ -16,7 +16,9 @@ from harmony_core.data import (
     TRANSFORMS, SynthConfig, SyntheticComposites, is_validation, list_photos, load_sample, read_iharmony,
     select_split,
 )
+from harmony_core.data.datasets import load_photo, pack_photos
 from harmony_core.data.synth import covariance_map, soft_edge
+from harmony_core.errors import InputError
 from harmony_core.metrics import image_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,3 +162,20 @@ def test_shared_photos_split_and_synthesize():
     for i in range(5):
         s = source.sample(i)
         assert s.accepted and s.real.shape == (256, 256, 3)
+
+
+def test_pack_photos_makes_a_smaller_copy_with_the_same_split(tmp_path):
+    photos = list_photos(*make_photos(tmp_path / "src", count=4, size=96))
+    out = tmp_path / "packed"
+    assert main(["pack-photos", "--photos", str(photos[0].image.parent), "--masks", str(photos[0].mask.parent),
+                 "--out", str(out), "--quality", "90"]) == 0
+    packed = list_photos(out / "images", out / "masks")
+    assert [p.name for p in packed] == [p.name for p in photos]  # names, hence the split, are kept
+    for before, after in zip(photos, packed):
+        (image, mask), (image2, mask2) = load_photo(before), load_photo(after)
+        assert np.array_equal(mask, mask2)
+        assert np.abs(image.astype(int) - image2).mean() < 3  # JPEG 4:4:4 at quality 90: colours kept
+    with pytest.raises(InputError, match="over"):
+        pack_photos(photos, tmp_path / "tiny", max_mib=1e-4)
+    with pytest.raises(InputError, match="quality"):
+        pack_photos(photos, tmp_path / "bad", quality=0)
