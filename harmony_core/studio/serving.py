@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Any, Callable
 
 import psutil
@@ -15,6 +19,23 @@ from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 GPU_SECONDS = 120
 """Longest a ZeroGPU call may hold the GPU (diffusion methods at 1024 px need about this)."""
+SCRATCH_ROOT = Path(tempfile.gettempdir()) / "harmony-studio"
+SCRATCH_MAX_AGE_S = 6 * 3600
+"""Scratch folders older than this are removed (a vote or a download takes minutes, not hours)."""
+
+
+def scratch_folder(prefix: str) -> Path:
+    """A fresh folder for files a page shows or offers for download. Older folders are removed
+    first, so a Space that runs for weeks does not fill its disk."""
+    SCRATCH_ROOT.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - SCRATCH_MAX_AGE_S
+    for old in SCRATCH_ROOT.iterdir():
+        try:
+            if old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        except FileNotFoundError:
+            pass  # removed by a concurrent request
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH_ROOT))
 
 
 def on_zero_gpu() -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from matplotlib.figure import Figure
 
 from harmony_core import imaging
 from harmony_core.errors import InputError
+from harmony_core.studio.serving import scratch_folder
 from harmony_core.study import stats
 from harmony_core.study.studyset import (
     LETTERS, MAX_SHOWN, Round, StudySample, StudySet, next_round, sample_id, user_round,
@@ -69,7 +69,8 @@ def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outp
                      store: VoteStore, rater_id: str, mode_label: str) -> tuple[RoundState, RoundView]:
     """A blind round over the rater's own Compare results; the vote is recorded as sample_source "user".
 
-    The outputs are written to a fresh temporary folder so the round shows files like a study round.
+    The outputs are written to a scratch folder so the round shows files like a study round. The
+    rater has seen these results with their names in Compare, so such votes are kept apart by source.
     """
     if composite is None or mask is None or not outputs:
         raise InputError("Run two or more methods in **Compare** first, then vote blind on their results.")
@@ -77,12 +78,12 @@ def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outp
     sid = sample_id(composite, mask)
     if sid in store.voted_samples(rater_id, mode):
         raise InputError("You have already voted on this composite in this mode.")
-    folder = Path(tempfile.mkdtemp(prefix="harmony-blind-"))
+    folder = scratch_folder("blind-")
     paths = {"composite": folder / "composite.png", "mask": folder / "mask.png"}
     imaging.save_image(composite, paths["composite"])
     imaging.save_image(mask, paths["mask"])
     for name, image in outputs.items():
-        paths[name] = folder / f"{len(paths)}.png"  # not the method's name: the page must not reveal it
+        paths[name] = folder / f"{uuid.uuid4().hex}.png"  # neither the name nor the run order: the page must not tell
         imaging.save_image(image, paths[name])
     sample = StudySample(sid, "your composite", paths.pop("composite"), paths.pop("mask"), paths)
     rnd = user_round(sample, mode)
@@ -149,7 +150,7 @@ def heatmap(methods: list[str], rates: np.ndarray) -> Figure:
 
 def export_csv(store: VoteStore) -> Path:
     """A copy of the raw votes CSV (complete lines) in a fresh temporary folder, to download."""
-    folder = Path(tempfile.mkdtemp(prefix="harmony-votes-"))
+    folder = scratch_folder("votes-")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"votes-{stamp}.csv"
     path.write_bytes(store.complete_bytes())
