@@ -114,7 +114,8 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
     def compose_invert(composite, mask):
         return _compose_outputs(compose.invert(composite, mask, max_side))
 
-    with gr.Blocks(title="Harmony Studio", analytics_enabled=False) as demo:
+    # Gradio's cache holds a copy of every image and download it served: keep it to a day.
+    with gr.Blocks(title="Harmony Studio", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
         gr.Markdown(
             f"# Harmony Studio <small>v{__version__}</small>\n"
             "Make an object pasted into a photo look like it belongs there. **Compose** a composite, "
@@ -231,7 +232,7 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
             with gr.Tab("Leaderboard", id="leaderboard") as leaderboard_tab:
                 with gr.Row():
                     board_mode = gr.Radio(list(study.MODE_FILTERS), value="All votes", label="Votes")
-                    board_source = gr.Radio(list(study.SOURCE_FILTERS), value="All images", label="Images")
+                    board_source = gr.Radio(list(study.SOURCE_FILTERS), value="Study set", label="Images")
                     board_refresh = gr.Button("Refresh", elem_id="board-refresh")
                     board_download = gr.DownloadButton("Download the raw votes CSV", value=None)
                 board_headline = gr.Markdown(elem_id="board-headline")
@@ -261,12 +262,13 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
             except HarmonyError as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
             before_after = None
-            for state in run_methods(request, list(names), lambda f, msg: progress(f, desc=msg)):
+            for i, state in enumerate(run_methods(request, list(names), lambda f, msg: progress(f, desc=msg))):
                 changed = [r.image for name, r in state.results.items() if name != "composite"]
                 if before_after is None and changed:
                     before_after = (composite, changed[0])
-                outputs = {name: r.image for name, r in state.results.items()}
-                yield state.gallery, before_after, state.status, state.metrics or None, (request.composite, request.mask, outputs)
+                finished = i == len(names) - 1  # run_methods yields once per method; vote only on a finished run
+                results = (request.composite, request.mask, {n: r.image for n, r in state.results.items()}) if finished else None
+                yield state.gallery, before_after, state.status, state.metrics or None, results
 
         run_button.click(
             harmonize, [work_composite, work_mask, ground_truth, methods, seed],

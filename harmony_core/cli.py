@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", required=True, help="folder of object masks named like the photos (NAME.png)")
     p.add_argument("--out", required=True, help="folder for images/ and masks/ (train-ptl --data reads it)")
     p.add_argument("--quality", type=int, default=92, help="JPEG quality (4:4:4 chroma)")
-    p.add_argument("--max-mib", type=float, default=60.0, help="fail when the copy is larger (the device tool carries 64 MiB)")
+    p.add_argument("--max-mib", type=float, default=60.0, help="stop with an error when the copy grows larger")
     p.set_defaults(func=cmd_pack_photos)
 
     p = sub.add_parser("evaluate", help="metrics of methods on datasets: per-image CSV + Markdown summary (resumable)")

@@ -192,12 +192,15 @@ def test_blind_vote_on_the_users_own_compare_results(client, votes_dir):
         handle_file(str(EXAMPLES / "cat_composite.jpg")), handle_file(str(EXAMPLES / "cat_mask.png")),
         api_name="/compose_upload",
     )
-    client.predict(handle_file(composite), handle_file(mask), None, ["reinhard", "histogram", "poisson"], 0,
-                   api_name="/compare")
+    gallery, *_ = client.predict(handle_file(composite), handle_file(mask), None, ["reinhard", "histogram", "poisson"], 0,
+                                 api_name="/compare")
     out = client.predict("Pairwise (A/B)", rater, api_name="/compare_blind")
     slots = out[2:6]
     assert [s["label"] for s in slots] == ["A", "B", "C", "D"] and [s["visible"] for s in slots] == [True, True, False, False]
     assert not any(m in Path(s["value"]).name for s in slots[:2] for m in ("reinhard", "histogram", "poisson"))
+    named = {Path(item["image"]).read_bytes() for item in gallery}  # same pixels, but not the same file
+    assert all(Path(s["value"]).read_bytes() not in named for s in slots[:2])
+    assert any(np.array_equal(load(s["value"]), load(item["image"])) for s in slots[:1] for item in gallery)
     assert "Your composite" in out[-1]
     revealed = client.predict(rater, api_name="/vote_b")
     assert "your pick" in revealed[1]["label"]

@@ -175,7 +175,8 @@ def test_pack_photos_makes_a_smaller_copy_with_the_same_split(tmp_path):
         (image, mask), (image2, mask2) = load_photo(before), load_photo(after)
         assert np.array_equal(mask, mask2)
         assert np.abs(image.astype(int) - image2).mean() < 3  # JPEG 4:4:4 at quality 90: colours kept
-    with pytest.raises(InputError, match="over"):
+    with pytest.raises(InputError, match="passed"):
         pack_photos(photos, tmp_path / "tiny", max_mib=1e-4)
+    assert len(list((tmp_path / "tiny" / "images").iterdir())) == 1  # stopped at the first photo over the limit
     with pytest.raises(InputError, match="quality"):
         pack_photos(photos, tmp_path / "bad", quality=0)

@@ -16,8 +16,8 @@ from harmony_core.study.votes import COLUMNS, DuplicateVote, Vote, VoteStore
 SHOWN = ["composite", "reinhard", "histogram", "poisson"]
 
 
-def make_vote(rater: str, sample: str, mode: str = "best_of_n", choice: int | None = 1) -> Vote:
-    return Vote(mode=mode, sample_id=sample, sample_source="study", shown_order=SHOWN if mode == "best_of_n" else SHOWN[:2],
+def make_vote(rater: str, sample: str, mode: str = "best_of_n", choice: int | None = 1, source: str = "study") -> Vote:
+    return Vote(mode=mode, sample_id=sample, sample_source=source, shown_order=SHOWN if mode == "best_of_n" else SHOWN[:2],
                 choice_pos=choice, rater_id=rater, latency_ms=1234, flags=["seed=1"])
 
 
@@ -115,7 +115,7 @@ def test_a_crash_mid_write_loses_only_that_vote(tmp_path, caplog):
     store.append(make_vote("crasher", "s-crash"))  # the lost vote can be cast again
 
 
-def test_duplicates_are_rejected_per_rater_sample_and_mode(tmp_path):
+def test_duplicates_are_rejected_per_rater_sample_mode_and_source(tmp_path):
     store = VoteStore(tmp_path)
     store.append(make_vote("r1", "s1"))
     with pytest.raises(DuplicateVote):
@@ -126,6 +126,12 @@ def test_duplicates_are_rejected_per_rater_sample_and_mode(tmp_path):
     store.append(make_vote("r2", "s1"))
     assert len(store.rows()) == 3
     assert store.voted_samples("r1", "best_of_n") == {"s1"}
+    # The same image voted on as the rater's own Compare result is another trial, once too.
+    assert store.voted_samples("r1", "best_of_n", source="user") == set()
+    store.append(make_vote("r1", "s1", source="user"))
+    with pytest.raises(DuplicateVote):
+        VoteStore(tmp_path).append(make_vote("r1", "s1", source="user"))
+    assert store.voted_samples("r1", "best_of_n", source="user") == {"s1"} and len(store.rows()) == 4
 
 
 @pytest.mark.parametrize("evil", ["=HYPERLINK(\"http://x\",\"y\")", "+1+2", "-3", "@SUM(A1)", "\tcmd", "\rcmd"])

@@ -17,7 +17,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 from PIL import Image
@@ -201,10 +201,11 @@ def load_photo(photo: Photo) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def pack_photos(photos: Sequence[Photo], out: str | Path, quality: int = 92, max_mib: float | None = 60.0) -> int:
+def pack_photos(photos: Iterable[Photo], out: str | Path, quality: int = 92, max_mib: float | None = 60.0) -> int:
     """Copy photos + masks to OUT/images (JPEG, 4:4:4 chroma: colour is what harmonization learns)
-    and OUT/masks (PNG), small enough to travel to a GPU machine. Names are kept, so the
-    train/validation split is the same. Returns the bytes written; over `max_mib` MiB is an error."""
+    and OUT/masks (PNG), small enough to upload to another machine. Names are kept, so the
+    train/validation split is the same. Returns the bytes written; stops with an error as soon as
+    the copy exceeds `max_mib` MiB."""
     if not 1 <= quality <= 95:
         raise InputError(f"JPEG quality must be 1..95, got {quality}.")
     out = Path(out)
@@ -213,6 +214,6 @@ def pack_photos(photos: Sequence[Photo], out: str | Path, quality: int = 92, max
         image, mask = load_photo(photo)
         total += imaging.save_image(image, out / "images" / f"{photo.name}.jpg", quality=quality, subsampling=0).stat().st_size
         total += imaging.save_image(mask, out / "masks" / f"{photo.name}.png").stat().st_size
-    if max_mib is not None and total > max_mib * 2**20:
-        raise InputError(f"The copy in {out} is {total / 2**20:.1f} MiB, over {max_mib:g} MiB: use a lower --quality.")
+        if max_mib is not None and total > max_mib * 2**20:
+            raise InputError(f"The copy in {out} passed {max_mib:g} MiB at {photo.name}: use a lower --quality.")
     return total

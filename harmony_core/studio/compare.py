@@ -59,7 +59,8 @@ def _status_row(name: str, result: HarmonizationResult) -> list[str]:
 
 
 def run_methods(request: HarmonizationRequest, names: list[str], progress: Progress) -> Iterator[CompareState]:
-    """Run each method; a failure is reported in its status row and never stops the others."""
+    """Run each method, yielding the state once per method in order (the app relies on it); a
+    failure is reported in its status row and never stops the others."""
     state = CompareState()
     for i, name in enumerate(names):
         method = get_method(name)

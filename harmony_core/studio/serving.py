@@ -26,7 +26,7 @@ SCRATCH_MAX_AGE_S = 6 * 3600
 
 def scratch_folder(prefix: str) -> Path:
     """A fresh folder for files a page shows or offers for download. Older folders are removed
-    first, so a Space that runs for weeks does not fill its disk."""
+    first (Gradio's copies of them are pruned by the app's `delete_cache`)."""
     SCRATCH_ROOT.mkdir(parents=True, exist_ok=True)
     cutoff = time.time() - SCRATCH_MAX_AGE_S
     for old in SCRATCH_ROOT.iterdir():

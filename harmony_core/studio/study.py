@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from PIL.PngImagePlugin import PngInfo
 
 from harmony_core import imaging
 from harmony_core.errors import InputError
@@ -69,24 +70,25 @@ def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outp
                      store: VoteStore, rater_id: str, mode_label: str) -> tuple[RoundState, RoundView]:
     """A blind round over the rater's own Compare results; the vote is recorded as sample_source "user".
 
-    The outputs are written to a scratch folder so the round shows files like a study round. The
-    rater has seen these results with their names in Compare, so such votes are kept apart by source.
+    The outputs are written to a scratch folder so the round shows files like a study round: random
+    names, and a random text chunk in each PNG so that its bytes (hence Gradio's cache URL) differ
+    from the named Compare gallery's. The rater has seen these results with their names in
+    Compare, so the Leaderboard keeps such votes apart by source.
     """
     if composite is None or mask is None or not outputs:
-        raise InputError("Run two or more methods in **Compare** first, then vote blind on their results.")
+        raise InputError("Run two or more methods in **Compare** (and let the run finish), then vote blind on their results.")
     mode = MODE_LABELS.get(mode_label, mode_label)
     sid = sample_id(composite, mask)
-    if sid in store.voted_samples(rater_id, mode):
+    if sid in store.voted_samples(rater_id, mode, source="user"):
         raise InputError("You have already voted on this composite in this mode.")
+    rnd = user_round(StudySample(sid, "your composite", Path(), Path(), dict.fromkeys(outputs, Path())), mode)
     folder = scratch_folder("blind-")
-    paths = {"composite": folder / "composite.png", "mask": folder / "mask.png"}
-    imaging.save_image(composite, paths["composite"])
-    imaging.save_image(mask, paths["mask"])
-    for name, image in outputs.items():
-        paths[name] = folder / f"{uuid.uuid4().hex}.png"  # neither the name nor the run order: the page must not tell
-        imaging.save_image(image, paths[name])
-    sample = StudySample(sid, "your composite", paths.pop("composite"), paths.pop("mask"), paths)
-    rnd = user_round(sample, mode)
+    nonce = PngInfo()
+    nonce.add_text("round", uuid.uuid4().hex)
+    files = {name: imaging.save_image(image, folder / f"{uuid.uuid4().hex}.png", pnginfo=nonce)
+             for name, image in outputs.items()}
+    rnd.sample = StudySample(sid, "your composite", imaging.save_image(composite, folder / "composite.png"),
+                             imaging.save_image(mask, folder / "mask.png"), files)
     return RoundState(rnd, time.monotonic()), RoundView(_images(rnd), list(LETTERS), f"Your composite. {QUESTION}")
 
 
@@ -124,7 +126,8 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
 
 
 MODE_FILTERS = {"All votes": None, "Best of all": "best_of_n", "Pairwise": "pairwise"}
-SOURCE_FILTERS = {"All images": None, "Study set": "study", "Users' own composites": "user"}
+SOURCE_FILTERS = {"Study set": "study", "Users' own composites": "user", "All images": None}
+"""The study set first (the default): votes on a user's own results are not blind to the names."""
 
 
 def heatmap(methods: list[str], rates: np.ndarray) -> Figure:
@@ -158,15 +161,16 @@ def export_csv(store: VoteStore) -> Path:
 
 
 def board(store: VoteStore, mode_filter: str = "All votes",
-          source_filter: str = "All images") -> tuple[str, stats.Leaderboard, Figure | None]:
+          source_filter: str = "Study set") -> tuple[str, stats.Leaderboard, Figure | None]:
     """(headline Markdown, the statistics, the heatmap) for the chosen votes."""
-    votes = store.frame()
+    every = votes = store.frame()
     for column, value in (("mode", MODE_FILTERS.get(mode_filter)), ("sample_source", SOURCE_FILTERS.get(source_filter))):
         if value is not None:
             votes = votes[votes[column] == value]
     result = stats.leaderboard(votes)
     if not result.methods:
-        return "No votes yet: vote in the **Blind study** tab.", result, None
+        note = "No votes match these filters yet." if len(every) else "No votes yet: vote in the **Blind study** tab."
+        return note, result, None
     lines = [result.headline,
              f"{result.votes} vote(s) from {result.raters} rater(s). Scores: Bradley-Terry log-strength (mean 0) "
              f"with a 95% bootstrap interval over raters; *provisional* = fewer than {stats.PROVISIONAL_BELOW} "

@@ -167,14 +167,14 @@ class VoteStore:
         self._file_lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout)
         self._thread_lock = threading.Lock()
         self._offset = 0
-        self._keys: set[tuple[str, str, str]] = set()
+        self._keys: set[tuple[str, ...]] = set()
 
     # --- writing ------------------------------------------------------------------------------
 
     def append(self, vote: Vote) -> dict[str, str]:
-        """Record a vote exactly once; DuplicateVote if (rater, sample, mode) already voted."""
+        """Record a vote exactly once; DuplicateVote if (rater, sample, mode, source) already voted."""
         row = vote.row()
-        key = (row["rater_id"], row["sample_id"], row["mode"])
+        key = _key(row)
         self.folder.mkdir(parents=True, exist_ok=True)
         with self._thread_lock, self._file_lock:
             self._catch_up()
@@ -209,7 +209,7 @@ class VoteStore:
         if self._offset == 0 and complete and not complete.startswith(_encode(COLUMNS)):
             raise InputError(f"{self.path} is not a votes file of this version (other columns); move it away.")
         rows, _ = _parse(complete, str(self.path))
-        self._keys.update((r["rater_id"], r["sample_id"], r["mode"]) for r in rows)
+        self._keys.update(_key(r) for r in rows)
         self._offset += len(complete)
         tail = chunk[len(complete):]
         if tail:
@@ -241,10 +241,17 @@ class VoteStore:
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows(), columns=list(COLUMNS))
 
-    def voted_samples(self, rater_id: str, mode: str) -> set[str]:
-        """Samples this rater already voted on in this mode (to pick the next round)."""
+    def voted_samples(self, rater_id: str, mode: str, source: str = "study") -> set[str]:
+        """Samples this rater already voted on in this mode and source (to pick the next round)."""
         rater = neutralize(rater_id)
-        return {r["sample_id"] for r in self.rows() if r["rater_id"] == rater and r["mode"] == mode}
+        return {r["sample_id"] for r in self.rows()
+                if r["rater_id"] == rater and r["mode"] == mode and r["sample_source"] == source}
+
+
+def _key(row: dict[str, str]) -> tuple[str, str, str, str]:
+    """One vote per rater, sample, mode and source: a study image the rater also ran through Compare
+    (sample_source "user") is a separate trial with the same sample_id."""
+    return (row["rater_id"], row["sample_id"], row["mode"], row["sample_source"])
 
 
 def start_hub_sync(folder: str | os.PathLike):
