@@ -194,6 +194,12 @@ def cmd_train_ptl(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_photo_folders(p: argparse.ArgumentParser) -> None:
+    """--photos and --masks: source photos and their object masks, paired by file stem."""
+    p.add_argument("--photos", required=True, help="folder of real photos (NAME.jpg, ...)")
+    p.add_argument("--masks", required=True, help="folder of object masks named like the photos (NAME.png)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harmony_core", description="Harmony Studio: image harmonization.")
     parser.add_argument("--version", action="version", version=__version__)
@@ -239,8 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("make-dataset", help="synthesize iHarmony4-style composites from photos with object masks")
-    p.add_argument("--photos", required=True, help="folder of real photos (NAME.jpg, ...)")
-    p.add_argument("--masks", required=True, help="folder of object masks named like the photos (NAME.png)")
+    add_photo_folders(p)
     p.add_argument("--out", required=True, help="dataset folder; its name becomes the subset name")
     p.add_argument("--n", type=int, help="number of composites (default: one per photo of the split)")
     p.add_argument("--seed", type=int, default=0)
@@ -249,8 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_make_dataset)
 
     p = sub.add_parser("pack-photos", help="a compact copy of source photos + masks (e.g. to train on a GPU machine)")
-    p.add_argument("--photos", required=True, help="folder of real photos (NAME.jpg, ...)")
-    p.add_argument("--masks", required=True, help="folder of object masks named like the photos (NAME.png)")
+    add_photo_folders(p)
     p.add_argument("--out", required=True, help="folder for images/ and masks/ (train-ptl --data reads it)")
     p.add_argument("--quality", type=int, default=92, help="JPEG quality (4:4:4 chroma)")
     p.add_argument("--max-mib", type=float, default=60.0, help="stop with an error when the copy grows larger")
