@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-samples", type=int, default=64, help="held-out composites in the curve")
     p.add_argument("--max-minutes", type=float, help="stop, with a checkpoint, after this much wall time")
     p.add_argument("--export", help="write fp16 weights + config + curve to this folder (e.g. weights/ptl)")
+    p.add_argument("--init", help="start from these exported weights (e.g. weights/ptl) when OUT has no checkpoint")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     p.add_argument("--threads", type=int, help="CPU threads for torch (1 avoids stalls on a busy machine)")
     p.set_defaults(func=cmd_train_ptl)

@@ -4,6 +4,8 @@
 betas 0.9/0.999, foreground-normalized MSE with A_min 100, random resized crop + flip, 256 px,
 learning rate / 10 after 6/7 of the steps as the paper's epoch 120 of 140) on the project's
 training split, validates on held-out photos, and resumes from `OUT/checkpoint.pt` when rerun.
+Without a checkpoint, `--init FOLDER` starts from exported weights (e.g. weights/ptl) instead of
+a random network, with a fresh optimizer and step count.
 
 Determinism: sample i of the run is synthetic sample i of SyntheticComposites(train photos, seed)
 (a pure function of seed and i) and batches take consecutive samples, so a run and a resumed run
@@ -127,6 +129,12 @@ def train(args: argparse.Namespace) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         step, rows = state["step"], state["curve"]
         print(f"resuming from step {step}")
+    elif args.init:
+        start = PTLNet.from_pretrained(args.init)
+        if start.config != model.config:
+            raise InputError(f"{args.init} holds a network with {asdict(start.config)}; match --width and --ptl-write.")
+        model.load_state_dict(start.state_dict())
+        print(f"starting from the weights in {args.init} (fresh optimizer, step 0)")
     train_set, val_set = datasets(args.data, args.seed, args.steps * args.batch_size, args.val_samples)
     loader_options = {"batch_size": args.batch_size, "num_workers": args.workers,
                       "persistent_workers": args.workers > 0}

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from harmony_core import imaging
+from harmony_core.errors import InputError
 from harmony_core.methods.ptl import MAP_NAMES, SHIPPED_WEIGHTS, PTLMethod, spread_blocks
 from harmony_core.models.ptl_net import LTL, PTL, PTLConfig, PTLNet, foreground_mse_loss
 from harmony_core.types import HarmonizationRequest
@@ -321,7 +322,7 @@ def _photos(root) -> None:
 def _train_args(data, out, steps: int, **extra) -> argparse.Namespace:
     options = dict(data=str(data), out=str(out), steps=steps, batch_size=2, lr=1e-3, lr_drop=0.5, width=0.25,
                    seed=0, workers=0, val_every=2, val_samples=2, max_minutes=None, export=None, device="cpu",
-                   threads=None, ptl_write="add")
+                   threads=None, ptl_write="add", init=None)
     options.update(extra)
     return argparse.Namespace(**options)
 
@@ -341,3 +342,11 @@ def test_training_is_deterministic_resumable_and_exports(tmp_path) -> None:
     for name in (CURVE_CSV, CURVE_PNG, "config.json", "model.safetensors", "training.json"):
         assert (tmp_path / "w" / name).is_file(), name
     assert PTLMethod(weights=tmp_path / "w").available()
+    # --init: start from exported weights (lr 0 keeps them, so the step-1 checkpoint holds them).
+    exported = PTLNet.from_pretrained(tmp_path / "w").state_dict()
+    init = torch.load(train(_train_args(tmp_path / "photos", tmp_path / "c", 1, lr=0.0, init=str(tmp_path / "w"))),
+                      weights_only=False)
+    assert init["step"] == 1 and torch.equal(init["model"]["to_rgb.weight"], exported["to_rgb.weight"])
+    assert exported["to_rgb.weight"].abs().sum() > 0  # not the zero initialization
+    with pytest.raises(InputError, match="match --width"):
+        train(_train_args(tmp_path / "photos", tmp_path / "e", 1, init=str(tmp_path / "w"), width=0.5))
