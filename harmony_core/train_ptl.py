@@ -82,7 +82,14 @@ def plot_curve(rows: list[dict[str, float]], path: Path) -> None:
     ax.set_ylabel("foreground MSE (0..255)")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    # The learning rate on a second axis: runs extended across sessions change it more than once.
+    lr_axis = ax.twinx()
+    lr_axis.step(steps, [r["lr"] for r in rows], where="pre", color="gray", linestyle=":", label="learning rate")
+    lr_axis.set_yscale("log")
+    lr_axis.set_ylabel("learning rate")
+    handles, labels = ax.get_legend_handles_labels()
+    lr_handles, lr_labels = lr_axis.get_legend_handles_labels()
+    ax.legend(handles + lr_handles, labels + lr_labels)
     fig.tight_layout()
     with atomic.atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=100)
