@@ -84,8 +84,9 @@ def plot_curve(rows: list[dict[str, float]], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     # The learning rate on a second axis: runs extended across sessions change it more than once.
     lr_axis = ax.twinx()
-    lr_axis.step(steps, [r["lr"] for r in rows], where="pre", color="gray", linestyle=":", label="learning rate")
-    lr_axis.set_yscale("log")
+    rates = [r["lr"] for r in rows]
+    lr_axis.step(steps, rates, where="pre", color="gray", linestyle=":", label="learning rate")
+    lr_axis.set_yscale("log" if min(rates) > 0 else "linear")
     lr_axis.set_ylabel("learning rate")
     handles, labels = ax.get_legend_handles_labels()
     lr_handles, lr_labels = lr_axis.get_legend_handles_labels()
