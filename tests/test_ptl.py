@@ -261,7 +261,7 @@ def test_maps_are_normalized_sized_and_zero_on_the_object(shipped: PTLMethod) ->
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory) -> PTLMethod:
     """A randomly initialized small network: its attention differs from location to location
-    (the shipped one's does for some objects only, so the test does not rely on it)."""
+    whatever the shipped weights have learned, so the test does not depend on training."""
     folder = tmp_path_factory.mktemp("ptl-random")
     torch.manual_seed(8)
     PTLNet(PTLConfig(width=0.25, ptl_write="add")).save_pretrained(folder)
