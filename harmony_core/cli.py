@@ -139,6 +139,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_device_check(args: argparse.Namespace) -> int:
+    from harmony_core.device_check import MARKDOWN_NAME, run
+
+    run(args.out, args.tiny, args.minutes)
+    print((Path(args.out) / MARKDOWN_NAME).read_text())
+    return 0
+
+
 def cmd_make_dataset(args: argparse.Namespace) -> int:
     from harmony_core.data import SyntheticComposites, list_photos, select_split, write_iharmony
 
@@ -243,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a method setting for the benchmarked instances, e.g. n_gen=50 (repeatable)")
     p.add_argument("--device", help="device for --random-weights models (default: cuda when present, else cpu)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("device-check", help="every model-backed method on one GPU, all resident in fp16, in one run")
+    p.add_argument("--out", required=True, help="report folder: device_check.json + device_check.md")
+    p.add_argument("--tiny", action="store_true", help="the same code path with tiny test models on the CPU")
+    p.add_argument("--minutes", type=float, default=8.5, help="stop cleanly, keeping what was measured, after this long")
+    p.set_defaults(func=cmd_device_check)
 
     p = sub.add_parser("make-dataset", help="synthesize iHarmony4-style composites from photos with object masks")
     add_photo_folders(p)

@@ -1,0 +1,342 @@
+"""`device-check`: every model-backed method timed on one GPU in a single run that fits a 10-minute call.
+
+GPU time is lent rarely and briefly, so the whole measurement is prepared here and runs in one
+command: the four methods are built with random weights in their full-size architectures (speed
+and memory do not depend on the values), kept resident together in fp16, timed on synthetic
+composites, and the report is rewritten after every measurement, so a run cut short by `--minutes`
+(or killed) still leaves everything measured so far. `--tiny` runs the same code with the tiny test
+models on the CPU, so the command is exercised by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, get_args, get_type_hints
+
+import psutil
+import torch
+
+from harmony_core import atomic
+from harmony_core.bench import peak_memory_mb, synthetic_request
+from harmony_core.errors import InputError
+from harmony_core.registry import Method
+
+JSON_NAME = "device_check.json"
+MARKDOWN_NAME = "device_check.md"
+SIZE = 512
+PTL_SIZES = (256, 512, 1024, 2048)
+TRAIN_BATCH = 16
+TARGETS_MS = {"diffharmony": 1000.0, "hspace n_gen=50": 3000.0, "freepih": 30000.0, "ptl @256": 10.0}
+"""Latency targets on an H100/H200 in fp16 (issue 19), keyed by check label."""
+RESIDENT_TARGET_MB = 12 * 1024
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so a GPU run's log shows how far it got even if the call is cut."""
+    print(f"[device-check {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class OutOfTime(Exception):
+    """Raised from a progress callback or between steps when `--minutes` has run out."""
+
+
+@dataclass
+class Deadline:
+    end: float
+
+    def check(self, *_: object) -> None:
+        """Usable as a method's progress callback, so even a long run stops within one step."""
+        if time.perf_counter() > self.end:
+            raise OutOfTime
+
+
+@dataclass
+class Timing:
+    label: str
+    method: str
+    size: int
+    settings: dict[str, Any]
+    dtype: str
+    status: str = "not run (out of time)"
+    median_ms: float | None = None
+    min_ms: float | None = None
+    runs: int = 0
+    peak_mb: float | None = None
+    target_ms: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """The last run's metadata: its stage timings say where the time goes."""
+
+
+@dataclass
+class Training:
+    head: str
+    batch: int
+    status: str = "not run (out of time)"
+    samples_per_s: float | None = None
+    steps: int = 0
+    peak_mb: float | None = None
+
+
+def ptl_heads() -> list[str]:
+    """The output heads PTLConfig offers (a Literal-typed `head` field), else its one network."""
+    from harmony_core.models.ptl_net import PTLConfig
+
+    head = next((f for f in fields(PTLConfig) if f.name == "head"), None)
+    if head is None:
+        return ["residual"]
+    return list(get_args(get_type_hints(PTLConfig)["head"])) or [head.default]
+
+
+def ptl_config(tiny: bool, head: str | None = None) -> Any:
+    """The paper's width-1.0 network (tiny: the tests' width 0.25), with `head` when PTLConfig has one."""
+    from harmony_core.models.ptl_net import PTLConfig
+
+    options: dict[str, Any] = {"width": 0.25 if tiny else 1.0, "ptl_write": "add"}
+    if head is not None and any(f.name == "head" for f in fields(PTLConfig)):
+        options["head"] = head
+    return PTLConfig(**options)
+
+
+def random_ptl(config: Any, device: str, folder: Path) -> Method:
+    """PTLMethod on random weights, saved to `folder` first: PTLMethod loads (and checks) a folder."""
+    from harmony_core.diffusion.tiny import seeded
+    from harmony_core.methods.ptl import PTLMethod
+    from harmony_core.models.ptl_net import PTLNet
+
+    seeded(lambda: PTLNet(config), 0).save_pretrained(folder, dtype=torch.float32)
+    method = PTLMethod(weights=folder, device=device)
+    method.model  # noqa: B018 - load now, so its memory counts as resident
+    return method
+
+
+def memory_in_use(device: str) -> float:
+    """MB the models hold: CUDA's allocated bytes, or the process's resident memory on the CPU."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated() / 2**20
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def build_methods(scale: str, device: str, folder: Path, deadline: Deadline) -> tuple[dict[str, Method], dict[str, float]]:
+    """The four methods with random weights, all on `device`, and the MB each added when built
+    (`folder` holds ptl's weights while the methods are in use)."""
+    from harmony_core.diffusion.components import default_dtype
+    from harmony_core.methods.diffharmony import DiffHarmony
+    from harmony_core.methods.freepih import FreePIH
+    from harmony_core.methods.hspace import HSpace
+
+    builders: dict[str, Callable[[], Method]] = {
+        "diffharmony": lambda: DiffHarmony.random_weights(scale, device),
+        "freepih": lambda: FreePIH.random_weights(scale, device),
+        "hspace": lambda: HSpace.random_weights(scale, device, dtype=default_dtype(device)),
+        "ptl": lambda: random_ptl(ptl_config(scale == "tiny"), device, folder),
+    }
+    methods, resident = {}, {}
+    for name, build in builders.items():
+        deadline.check()
+        before = memory_in_use(device)
+        methods[name] = build()
+        resident[name] = memory_in_use(device) - before
+        log(f"{name}: built, {resident[name]:.0f} MB")
+    return methods, resident
+
+
+def configured(methods: dict[str, Method], row: Timing) -> Method:
+    """The resident instance with the row's settings, sharing its weights (no second copy)."""
+    from harmony_core.methods.hspace import HSpace
+
+    method = methods[row.method]
+    if not row.settings:
+        return method
+    if isinstance(method, HSpace):
+        return HSpace(unet=method.unet(), device=method.device, dtype=method.dtype,
+                      weights_label=method.weights_source, **row.settings)
+    method.settings = replace(method.settings, **row.settings)  # freepih: settings are read at each run
+    return method
+
+
+def time_method(row: Timing, method: Method, repeats: int, deadline: Deadline) -> None:
+    """A warm-up run, then `repeats` timed runs, each on a new composite (seed) so no cache helps:
+    synchronize around each, peak memory over them all; fills `row` as far as time allows."""
+    from harmony_core.diffusion.components import synchronize
+
+    times: list[float] = []
+
+    def runs() -> None:
+        for seed in range(repeats + 1):
+            request = synthetic_request(row.size, seed)
+            synchronize(method.device)
+            start = time.perf_counter()
+            result = method.run(request, deadline.check)
+            synchronize(method.device)
+            if seed:
+                times.append((time.perf_counter() - start) * 1000)
+                row.metadata = {k: v for k, v in result.metadata.items() if k not in ("parameters", "steps")}
+
+    try:
+        row.peak_mb = peak_memory_mb(runs, method.device)
+        row.status = "ok"
+    except OutOfTime:
+        row.status = f"out of time after {len(times)} of {repeats} runs"
+    except Exception as exc:  # noqa: BLE001 - one failing method (say, out of memory) must not cost the others' rows
+        row.status = f"error: {type(exc).__name__}: {exc}"[:300]
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    finally:
+        if times:
+            row.median_ms, row.min_ms, row.runs = statistics.median(times), min(times), len(times)
+
+
+def train_ptl(row: Training, tiny: bool, device: str, steps: int, deadline: Deadline) -> None:
+    """Adam steps of the ptl recipe (foreground MSE, fp32 as train-ptl runs) on a batch of synthetic
+    composites; the data pipeline is left out, so this is the network's ceiling."""
+    from harmony_core.models.ptl_net import PTLNet, foreground_mse_loss
+
+    config = ptl_config(tiny, row.head)
+    model = PTLNet(config).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    request = synthetic_request(config.image_size)
+    real = torch.from_numpy(request.ground_truth).permute(2, 0, 1).float().div(255)
+    composite = torch.from_numpy(request.composite).permute(2, 0, 1).float().div(255)
+    mask = torch.from_numpy(request.mask).float()[None]
+    batch = [t.expand(row.batch, -1, -1, -1).contiguous().to(device) for t in (composite, mask, real)]
+
+    def step() -> None:
+        deadline.check()
+        loss = foreground_mse_loss(model(batch[0], batch[1]), batch[2], batch[1])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def timed() -> None:
+        step()  # warm-up: kernels chosen, optimizer state allocated
+        memory_in_use(device)  # synchronizes on CUDA
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+            row.steps += 1
+        memory_in_use(device)
+        row.samples_per_s = row.batch * steps / (time.perf_counter() - start)
+
+    try:
+        row.peak_mb = peak_memory_mb(timed, device)
+        row.status = "ok"
+    except OutOfTime:
+        row.status = f"out of time after {row.steps} of {steps} steps"
+
+
+def environment(device: str) -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    cuda = device.startswith("cuda")
+    return {
+        "device": torch.cuda.get_device_name() if cuda else f"{platform.machine()} CPU, {psutil.cpu_count()} cores",
+        "torch": torch.__version__, "cuda": str(torch.version.cuda) if cuda else "none",
+        "cudnn": str(torch.backends.cudnn.version()) if cuda else "none",
+        "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def verdict(value: float | None, target: float | None, tiny: bool) -> str:
+    """"<= 1000: met" / "missed"; tiny models are a smoke test, so no verdict there."""
+    if target is None:
+        return "-"
+    if tiny or value is None:
+        return f"<= {target:.0f}"
+    return f"<= {target:.0f}: {'met' if value <= target else '**missed**'}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as the README shows it: environment, resident memory, latency and training tables."""
+    env, tiny = report["environment"], report["tiny"]
+    number = lambda v, f=".1f": "-" if v is None else format(v, f)  # noqa: E731
+    kind = "tiny test models on the CPU (a smoke test, not a benchmark)" if tiny else "full-size architectures, random weights"
+    lines = [
+        f"Device check, {report['date']}: {env['device']}; torch {env['torch']}, CUDA {env['cuda']}, "
+        f"cuDNN {env['cudnn']}, diffusers {env['diffusers']}, transformers {env['transformers']}, "
+        f"Python {env['python']}; {kind}.",
+        "", f"Command: `{report['command']}` (on the GPU machine: `bash scripts/device-check.sh`).", "",
+        f"All four resident together: **{number(report['resident_mb'], '.0f')} MB** "
+        f"(target {verdict(report['resident_mb'], RESIDENT_TARGET_MB, tiny)} MB)",
+        "", "| method | resident MB |", "|---|---|",
+        *(f"| {name} | {mb:.0f} |" for name, mb in report["resident_by_method"].items()),
+        "", "| check | px | settings | dtype | median ms | min ms | runs | peak MB | target ms | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["timings"]:
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
+        lines.append(f"| {r['label']} | {r['size']} | {settings} | {r['dtype']} | {number(r['median_ms'])} | "
+                     f"{number(r['min_ms'])} | {r['runs']} | {number(r['peak_mb'], '.0f')} | "
+                     f"{verdict(r['median_ms'], r['target_ms'], tiny)} | {r['status']} |")
+    lines += ["", "| ptl training head | batch | samples/s | steps | peak MB | status |", "|---|---|---|---|---|---|"]
+    for r in report["training"]:
+        lines.append(f"| {r['head']} | {r['batch']} | {number(r['samples_per_s'])} | {r['steps']} | "
+                     f"{number(r['peak_mb'], '.0f')} | {r['status']} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(out: str | Path, tiny: bool = False, minutes: float = 8.5) -> dict[str, Any]:
+    """Measure everything, cheapest and most wanted first; the report is rewritten after each step."""
+    from harmony_core.diffusion.components import default_dtype, dtype_name
+
+    device = "cpu" if tiny else "cuda"
+    if not tiny and not torch.cuda.is_available():
+        raise InputError("device-check needs a CUDA GPU (none is visible); --tiny runs it on the CPU with tiny models")
+    deadline = Deadline(time.perf_counter() + 60 * minutes)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = dtype_name(default_dtype(device))
+    repeats, train_steps, batch = (1, 1, 4) if tiny else (3, 20, TRAIN_BATCH)
+    # --tiny cuts the slow settings so the smoke test stays short; the GPU run keeps every default.
+    freepih = {"resolution": 128, "num_inference_steps": 10, "lbfgs_max_iter": 1} if tiny else {}
+    hspace = {"n_inv": 5, "n_gen": 5} if tiny else {}
+    # ptl runs in float32 on every device (PTLMethod loads its weights so); the diffusion models in `dtype`.
+    timings = [Timing(f"ptl @{size}", "ptl", size, {}, "float32", target_ms=TARGETS_MS.get(f"ptl @{size}"))
+               for size in PTL_SIZES]
+    timings += [
+        Timing("diffharmony", "diffharmony", SIZE, {}, dtype, target_ms=TARGETS_MS["diffharmony"]),
+        Timing("hspace n_gen=50", "hspace", SIZE, {"n_gen": 50} | hspace, dtype, target_ms=TARGETS_MS["hspace n_gen=50"]),
+        Timing("hspace n_gen=200", "hspace", SIZE, {"n_gen": 200} | hspace, dtype),
+    ]
+    slow = [Timing("freepih", "freepih", SIZE, freepih, dtype, target_ms=TARGETS_MS["freepih"]),
+            Timing("hspace", "hspace", SIZE, hspace, dtype)]
+    training = [Training(head, batch) for head in ptl_heads()]
+    report: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "tiny": tiny, "minutes": minutes,
+        "command": f"python -m harmony_core device-check --out {out}{' --tiny' if tiny else ''} --minutes {minutes}",
+        "environment": environment(device), "resident_mb": None, "resident_by_method": {},
+    }
+
+    def save() -> None:
+        report["timings"] = [asdict(t) for t in timings + slow]
+        report["training"] = [asdict(t) for t in training]
+        atomic.write_text(out / JSON_NAME, json.dumps(report, indent=2, default=str) + "\n")
+        atomic.write_text(out / MARKDOWN_NAME, markdown(report))
+
+    save()
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            methods, resident = build_methods("tiny" if tiny else "full", device, Path(folder), deadline)
+            report["resident_by_method"], report["resident_mb"] = resident, sum(resident.values())
+            save()
+            for item in [*timings, *training, *slow]:
+                if isinstance(item, Training):
+                    train_ptl(item, tiny, device, train_steps, deadline)
+                    log(f"ptl training ({item.head}): {item.status}, {item.samples_per_s or 0:.1f} samples/s")
+                else:
+                    time_method(item, configured(methods, item), repeats, deadline)
+                    log(f"{item.label}: {item.status}, median {item.median_ms or 0:.1f} ms")
+                save()
+    except OutOfTime:
+        log(f"out of time after {minutes} min; the report keeps what was measured")
+        save()
+    return report
