@@ -1,6 +1,9 @@
 """Harmony Studio: the Gradio app. Widgets and wiring only; the logic lives in harmony_core.studio.
 
-    python app.py [--host 0.0.0.0] [--port 7860] [--max-side 1024]
+    python app.py [--host 0.0.0.0] [--port 7860] [--max-side 1024] [--allow-weight-changes]
+
+Every event that takes an image runs with `preprocess=False`: the raw value passes the app's
+one gate (harmony_core.studio.uploads) and is decoded by harmony_core, never by Gradio.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import argparse
 import functools
 import hashlib
 import hmac
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -24,8 +28,11 @@ from harmony_core.study.studyset import LETTERS, MAX_SHOWN, StudySet
 from harmony_core.study.votes import VoteStore, load_secret, start_hub_sync
 from harmony_core.studio import compose, explain, study
 from harmony_core.studio.compare import (
-    METRIC_COLUMNS, STATUS_COLUMNS, WEIGHTED_METHODS, method_choices, run_methods, set_weights,
+    METRIC_COLUMNS, STATUS_COLUMNS, WEIGHTED_METHODS, WEIGHTS_FLAG, build_request, method_choices, run_methods,
+    set_weights,
 )
+from harmony_core.studio.raters import RateLimiter, RateLimits
+from harmony_core.studio.uploads import editor_paths, upload_path
 from harmony_core.types import HarmonizationRequest
 
 log = logging.getLogger("harmony_studio")
@@ -35,40 +42,41 @@ DEFAULT_VOTES = Path(__file__).parent / "outputs" / "votes"
 GPU_QUEUE = "gpu"
 
 
+def _user_error(fn_name: str, exc: Exception) -> gr.Error:
+    """The message a user sees for an exception: its own for HarmonyError, a sentence otherwise."""
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, HarmonyError):
+        return gr.Error(str(exc), print_exception=False)
+    log.exception("unexpected error in %s", fn_name)
+    return gr.Error("Something went wrong on the server (details are in its log).", print_exception=False)
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Show problems as a message in the UI, never as a stack trace."""
+    """Show problems as a message in the UI, never as a stack trace (generators too: Gradio
+    streams a generator function's yields, so the wrapper must stay one)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def streaming(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:
+                raise _user_error(fn.__name__, exc) from None
+
+        return streaming
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except HarmonyError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-        except gr.Error:
-            raise
-        except Exception:
-            log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error("Something went wrong on the server (details are in its log).", print_exception=False) from None
+        except Exception as exc:
+            raise _user_error(fn.__name__, exc) from None
 
     return wrapper
 
 
 def _compose_outputs(result: compose.Composed) -> tuple:
     return result.composite, result.mask_image, result.overlay, result.message, gr.update(visible=result.mask.mean() > 0.5)
-
-
-def _ground_truth(ground_truth: Any, composite: np.ndarray) -> np.ndarray | None:
-    """The ground truth at the composite's size (uploads larger than the working size are shrunk)."""
-    if ground_truth is None:
-        return None
-    gt = imaging.load_rgb(ground_truth, "ground truth")
-    h, w = composite.shape[:2]
-    gh, gw = gt.shape[:2]
-    if (gh, gw) != (h, w):
-        if abs(gw / gh - w / h) > 0.01:
-            raise InputError(f"The ground truth is {gw}x{gh} but the composite is {w}x{h} (different aspect ratio).")
-        gt = imaging.resize_rgb(gt, (w, h))
-    return gt
 
 
 def _client_ip(request: gr.Request | None) -> str | None:
@@ -82,37 +90,47 @@ def _client_ip(request: gr.Request | None) -> str | None:
 
 
 def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.PathLike | None = None,
-              votes_dir: str | os.PathLike | None = None) -> gr.Blocks:
+              votes_dir: str | os.PathLike | None = None, allow_weight_changes: bool = False,
+              rate_limits: RateLimits = RateLimits()) -> gr.Blocks:
     """The Blocks UI. study_dir: the blind study set (default examples/study); votes_dir: where
-    votes.csv and the IP-hash secret live (default outputs/votes)."""
+    votes.csv and the server secret live (default outputs/votes); allow_weight_changes: whether
+    clients may repoint model weights for the whole process (the organiser's --allow-weight-changes);
+    rate_limits: votes per rater and per IP hash."""
     all_methods, runnable, unavailable_note = method_choices()
     study_dir = Path(study_dir or os.environ.get("HARMONY_STUDY_DIR") or DEFAULT_STUDY)
     votes_dir = Path(votes_dir or os.environ.get("HARMONY_VOTES_DIR") or DEFAULT_VOTES)
     try:
         study_set: StudySet | None = StudySet.load(study_dir)
         study_note = f"{len(study_set.samples)} images, methods: {', '.join(study_set.methods)}."
-        gr.set_static_paths([study_set.root])
     except HarmonyError as exc:
         study_set, study_note = None, f"No study set: {exc}"
     store = VoteStore(votes_dir)
     secret = load_secret(votes_dir)
     browser_secret = hmac.new(secret, b"browser-state", hashlib.sha256).hexdigest()
+    limiter = RateLimiter(rate_limits)
+    upload_roots = (gr.utils.get_upload_folder(), EXAMPLES, study_dir)
+
+    def image_in(payload: Any, what: str) -> Path | None:
+        return upload_path(payload, upload_roots, what)
 
     @user_errors
     def compose_upload(composite, mask):
-        return _compose_outputs(compose.from_upload(composite, mask, max_side))
+        return _compose_outputs(compose.from_upload(image_in(composite, "composite"), image_in(mask, "mask"), max_side))
 
     @user_errors
     def compose_place(background, foreground, foreground_mask, x, y, scale):
-        return _compose_outputs(compose.from_layers(background, foreground, foreground_mask, x, y, scale, max_side))
+        return _compose_outputs(compose.from_layers(
+            image_in(background, "background"), image_in(foreground, "foreground"),
+            image_in(foreground_mask, "foreground mask"), x, y, scale, max_side,
+        ))
 
     @user_errors
     def compose_paint(editor_value):
-        return _compose_outputs(compose.from_painting(editor_value, max_side))
+        return _compose_outputs(compose.from_painting(editor_paths(editor_value, upload_roots), max_side))
 
     @user_errors
     def compose_invert(composite, mask):
-        return _compose_outputs(compose.invert(composite, mask, max_side))
+        return _compose_outputs(compose.invert(image_in(composite, "composite"), image_in(mask, "mask"), max_side))
 
     # Gradio's cache holds a copy of every image and download it served: keep it to a day.
     with gr.Blocks(title="Harmony Studio", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
@@ -128,14 +146,14 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
                 with gr.Tabs():
                     with gr.Tab("Composite + mask"):
                         with gr.Row():
-                            up_composite = gr.Image(label="Composite", type="pil", image_mode=None, format="png", elem_id="compose-composite")
-                            up_mask = gr.Image(label="Mask (white = pasted object)", type="pil", image_mode=None, format="png", elem_id="compose-mask")
+                            up_composite = gr.Image(label="Composite", type="filepath", image_mode=None, format="png", elem_id="compose-composite")
+                            up_mask = gr.Image(label="Mask (white = pasted object)", type="filepath", image_mode=None, format="png", elem_id="compose-mask")
                         up_button = gr.Button("Use this composite", variant="primary", elem_id="compose-use")
                     with gr.Tab("Background + foreground"):
                         with gr.Row():
-                            background = gr.Image(label="Background", type="pil", image_mode=None, format="png")
-                            foreground = gr.Image(label="Foreground (PNG with transparency)", type="pil", image_mode=None, format="png")
-                            foreground_mask = gr.Image(label="Foreground mask (optional)", type="pil", image_mode=None, format="png")
+                            background = gr.Image(label="Background", type="filepath", image_mode=None, format="png")
+                            foreground = gr.Image(label="Foreground (PNG with transparency)", type="filepath", image_mode=None, format="png")
+                            foreground_mask = gr.Image(label="Foreground mask (optional)", type="filepath", image_mode=None, format="png")
                         with gr.Row():
                             pos_x = gr.Slider(0, 1, value=0.5, step=0.01, label="x (centre, fraction of width)")
                             pos_y = gr.Slider(0, 1, value=0.5, step=0.01, label="y (centre, fraction of height)")
@@ -144,34 +162,33 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
                     with gr.Tab("Paint the mask"):
                         editor = gr.ImageEditor(
                             label="Upload the composite, then paint over the pasted object",
-                            type="numpy", image_mode="RGBA", format="png", layers=False, transforms=(),
+                            type="filepath", image_mode="RGBA", format="png", layers=False, transforms=(),
                             brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed", default_size=24),
                         )
                         paint_button = gr.Button("Use the painted mask", variant="primary")
                 with gr.Accordion("Ground truth (optional: the real photo, to compute metrics)", open=False):
-                    ground_truth = gr.Image(label="Ground truth", type="pil", image_mode=None, format="png", height=240)
+                    ground_truth = gr.Image(label="Ground truth", type="filepath", image_mode=None, format="png", height=240)
                 notice = gr.Markdown(elem_id="compose-notice")
                 with gr.Row():
-                    work_composite = gr.Image(label="Working composite", type="numpy", interactive=False, format="png")
-                    work_mask = gr.Image(label="Working mask", type="numpy", image_mode="L", interactive=False, format="png")
+                    work_composite = gr.Image(label="Working composite", type="filepath", interactive=False, format="png")
+                    work_mask = gr.Image(label="Working mask", type="filepath", image_mode="L", interactive=False, format="png")
                     overlay = gr.Image(label="Mask overlay", interactive=False, format="png")
                 invert_button = gr.Button("Invert mask", visible=False)
                 compose_outputs = [work_composite, work_mask, overlay, notice, invert_button]
-                gr.Examples(
+                # Examples only fill the inputs; the composing runs below as a private, gated event
+                # (Examples' own run_on_click event would let Gradio decode whatever path it is sent).
+                upload_examples = gr.Examples(
                     label="Examples: composite + mask",
                     examples=[
                         [str(EXAMPLES / "cup_rocket_composite.jpg"), str(EXAMPLES / "cup_rocket_mask.png"), None],
                         [str(EXAMPLES / "cat_composite.jpg"), str(EXAMPLES / "cat_mask.png"), str(EXAMPLES / "cat_real.jpg")],
                     ],
                     inputs=[up_composite, up_mask, ground_truth],
-                    fn=lambda c, m, _gt: compose_upload(c, m), outputs=compose_outputs, run_on_click=True,
                 )
-                gr.Examples(
+                place_examples = gr.Examples(
                     label="Example: background + transparent foreground",
                     examples=[[str(EXAMPLES / "rocket_background.jpg"), str(EXAMPLES / "cup_foreground.png"), 0.25, 0.75, 0.9]],
                     inputs=[background, foreground, pos_x, pos_y, scale],
-                    fn=lambda b, f, x, y, s: compose_place(b, f, None, x, y, s),
-                    outputs=compose_outputs, run_on_click=True,
                 )
 
             with gr.Tab("Compare", id="compare"):
@@ -179,7 +196,8 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
                     methods = gr.CheckboxGroup(choices=all_methods, value=runnable, label="Methods")
                     seed = gr.Number(value=0, precision=0, label="Seed")
                 availability = gr.Markdown(unavailable_note)
-                with gr.Accordion("Model weights (a local folder or a Hub id; empty = the default)", open=False):
+                with gr.Accordion("Model weights (a local folder or a Hub id; empty = the default)", open=False,
+                                  visible=allow_weight_changes):
                     weight_boxes = [gr.Textbox(label=name, placeholder="default", max_lines=1) for name in WEIGHTED_METHODS]
                     weights_button = gr.Button("Use these weights (for everyone on this server)")
                 run_button = gr.Button("Harmonize", variant="primary", elem_id="compare-run")
@@ -240,32 +258,31 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
                                            elem_id="board-table")
                 board_plot = gr.Plot(label="Pairwise win rates")
 
-        up_button.click(compose_upload, [up_composite, up_mask], compose_outputs, api_name="compose_upload")
+        raw = {"preprocess": False}  # image inputs reach the handlers raw, through the gate
+        up_button.click(compose_upload, [up_composite, up_mask], compose_outputs, api_name="compose_upload", **raw)
+        upload_examples.load_input_event.then(compose_upload, [up_composite, up_mask], compose_outputs, api_name=False, **raw)
         place_button.click(
             compose_place, [background, foreground, foreground_mask, pos_x, pos_y, scale], compose_outputs,
-            api_name="compose_place",
+            api_name="compose_place", **raw,
         )
-        paint_button.click(compose_paint, [editor], compose_outputs, api_name="compose_paint")
-        invert_button.click(compose_invert, [work_composite, work_mask], compose_outputs, api_name="compose_invert")
+        place_examples.load_input_event.then(
+            compose_place, [background, foreground, foreground_mask, pos_x, pos_y, scale], compose_outputs,
+            api_name=False, **raw,
+        )
+        paint_button.click(compose_paint, [editor], compose_outputs, api_name="compose_paint", **raw)
+        invert_button.click(compose_invert, [work_composite, work_mask], compose_outputs, api_name="compose_invert", **raw)
 
+        @user_errors
         def harmonize(composite, mask, gt, names, seed_value, progress=gr.Progress(track_tqdm=True)):
-            try:
-                if composite is None or mask is None:
-                    raise InputError("Compose a composite first (Compose tab).")
-                if not names:
-                    raise InputError("Choose at least one method.")
-                composite = imaging.load_rgb(composite, "composite")
-                request = HarmonizationRequest(
-                    composite=composite, mask=imaging.load_mask(mask, "mask"),
-                    ground_truth=_ground_truth(gt, composite), seed=int(seed_value or 0),
-                )
-            except HarmonyError as exc:
-                raise gr.Error(str(exc), print_exception=False) from None
+            request, names, notes = build_request(image_in(composite, "composite"), image_in(mask, "mask"), names,
+                                                  max_side, image_in(gt, "ground truth"), seed_value)
+            for note in notes:
+                gr.Warning(note)
             before_after = None
-            for i, state in enumerate(run_methods(request, list(names), lambda f, msg: progress(f, desc=msg))):
+            for i, state in enumerate(run_methods(request, names, lambda f, msg: progress(f, desc=msg))):
                 changed = [r.image for name, r in state.results.items() if name != "composite"]
                 if before_after is None and changed:
-                    before_after = (composite, changed[0])
+                    before_after = (request.composite, changed[0])
                 finished = i == len(names) - 1  # run_methods yields once per method; vote only on a finished run
                 results = (request.composite, request.mask, {n: r.image for n, r in state.results.items()}) if finished else None
                 yield state.gallery, before_after, state.status, state.metrics or None, results
@@ -273,21 +290,23 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
         run_button.click(
             harmonize, [work_composite, work_mask, ground_truth, methods, seed],
             [gallery, slider, status, metrics, compare_results], api_name="compare",
-            concurrency_id=GPU_QUEUE, concurrency_limit=1,
+            concurrency_id=GPU_QUEUE, concurrency_limit=1, **raw,
         )
 
         @user_errors
         def use_weights(*sources):
-            runnable_now, note = set_weights(dict(zip(WEIGHTED_METHODS, sources)))
+            runnable_now, note = set_weights(dict(zip(WEIGHTED_METHODS, sources)), allow_weight_changes)
             return gr.update(value=runnable_now), note
 
         weights_button.click(use_weights, weight_boxes, [methods, availability], api_name="set_weights",
                              concurrency_id=GPU_QUEUE, concurrency_limit=1)
 
+        @user_errors
         def choose(composite, event: gr.SelectData):
-            return (composite, event.value["image"]["path"])
+            chosen = (event.value or {}).get("image") if isinstance(event.value, dict) else None
+            return tuple(str(p) if p else None for p in (image_in(composite, "composite"), image_in(chosen, "result")))
 
-        gallery.select(choose, [work_composite], [slider], api_name=False)
+        gallery.select(choose, [work_composite], [slider], api_name=False, **raw)
 
         # --- Explain ----------------------------------------------------------------------------
 
@@ -305,29 +324,25 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
 
         explain_view_outputs = [explain_state, explain_view, map_choice, explain_gallery, legend, explain_notes]
 
-        def explain_request(composite, mask, point) -> HarmonizationRequest:
-            if composite is None or mask is None:
-                raise InputError("Compose a composite first (Compose tab).")
-            return HarmonizationRequest(composite=imaging.load_rgb(composite, "composite"),
-                                        mask=imaging.load_mask(mask, "mask"), point=point)
+        def explain_request(composite, mask, names, point) -> tuple[HarmonizationRequest, list[str], list[str]]:
+            return build_request(image_in(composite, "composite"), image_in(mask, "mask"), names, max_side, point=point)
 
         @user_errors
         def explain_run(composite, mask, names, x, y, cmap, alpha, chosen, progress=gr.Progress(track_tqdm=True)):
-            if not names:
-                raise InputError("Choose at least one method.")
             point = (int(x), int(y)) if x is not None and y is not None else None
-            request = explain_request(composite, mask, point)
-            result = explain.explain(request, list(names), lambda f, m: progress(f, desc=m))
+            request, names, notes = explain_request(composite, mask, names, point)
+            result = explain.explain(request, names, lambda f, m: progress(f, desc=m))
+            result.notes = notes + result.notes
             return explain_outputs(result, request.composite, point, cmap, alpha, chosen)
 
         @user_errors
         def explain_click(composite, mask, previous, cmap, alpha, chosen, event: gr.SelectData,
                           progress=gr.Progress(track_tqdm=True)):
             x, y = (int(v) for v in event.index)
-            request = explain_request(composite, mask, (x, y))
             if previous is None:
                 raise InputError("Press **Explain** first, then click a point.")
             rerun = previous.point_methods()
+            request, _, _ = explain_request(composite, mask, rerun or None, (x, y))
             if rerun:
                 fresh = explain.explain(request, rerun, lambda f, m: progress(f, desc=m))
                 previous = explain.merge(previous, fresh, rerun)
@@ -337,30 +352,33 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
 
         @user_errors
         def explain_restyle(composite, previous, x, y, cmap, alpha, chosen):
+            composite = image_in(composite, "composite")
             if previous is None or composite is None:
                 return (previous, None, gr.update(), [], explain.legend_image(cmap), "")
             point = (int(x), int(y)) if x is not None and y is not None else None
-            return explain_outputs(previous, imaging.load_rgb(composite, "composite"), point, cmap, alpha, chosen)
+            image = imaging.cap_long_side(imaging.load_rgb(composite, "composite"), max_side)
+            return explain_outputs(previous, image, point, cmap, alpha, chosen)
 
         explain_button.click(
             explain_run, [work_composite, work_mask, explain_methods, point_x, point_y, colormap, opacity, map_choice],
-            explain_view_outputs, api_name="explain", concurrency_id=GPU_QUEUE, concurrency_limit=1,
+            explain_view_outputs, api_name="explain", concurrency_id=GPU_QUEUE, concurrency_limit=1, **raw,
         )
         explain_view.select(
             explain_click, [work_composite, work_mask, explain_state, colormap, opacity, map_choice],
             [point_x, point_y, *explain_view_outputs], api_name=False, concurrency_id=GPU_QUEUE, concurrency_limit=1,
+            **raw,
         )
         gr.on(
             [map_choice.input, colormap.change, opacity.release], explain_restyle,
             [work_composite, explain_state, point_x, point_y, colormap, opacity, map_choice], explain_view_outputs,
-            api_name=False,
+            api_name=False, **raw,
         )
 
         # --- Blind study ------------------------------------------------------------------------
 
         def known_rater(rater_id: str | None) -> tuple[str, str]:
-            rater_id = rater_id or study.new_rater_id()
-            return rater_id, f"Your anonymous rater id (kept in this browser): `{rater_id}`"
+            rater_id = study.browser_rater(rater_id, secret)
+            return rater_id, study.rater_note(rater_id)
 
         demo.load(known_rater, [rater], [rater, rater_note], api_name=False)
 
@@ -375,9 +393,9 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
         def next_round(mode, rater_id):
             if study_set is None:
                 raise InputError(study_note)
-            rater_id, note = known_rater(rater_id)
+            rater_id = study.round_rater(rater_id, secret)
             state, view = study.start_round(study_set, store, rater_id, mode)
-            return (rater_id, note, *round_outputs(state, view, locked=state is None))
+            return (rater_id, study.rater_note(rater_id), *round_outputs(state, view, locked=state is None))
 
         next_button.click(next_round, [study_mode, rater], [rater, rater_note, *round_view_outputs],
                           api_name="study_next", concurrency_limit=None)
@@ -386,7 +404,7 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
             @user_errors
             def vote(state, rater_id, request: gr.Request):
                 view = study.cast_vote(state, choice, store, rater_id or "", getattr(request, "session_hash", "") or "",
-                                       _client_ip(request), secret)
+                                       _client_ip(request), secret, limiter)
                 return round_outputs(state, view, locked=True)
 
             return vote
@@ -399,9 +417,9 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
 
         @user_errors
         def blind_from_compare(results, mode, rater_id):
-            rater_id, note = known_rater(rater_id)
+            rater_id = study.round_rater(rater_id, secret)
             state, view = study.start_user_round(*(results or (None, None, None)), store, rater_id, mode)
-            return (rater_id, note, *round_outputs(state, view, locked=False), gr.Tabs(selected="study"))
+            return (rater_id, study.rater_note(rater_id), *round_outputs(state, view, locked=False), gr.Tabs(selected="study"))
 
         blind_button.click(blind_from_compare, [compare_results, study_mode, rater],
                            [rater, rater_note, *round_view_outputs, tabs], api_name="compare_blind", concurrency_limit=None)
@@ -428,10 +446,17 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, default=compose.DEFAULT_MAX_SIDE, help="long side the studio works at")
     parser.add_argument("--study", default=None, help="blind study set folder (default: $HARMONY_STUDY_DIR or examples/study)")
     parser.add_argument("--votes", default=None, help="votes folder (default: $HARMONY_VOTES_DIR or outputs/votes)")
+    parser.add_argument(WEIGHTS_FLAG, action="store_true", default=os.environ.get("HARMONY_ALLOW_WEIGHT_CHANGES") == "1",
+                        help="let clients repoint model weights for the whole server (organiser only; off by default)")
+    parser.add_argument("--votes-per-minute", type=int, default=int(os.environ.get("HARMONY_VOTES_PER_MINUTE", 30)),
+                        help="votes per rater and per IP hash in a minute (0 = no limit)")
+    parser.add_argument("--votes-per-day", type=int, default=int(os.environ.get("HARMONY_VOTES_PER_DAY", 1000)),
+                        help="votes per rater and per IP hash in a day (0 = no limit)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     votes_dir = Path(args.votes or os.environ.get("HARMONY_VOTES_DIR") or DEFAULT_VOTES)
-    demo = build_app(args.max_side, args.study, votes_dir)
+    demo = build_app(args.max_side, args.study, votes_dir, args.allow_weight_changes,
+                     RateLimits(args.votes_per_minute, args.votes_per_day))
     start_hub_sync(votes_dir)  # only when $HARMONY_VOTES_DATASET is set; its thread pushes until exit
     demo.queue().launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft())
 

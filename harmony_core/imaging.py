@@ -27,7 +27,7 @@ MAX_SIDE = 20_000
 MASK_THRESHOLD = 0.5
 
 __all__ = [
-    "InputError", "MAX_PIXELS", "open_image", "load_rgb", "load_mask", "load_rgba",
+    "InputError", "MAX_PIXELS", "open_image", "load_array", "load_rgb", "load_mask", "load_rgba",
     "validate_pair", "check_same_size", "alpha_to_mask",
     "place_foreground", "paste_back", "resize_rgb", "resize_mask", "cap_long_side",
     "save_image", "mask_to_image", "mask_overlay",
@@ -87,18 +87,23 @@ def open_image(source: ImageSource, what: str | None = None) -> Image.Image:
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale any numeric pixel array to uint8 (16-bit and 32-bit integer, float in [0,1])."""
+    """Scale any numeric pixel array to uint8 (16-bit and 32-bit integer, float in [0,1]).
+
+    16-bit data is scaled by its bit depth (0..65535 -> 0..255), never by its own maximum: a dark
+    16-bit image must stay dark."""
     if array.dtype == np.uint8:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16:
+        return np.round(array * (255.0 / 65535)).astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
         finite = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
         scale = 255.0 if finite.max(initial=0.0) <= 1.0 else 1.0
         return np.clip(np.round(finite * scale), 0, 255).astype(np.uint8)
     wide = array.astype(np.int64)
     peak = wide.max(initial=0)
-    if peak > 255:  # 16-bit data (I;16 or I holding 16-bit values) -> 8 bits
+    if peak > 255:  # 32-bit "I" data holding 16-bit values -> 8 bits
         top = 65535 if peak <= 65535 else peak
         return np.clip(np.round(wide * (255.0 / top)), 0, 255).astype(np.uint8)
     return np.clip(wide, 0, 255).astype(np.uint8)
@@ -117,12 +122,14 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
     return _to_uint8(np.asarray(image))
 
 
+def load_array(source: ImageSource, what: str = "image") -> np.ndarray:
+    """HxW or HxWxC uint8 with the image's own channels (an array is only scaled to uint8)."""
+    return _to_uint8(source) if isinstance(source, np.ndarray) else _pil_to_array(open_image(source, what))
+
+
 def load_rgb(source: ImageSource, what: str = "image") -> np.ndarray:
     """HxWx3 uint8 RGB from a file, PIL image or array (gray is replicated, alpha dropped)."""
-    if isinstance(source, np.ndarray):
-        array = _to_uint8(source)
-    else:
-        array = _pil_to_array(open_image(source, what))
+    array = load_array(source, what)
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
@@ -135,7 +142,7 @@ def load_rgb(source: ImageSource, what: str = "image") -> np.ndarray:
 
 def load_rgba(source: ImageSource, what: str = "foreground") -> np.ndarray:
     """HxWx4 uint8; images without alpha get a fully opaque alpha channel."""
-    array = _pil_to_array(open_image(source, what)) if not isinstance(source, np.ndarray) else _to_uint8(source)
+    array = load_array(source, what)
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     if array.shape[2] == 2:  # LA

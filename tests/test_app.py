@@ -49,7 +49,7 @@ def client(votes_dir):
     from app import build_app
 
     registry._FACTORIES[Mapper.name] = Mapper
-    demo = build_app(max_side=400, votes_dir=votes_dir)
+    demo = build_app(max_side=400, votes_dir=votes_dir, allow_weight_changes=True)
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -62,6 +62,11 @@ def client(votes_dir):
 
 def load(path) -> np.ndarray:
     return np.asarray(Image.open(path))
+
+
+def new_rater(client) -> str:
+    """A signed rater id, as an API client gets one: the first study call without an id."""
+    return client.predict("Pairwise (A/B)", "", api_name="/study_next")[0]
 
 
 def test_compose_then_compare_with_ground_truth(client):
@@ -138,7 +143,7 @@ def test_invert_a_mostly_white_mask(client, tmp_path):
 
 
 def test_blind_study_vote_reveal_and_duplicates(client, votes_dir):
-    rater = "r-apptest"
+    rater = new_rater(client)
     out = client.predict("Best of all (A-D)", rater, api_name="/study_next")
     assert out[0] == rater and rater in out[1]
     slots = out[2:6]
@@ -172,8 +177,9 @@ def test_blind_study_vote_reveal_and_duplicates(client, votes_dir):
 
 
 def test_leaderboard_counts_votes_and_offers_the_csv(client, votes_dir):
-    client.predict("Best of all (A-D)", "r-board", api_name="/study_next")
-    client.predict("r-board", api_name="/vote_a")
+    rater = new_rater(client)
+    client.predict("Best of all (A-D)", rater, api_name="/study_next")
+    client.predict(rater, api_name="/vote_a")
     headline, table, plot, csv_path = client.predict("All votes", "All images", api_name="/leaderboard")
     assert "preferred" in headline and "raters" in headline
     assert table["headers"][:3] == ["method", "shown", "wins"]
@@ -187,7 +193,7 @@ def test_leaderboard_counts_votes_and_offers_the_csv(client, votes_dir):
 
 
 def test_blind_vote_on_the_users_own_compare_results(client, votes_dir):
-    rater = "r-own"
+    rater = new_rater(client)
     composite, mask, _, _ = client.predict(
         handle_file(str(EXAMPLES / "cat_composite.jpg")), handle_file(str(EXAMPLES / "cat_mask.png")),
         api_name="/compose_upload",

@@ -85,7 +85,7 @@ def from_painting(editor_value: dict | None, max_side: int = DEFAULT_MAX_SIDE) -
     for layer in editor_value.get("layers") or []:
         if layer is None:
             continue
-        layer = np.asarray(layer)
+        layer = imaging.load_array(layer, "painted layer")
         if layer.ndim == 3 and layer.shape[2] == 4:
             painted = imaging.load_mask(np.ascontiguousarray(layer[:, :, 3]), "painted layer")
         else:
@@ -99,5 +99,7 @@ def from_painting(editor_value: dict | None, max_side: int = DEFAULT_MAX_SIDE) -
 
 
 def invert(composite, mask, max_side: int = DEFAULT_MAX_SIDE) -> Composed:
+    if composite is None or mask is None:
+        raise InputError("Compose a composite and its mask first, then invert the mask.")
     return finish(imaging.load_rgb(composite, "composite"), ~imaging.load_mask(mask, "mask"), max_side,
                   ["The mask was inverted."])

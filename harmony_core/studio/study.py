@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import io
+import struct
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL.PngImagePlugin import PngInfo
+from PIL import Image
 
 from harmony_core import imaging
 from harmony_core.errors import InputError
+from harmony_core.studio import raters
 from harmony_core.studio.serving import scratch_folder
 from harmony_core.study import stats
 from harmony_core.study.studyset import (
@@ -25,18 +29,35 @@ CANT_DECIDE = "Can't decide"
 MODE_LABELS = {"Best of all (A-D)": "best_of_n", "Pairwise (A/B)": "pairwise"}
 FAST_VOTE_MS = 1000
 """Votes quicker than this get the flag `fast` (an organizer may want to look at them)."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SOI = b"\xff\xd8"
 
 
-def new_rater_id() -> str:
-    return "r-" + uuid.uuid4().hex[:16]
+def round_rater(rater_id: str | None, secret: bytes) -> str:
+    """The rater of a round: the id sent when this server issued it (else InputError), a fresh
+    signed one when none was sent (an API client's first call)."""
+    return raters.verified_rater_id(rater_id, secret) if rater_id else raters.issue_rater_id(secret)
+
+
+def browser_rater(rater_id: str | None, secret: bytes) -> str:
+    """The id a browser keeps: its own when this server issued it, else (none yet, or one from an
+    older version or another server) a fresh signed one."""
+    return rater_id if raters.is_issued(rater_id, secret) else raters.issue_rater_id(secret)
+
+
+def rater_note(rater_id: str) -> str:
+    return f"Your anonymous rater id (kept in this browser): `{rater_id}`"
 
 
 @dataclass
 class RoundState:
     """Kept server-side per browser session (gr.State): the client never sees the method names
-    before voting."""
+    before voting, only the blind copies in `files`."""
 
     round: Round
+    rater_id: str
+    files: list[str]
+    """The shown images in letter order, under random names (see `blind_copies`)."""
     shown_at: float
     voted: bool = False
 
@@ -52,28 +73,68 @@ class RoundView:
 QUESTION = f"Which looks most natural, as if the object had been photographed in this scene? Pick one, or *{CANT_DECIDE}*."
 
 
-def _images(rnd: Round) -> list[str | None]:
-    return [str(rnd.sample.outputs[m]) for m in rnd.shown] + [None] * (MAX_SHOWN - len(rnd.shown))
+def with_nonce(data: bytes) -> tuple[bytes, str]:
+    """The encoded image with a random comment added (pixels untouched) and its extension.
+
+    The comment makes every round's copy a different file, so Gradio's content-hash URL of an
+    image never repeats across rounds: a rater cannot learn from a revealed round which URL
+    belongs to which method. Formats other than PNG and JPEG are re-encoded as PNG.
+    """
+    nonce = uuid.uuid4().hex.encode()
+    if data.startswith(PNG_SIGNATURE):  # a tEXt chunk right after IHDR (8 + 25 bytes)
+        body = b"tEXt" + b"round\x00" + nonce
+        chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+        return data[:33] + chunk + data[33:], ".png"
+    if data.startswith(JPEG_SOI):  # a COM segment right after SOI
+        return JPEG_SOI + b"\xff\xfe" + struct.pack(">H", len(nonce) + 2) + nonce + data[2:], ".jpg"
+    return with_nonce(png_bytes(imaging.load_rgb(data, "study image")))[0], ".png"
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def blind_copies(images: list[bytes]) -> list[str]:
+    """Fresh copies of a round's encoded images under random names in a new scratch folder: the
+    one way every blind round (study set or the rater's own results) serves its images, so no
+    URL, file name or folder says which method, sample or study layout an image comes from."""
+    folder = scratch_folder("blind-")
+    paths = []
+    for data in images:
+        blind, suffix = with_nonce(data)
+        path = folder / f"{uuid.uuid4().hex}{suffix}"
+        path.write_bytes(blind)
+        paths.append(str(path))
+    return paths
+
+
+def _view(state: RoundState, captions: list[str], message: str) -> RoundView:
+    return RoundView(state.files + [None] * (MAX_SHOWN - len(state.files)), captions, message)
+
+
+def _begin(rnd: Round, rater_id: str, images: dict[str, bytes], message: str) -> tuple[RoundState, RoundView]:
+    state = RoundState(rnd, rater_id, blind_copies([images[m] for m in rnd.shown]), time.monotonic())
+    return state, _view(state, list(LETTERS), message)
 
 
 def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: str) -> tuple[RoundState | None, RoundView]:
-    """The next round for this rater, or a thank-you when every sample has their vote."""
+    """The next round for this (verified) rater, or a thank-you when every sample has their vote."""
     mode = MODE_LABELS.get(mode_label, mode_label)
     rnd = next_round(study, mode, store.voted_samples(rater_id, mode))
     if rnd is None:
         return None, RoundView([None] * MAX_SHOWN, list(LETTERS),
                                f"Thank you: you have voted on all {len(study.samples)} images in this mode.")
-    return RoundState(rnd, time.monotonic()), RoundView(_images(rnd), list(LETTERS), QUESTION)
+    return _begin(rnd, rater_id, {m: rnd.sample.outputs[m].read_bytes() for m in rnd.shown}, QUESTION)
 
 
 def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outputs: dict[str, np.ndarray] | None,
                      store: VoteStore, rater_id: str, mode_label: str) -> tuple[RoundState, RoundView]:
     """A blind round over the rater's own Compare results; the vote is recorded as sample_source "user".
 
-    The outputs are written to a scratch folder so the round shows files like a study round: random
-    names, and a random text chunk in each PNG so that its bytes (hence Gradio's cache URL) differ
-    from the named Compare gallery's. The rater has seen these results with their names in
-    Compare, so the Leaderboard keeps such votes apart by source.
+    Served like a study round (`blind_copies`). The rater has seen these results with their names
+    in Compare, so the Leaderboard keeps such votes apart by source.
     """
     if composite is None or mask is None or not outputs:
         raise InputError("Run two or more methods in **Compare** (and let the run finish), then vote blind on their results.")
@@ -82,21 +143,17 @@ def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outp
     if sid in store.voted_samples(rater_id, mode, source="user"):
         raise InputError("You have already voted on this composite in this mode.")
     rnd = user_round(StudySample(sid, "your composite", Path(), Path(), dict.fromkeys(outputs, Path())), mode)
-    folder = scratch_folder("blind-")
-    nonce = PngInfo()
-    nonce.add_text("round", uuid.uuid4().hex)
-    files = {name: imaging.save_image(image, folder / f"{uuid.uuid4().hex}.png", pnginfo=nonce)
-             for name, image in outputs.items()}
-    rnd.sample = StudySample(sid, "your composite", imaging.save_image(composite, folder / "composite.png"),
-                             imaging.save_image(mask, folder / "mask.png"), files)
-    return RoundState(rnd, time.monotonic()), RoundView(_images(rnd), list(LETTERS), f"Your composite. {QUESTION}")
+    return _begin(rnd, rater_id, {m: png_bytes(outputs[m]) for m in rnd.shown}, f"Your composite. {QUESTION}")
 
 
 def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id: str, session_hash: str,
-              client_ip: str | None, secret: bytes) -> RoundView:
-    """Record the vote (exactly once) and reveal which method was behind each letter."""
+              client_ip: str | None, secret: bytes, limiter: raters.RateLimiter) -> RoundView:
+    """Record the vote (exactly once, by the round's own signed rater, within the rate limits)
+    and reveal which method was behind each letter."""
     if state is None:
         raise InputError("Start a round first (press **Next image**).")
+    if raters.verified_rater_id(rater_id, secret) != state.rater_id:
+        raise InputError("This round was started for another rater id; press **Next image** to start your own.")
     if state.voted:
         raise InputError("This round's vote is already recorded; press **Next image**.")
     rnd = state.round
@@ -108,11 +165,13 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
         raise InputError(f"'{choice}' is not one of the images shown.")
     latency = round(1000 * (time.monotonic() - state.shown_at))
     flags = [f"seed={rnd.seed}"] + (["fast"] if latency < FAST_VOTE_MS else [])
+    hashed_ip = ip_hash(client_ip, secret)
+    limiter.take(state.rater_id, hashed_ip)
     try:
         store.append(Vote(
             mode=rnd.mode, sample_id=rnd.sample.id, sample_source=rnd.source, shown_order=rnd.shown,
-            choice_pos=position, rater_id=rater_id, session_hash=session_hash or "",
-            ip_hash=ip_hash(client_ip, secret), latency_ms=latency, flags=flags,
+            choice_pos=position, rater_id=state.rater_id, session_hash=session_hash or "",
+            ip_hash=hashed_ip, latency_ms=latency, flags=flags,
         ))
     except DuplicateVote:
         state.voted = True  # voted on this image before (another tab): this round is over too
@@ -122,7 +181,7 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
                 for i, (letter, method) in enumerate(zip(rnd.labels, rnd.shown))]
     captions += list(LETTERS[len(captions):])
     picked = "you could not decide" if position is None else f"you picked {rnd.labels[position]} ({rnd.shown[position]})"
-    return RoundView(_images(rnd), captions, f"Recorded: {picked}. Press **Next image** for another.")
+    return _view(state, captions, f"Recorded: {picked}. Press **Next image** for another.")
 
 
 MODE_FILTERS = {"All votes": None, "Best of all": "best_of_n", "Pairwise": "pairwise"}

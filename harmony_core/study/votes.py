@@ -42,6 +42,12 @@ VOTES_FILE = "votes.csv"
 SECRET_FILE = ".ip_hash_secret"
 SECRET_ENV = "HARMONY_VOTE_SECRET"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+MAX_FIELD_CHARS = 512
+"""Longest value any column may hold (shown_order of four method names fits easily); longer
+values are refused on write, so a hostile client cannot grow a row."""
+MAX_LINE_BYTES = 16 * MAX_FIELD_CHARS
+"""Longer physical lines (only a foreign or older file can hold them) are skipped unparsed, so
+Python's csv field size limit is never reached."""
 
 
 class DuplicateVote(InputError):
@@ -110,6 +116,9 @@ class Vote:
             raise InputError(f"Choice {self.choice_pos} is not one of the {len(self.shown_order)} shown images.")
         if not self.rater_id:
             raise InputError("A vote needs a rater id.")
+        for name, value in self.row().items():
+            if len(value) > MAX_FIELD_CHARS:
+                raise InputError(f"The vote's {name} is longer than {MAX_FIELD_CHARS} characters; it was not recorded.")
 
     @property
     def winner(self) -> str:
@@ -142,16 +151,42 @@ def _encode(values: list[str] | tuple[str, ...]) -> bytes:
     return buffer.getvalue().encode()
 
 
+def _record(line: bytes) -> dict[str, str] | None:
+    """One physical line as a vote row, or None when it is not a sound one (too long, not CSV,
+    other columns, an unknown mode or source, a choice outside the shown methods)."""
+    if len(line) > MAX_LINE_BYTES:
+        return None
+    try:
+        record = next(csv.reader([line.decode("utf-8", errors="replace")]), [])
+    except csv.Error:
+        return None
+    if len(record) != len(COLUMNS) or any(len(v) > MAX_FIELD_CHARS for v in record):
+        return None
+    row = dict(zip(COLUMNS, record))
+    shown = row["shown_order"].split(";")
+    choice = row["choice_pos"]
+    if (row["schema_version"] != SCHEMA_VERSION or row["mode"] not in MODES or row["sample_source"] not in SOURCES
+            or len(shown) < 2 or (choice and not (choice.isdigit() and int(choice) < len(shown)))):
+        return None
+    return row
+
+
 def _parse(lines: bytes, where: str) -> tuple[list[dict[str, str]], int]:
-    """Well-formed rows of complete lines (header skipped) and the number of malformed lines."""
+    """Well-formed rows of complete lines (header skipped) and the number of malformed lines.
+
+    Every row is one physical line (the writer guarantees it), so each line is parsed alone: a
+    hostile or broken line costs only itself."""
     rows, bad = [], 0
-    for record in csv.reader(io.StringIO(lines.decode("utf-8", errors="replace"))):
-        if tuple(record) == COLUMNS:
+    header = _encode(COLUMNS).rstrip(b"\n")
+    for line in lines.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if not line or line == header:
             continue
-        if len(record) != len(COLUMNS) or record[1] != SCHEMA_VERSION or record[4] not in MODES:
+        row = _record(line)
+        if row is None:
             bad += 1
-            continue
-        rows.append(dict(zip(COLUMNS, record)))
+        else:
+            rows.append(row)
     if bad:
         log.warning("%s: %d malformed line(s) skipped", where, bad)
     return rows, bad

@@ -1,0 +1,40 @@
+"""The one gate every image a client sends passes before a handler reads it.
+
+Gradio accepts `{"path": "/any/file"}` without its upload metadata and would open that file, so
+the app takes image inputs raw (`preprocess=False`) and lets only files under the allowed roots
+(Gradio's upload/cache folder, the app's own example and study folders) through. The refusal is
+the same whether or not the path exists: a reply never tells what is on the server's disk.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from harmony_core.errors import InputError
+
+NOT_AN_UPLOAD = ("The {what} was not uploaded to this server: send the image file itself (in gradio_client: "
+                 "handle_file(path)), not a path on the server.")
+
+
+def upload_path(payload: Any, roots: Sequence[str | os.PathLike], what: str) -> Path | None:
+    """The real path of an image input (a Gradio FileData dict or a path string), None when the
+    input is empty; InputError when it lies outside every root (symlinks and `..` resolved)."""
+    if payload is None or payload == "":
+        return None
+    raw = payload.get("path") if isinstance(payload, dict) else payload
+    if not isinstance(raw, (str, os.PathLike)) or not str(raw) or "\x00" in str(raw):
+        raise InputError(NOT_AN_UPLOAD.format(what=what))
+    real = Path(os.path.realpath(raw))
+    if not any(real.is_relative_to(os.path.realpath(root)) for root in roots):
+        raise InputError(NOT_AN_UPLOAD.format(what=what))
+    return real
+
+
+def editor_paths(payload: Any, roots: Sequence[str | os.PathLike]) -> dict[str, Any] | None:
+    """An ImageEditor value ({"background", "layers", ...}) with every image passed through the gate."""
+    if not isinstance(payload, dict):
+        return None
+    return {"background": upload_path(payload.get("background"), roots, "composite"),
+            "layers": [upload_path(layer, roots, "painted layer") for layer in payload.get("layers") or []]}
