@@ -188,7 +188,8 @@ def time_method(row: Timing, method: Method, repeats: int, deadline: Deadline) -
         row.status = f"out of time after {len(times)} of {repeats} runs"
     except Exception as exc:  # noqa: BLE001 - one failing method (say, out of memory) must not cost the others' rows
         row.status = f"error: {type(exc).__name__}: {exc}"[:300]
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     finally:
         if times:
             row.median_ms, row.min_ms, row.runs = statistics.median(times), min(times), len(times)
