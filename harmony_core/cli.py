@@ -81,12 +81,67 @@ def build_request(args: argparse.Namespace) -> HarmonizationRequest:
     )
 
 
+def out_folder(out: str | os.PathLike) -> Path:
+    """--out as an existing, writable folder (created when missing), or one InputError line."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder: choose a folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write into --out {out}: {exc.strerror or exc}") from None
+    return path
+
+
+RUN_REPORT = "results.json"
+
+
+def harmonize_folder(out: str | os.PathLike, names: Sequence[str], inputs: Sequence[str | None], overwrite: bool) -> Path:
+    """The --out folder of a harmonize run, made safe to write into.
+
+    A run writes composite.png, mask.png, METHOD.png, METHOD_MAP.png and results.json: an input
+    among those names is refused even with --overwrite (it would be lost). A folder holding
+    another run is refused unless --overwrite, which first removes that run's files, so no
+    result of the old run is left beside the new ones."""
+    path = Path(out)
+    planned = {"composite.png", "mask.png", RUN_REPORT, *(f"{n}.png" for n in names)}
+    prefixes = tuple(f"{n}_" for n in names)
+    for source in filter(None, inputs):
+        source_path = Path(source).resolve()
+        if path.is_dir() and source_path.parent == path.resolve() and (
+                source_path.name in planned or source_path.name.startswith(prefixes)):
+            raise InputError(f"--out {out} holds the input {source_path.name}, which this run would overwrite: "
+                             "choose another --out folder.")
+    previous = path / RUN_REPORT
+    clashes = sorted(n for n in planned if (path / n).exists())
+    if (previous.exists() or clashes) and not overwrite:
+        raise InputError(f"--out {out} holds another run ({', '.join(clashes) or RUN_REPORT}): "
+                         "choose an empty folder, or add --overwrite to replace that run.")
+    path = out_folder(out)
+    if previous.exists():
+        try:
+            old = json.loads(previous.read_text()).get("results", {})
+        except (OSError, ValueError, AttributeError):
+            old = {}
+        stale = {"composite.png", "mask.png", RUN_REPORT}
+        for entry in old.values() if isinstance(old, dict) else []:
+            if isinstance(entry, dict):
+                stale |= {str(entry.get("image", ""))} | {str(v) for v in (entry.get("maps") or {}).values()}
+        for name in stale - {""}:
+            if Path(name).name == name:  # only files of this folder, as the report names them
+                (path / name).unlink(missing_ok=True)
+    return path
+
+
 def cmd_harmonize(args: argparse.Namespace) -> int:
     apply_weights(args)
     names = _selected_methods(args)
     request = build_request(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = harmonize_folder(args.out, names, [args.composite, args.mask, args.background, args.foreground,
+                                             args.ground_truth], args.overwrite)
     imaging.save_image(request.composite, out / "composite.png")
     imaging.save_image(request.mask, out / "mask.png")
     report: dict[str, object] = {"version": __version__, "inputs": vars(args) | {"func": None}, "results": {}}
@@ -114,7 +169,7 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
             entry["metrics"] = image_metrics(result.image, request.ground_truth, request.mask, request.composite).as_dict()
         report["results"][name] = entry
         print(f"{name}: {result.metadata['seconds']:.3f} s -> {path}")
-    atomic.write_text(out / "results.json", json.dumps(report, indent=2, default=str))
+    atomic.write_text(out / RUN_REPORT, json.dumps(report, indent=2, default=str))
     return 1 if failures == len(names) else 0
 
 
@@ -174,7 +229,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     apply_weights(args)
     start = time.perf_counter()
     methods = [n.strip() for n in args.methods.split(",") if n.strip()]
-    summary = evaluate(args.data, methods, args.out, args.split)
+    summary = evaluate(args.data, methods, out_folder(args.out), args.split)
     if summary is not None:
         print(summary.read_text())
         print(f"{summary} and {summary.with_name(PER_IMAGE)} written in {time.perf_counter() - start:.1f} s")
@@ -235,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ground-truth", help="real image, to report metrics")
     p.add_argument("--prompt", default="", help="text describing the foreground (diffusion methods)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output folder (images + results.json)")
+    p.add_argument("--out", required=True, help="output folder (images + results.json); never one holding the inputs")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are removed first)")
     add_method_choice(p)
     add_weights_option(p)
     p.set_defaults(func=cmd_harmonize)

@@ -228,6 +228,9 @@ def evaluate(
         return None
     wanted = {(item.subset, item.files.name) for item in items}
     rows = [r for r in merge(out) if (r["subset"], r["image"]) in wanted and r["method"] in methods]
+    if not rows:
+        raise InputError(f"No sample of {', '.join(map(str, data_dirs))} could be read (the warnings above say why); "
+                         "no summary written.")
     atomic.write_text(out / SUMMARY, summary_markdown(rows, methods))
     return out / SUMMARY
 

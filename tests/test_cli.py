@@ -67,3 +67,86 @@ def test_bench_prints_a_table(capsys):
     assert main(["bench", "--size", "64", "--repeats", "2", "--method", "composite,reinhard"]) == 0
     out = capsys.readouterr().out
     assert "| method | size |" in out and "| reinhard | 64 | cpu |" in out
+
+
+def _harmonize(*extra: str, composite: str = str(EXAMPLES / "cat_composite.jpg"), mask: str = str(EXAMPLES / "cat_mask.png")):
+    return subprocess.run(
+        [sys.executable, "-m", "harmony_core", "harmonize", "--composite", composite, "--mask", mask, *extra],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+    )
+
+
+def test_harmonize_never_writes_over_its_inputs(tmp_path):
+    rgba = np.zeros((60, 80, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 128  # an alpha channel that a rewrite would lose
+    soft = np.zeros((60, 80), np.uint8)
+    soft[20:40, 20:50] = 180  # a soft mask that a rewrite would binarize
+    Image.fromarray(rgba).save(tmp_path / "composite.png")
+    Image.fromarray(soft).save(tmp_path / "mask.png")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    proc = _harmonize("--method", "reinhard", "--out", str(tmp_path), composite=str(tmp_path / "composite.png"),
+                      mask=str(tmp_path / "mask.png"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "would overwrite" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = _harmonize("--method", "reinhard", "--out", str(tmp_path), "--overwrite",
+                      composite=str(tmp_path / "composite.png"), mask=str(tmp_path / "mask.png"))
+    assert proc.returncode == 2 and "would overwrite" in proc.stderr  # --overwrite never covers inputs
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_second_run_needs_overwrite_and_replaces_the_first(tmp_path):
+    out = tmp_path / "run"
+    assert _harmonize("--method", "reinhard,histogram", "--out", str(out)).returncode == 0
+    proc = _harmonize("--method", "poisson", "--out", str(out))
+    assert proc.returncode == 2 and "another run" in proc.stderr and "--overwrite" in proc.stderr
+    assert _harmonize("--method", "poisson", "--out", str(out), "--overwrite").returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["composite.png", "mask.png", "poisson.png", "results.json"]
+    assert set(json.loads((out / "results.json").read_text())["results"]) == {"poisson"}
+
+
+def test_bad_out_values_are_one_error_line(tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    data = tmp_path / "data"
+    data.mkdir()
+    for out in (str(a_file), "/proc/harmony-x", "/dev/null/x"):
+        proc = _harmonize("--method", "reinhard", "--out", out)
+        assert proc.returncode == 2, out
+        assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        proc = subprocess.run([sys.executable, "-m", "harmony_core", "evaluate", "--data", str(data), "--methods",
+                               "reinhard", "--out", out], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert a_file.read_text() == "x"
+
+
+def test_evaluate_fails_when_no_sample_can_be_read(tmp_path):
+    data = tmp_path / "broken"
+    data.mkdir()
+    for name in ("a", "b"):
+        (data / f"{name}_composite.png").write_bytes(b"not an image")
+        Image.new("L", (8, 8), 255).save(data / f"{name}_mask.png")
+        Image.new("RGB", (8, 8)).save(data / f"{name}_real.png")
+    assert main(["evaluate", "--data", str(data), "--methods", "reinhard", "--out", str(tmp_path / "report")]) == 2
+    assert not (tmp_path / "report" / "summary.md").exists()
+
+
+def test_an_unknown_split_is_an_error(tmp_path, capsys):
+    root = tmp_path / "HAdobe5k"
+    for folder in ("composite_images", "masks", "real_images"):
+        (root / folder).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "real_images" / "a.jpg")
+    Image.new("L", (8, 8), 255).save(root / "masks" / "a_1.png")
+    Image.new("RGB", (8, 8)).save(root / "composite_images" / "a_1_1.jpg")
+    (root / "HAdobe5k_test.txt").write_text("a_1_1.jpg\n")
+    assert main(["evaluate", "--data", str(root), "--methods", "reinhard", "--split", "tset",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "Unknown split 'tset'" in capsys.readouterr().err
+
+
+def test_sixteen_bit_images_scale_by_bit_depth(tmp_path):
+    from harmony_core import imaging
+
+    values = np.linspace(0, 200, 80 * 60).reshape(60, 80).astype(np.uint16)  # 0..200 of 65535: nearly black
+    Image.fromarray(values).save(tmp_path / "dark16.png")
+    assert Image.open(tmp_path / "dark16.png").mode == "I;16"
+    assert imaging.load_rgb(tmp_path / "dark16.png").max() <= 1

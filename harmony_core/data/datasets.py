@@ -121,7 +121,9 @@ def read_iharmony(root: str | Path, split: str = "test") -> list[SampleFiles]:
 
     Names follow NAME_MASKID_VARIANT (composite), NAME_MASKID (mask), NAME (real). Lines may be
     'composite_images/FILE' or bare file names; extensions of masks and reals are looked up, so
-    PNG and JPEG datasets read the same. Without a list file, every composite is used.
+    PNG and JPEG datasets read the same. Without any list file, every composite is used; a split
+    the dataset has no list for, while it has others, is an error (a typo must not silently
+    evaluate everything).
     """
     root = _require_dir(Path(root), "Dataset")
     masks = _images_by_stem(_require_dir(root / MASK_DIR, "Mask folder"))
@@ -131,6 +133,9 @@ def read_iharmony(root: str | Path, split: str = "test") -> list[SampleFiles]:
         entries = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
         composites = [root / COMPOSITE_DIR / Path(entry).name for entry in entries]
     else:
+        others = sorted(p.stem[len(root.name) + 1:] for p in root.glob(f"{root.name}_*.txt"))
+        if others:
+            raise InputError(f"Unknown split '{split}' for {root}: no {listing.name}; its splits are {', '.join(others)}.")
         log.warning("%s not found: using every image in %s", listing.name, root / COMPOSITE_DIR)
         composites = list(_images_by_stem(_require_dir(root / COMPOSITE_DIR, "Composite folder")).values())
     samples = []
