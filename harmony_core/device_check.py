@@ -165,7 +165,8 @@ def configured(methods: dict[str, Method], row: Timing) -> Method:
 
 def time_method(row: Timing, method: Method, repeats: int, deadline: Deadline) -> None:
     """A warm-up run, then `repeats` timed runs, each on a new composite (seed) so no cache helps:
-    synchronize around each, peak memory over them all; fills `row` as far as time allows."""
+    synchronize around each, peak memory over them all. Fills `row` as far as time allows, then
+    lets OutOfTime end the whole check."""
     from harmony_core.diffusion.components import synchronize
 
     times: list[float] = []
@@ -186,6 +187,7 @@ def time_method(row: Timing, method: Method, repeats: int, deadline: Deadline) -
         row.status = "ok"
     except OutOfTime:
         row.status = f"out of time after {len(times)} of {repeats} runs"
+        raise
     except Exception as exc:  # noqa: BLE001 - one failing method (say, out of memory) must not cost the others' rows
         row.status = f"error: {type(exc).__name__}: {exc}"[:300]
         if torch.cuda.is_available():
@@ -198,6 +200,7 @@ def time_method(row: Timing, method: Method, repeats: int, deadline: Deadline) -
 def train_ptl(row: Training, tiny: bool, device: str, steps: int, deadline: Deadline) -> None:
     """Adam steps of the ptl recipe (foreground MSE, fp32 as train-ptl runs) on a batch of synthetic
     composites; the data pipeline is left out, so this is the network's ceiling."""
+    from harmony_core.diffusion.components import synchronize
     from harmony_core.models.ptl_net import PTLNet, foreground_mse_loss
 
     config = ptl_config(tiny, row.head)
@@ -218,12 +221,12 @@ def train_ptl(row: Training, tiny: bool, device: str, steps: int, deadline: Dead
 
     def timed() -> None:
         step()  # warm-up: kernels chosen, optimizer state allocated
-        memory_in_use(device)  # synchronizes on CUDA
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
             step()
             row.steps += 1
-        memory_in_use(device)
+        synchronize(device)
         row.samples_per_s = row.batch * steps / (time.perf_counter() - start)
 
     try:
@@ -231,6 +234,9 @@ def train_ptl(row: Training, tiny: bool, device: str, steps: int, deadline: Dead
         row.status = "ok"
     except OutOfTime:
         row.status = f"out of time after {row.steps} of {steps} steps"
+        raise
+    except Exception as exc:  # noqa: BLE001 - as in time_method: the other rows still run
+        row.status = f"error: {type(exc).__name__}: {exc}"[:300]
 
 
 def environment(device: str) -> dict[str, str]:

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from harmony_core import device_check
 from harmony_core.cli import main
 
@@ -25,3 +27,13 @@ def test_out_of_time_keeps_the_report(tmp_path):
     assert report["resident_mb"] is None
     assert all(row["status"].startswith("not run") for row in report["timings"] + report["training"])
     assert "not run (out of time)" in (tmp_path / device_check.MARKDOWN_NAME).read_text()
+
+
+def test_a_run_cut_by_the_deadline_keeps_its_row_and_stops_the_check():
+    """The deadline is the methods' progress callback, so it stops a run at its next step."""
+    from harmony_core.registry import get_method
+
+    row = device_check.Timing("reinhard", "reinhard", 64, {}, "float32")
+    with pytest.raises(device_check.OutOfTime):
+        device_check.time_method(row, get_method("reinhard"), 3, device_check.Deadline(end=0.0))
+    assert row.status == "out of time after 0 of 3 runs" and row.median_ms is None
