@@ -262,6 +262,20 @@ def verdict(value: float | None, target: float | None, tiny: bool) -> str:
     return f"<= {target:.0f}: {'met' if value <= target else '**missed**'}"
 
 
+def stages(metadata: dict[str, Any]) -> str:
+    """The timing entries of a run's metadata (total, stages, per-step lists), in seconds."""
+    parts = []
+    for key, value in metadata.items():
+        if "seconds" in key or key.endswith("_s"):
+            if isinstance(value, dict):
+                parts += [f"{k} {v:.3f}" for k, v in value.items()]
+            elif isinstance(value, list):
+                parts.append(f"{key} {sum(value):.3f} over {len(value)}")
+            else:
+                parts.append(f"{key} {value:.3f}")
+    return ", ".join(parts)
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as the README shows it: environment, resident memory, latency and training tables."""
     env, tiny = report["environment"], report["tiny"]
@@ -284,6 +298,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['label']} | {r['size']} | {settings} | {r['dtype']} | {number(r['median_ms'])} | "
                      f"{number(r['min_ms'])} | {r['runs']} | {number(r['peak_mb'], '.0f')} | "
                      f"{verdict(r['median_ms'], r['target_ms'], tiny)} | {r['status']} |")
+    lines += ["", "Where the time goes (the last timed run, seconds):", ""]
+    lines += [f"- {r['label']}: {stages(r['metadata'])}" for r in report["timings"] if r["metadata"]]
     lines += ["", "| ptl training head | batch | samples/s | steps | peak MB | status |", "|---|---|---|---|---|---|"]
     for r in report["training"]:
         lines.append(f"| {r['head']} | {r['batch']} | {number(r['samples_per_s'])} | {r['steps']} | "

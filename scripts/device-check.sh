@@ -16,5 +16,5 @@ if ! python3 -c "import diffusers" 2>/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt" || true
 # --minutes stops the measurements cleanly; timeout is the backstop below the tool's 600 s.
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1  # the GPU machine reaches no network
 timeout 580 python3 -m harmony_core device-check --out "$OUT" --minutes "$MINUTES" "$@" 2>&1 | tee "$OUT/log.txt"
