@@ -1,13 +1,17 @@
 """One real click-through in Debian's chromium (Playwright): compose -> compare -> vote -> leaderboard."""
 
+import json
 import shutil
 import socket
 from pathlib import Path
 
 import pytest
 
+from harmony_core.study.studyset import StudySet
+
 CHROMIUM = "/usr/bin/chromium"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+METHODS = StudySet.load(EXAMPLES / "study").methods
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
@@ -64,6 +68,15 @@ def test_click_through_in_chromium(url, tmp_path):
             page.get_by_role("tab", name="Blind study").click()
             page.locator("#study-next").click()
             sync_api.expect(page.locator("#vote-B")).to_be_enabled()
+            page.locator("#slot-B img").first.wait_for()
+            before_vote = page.evaluate("""() => [...document.querySelectorAll('[id^="slot-"]')].map(slot => ({
+                text: slot.innerText,
+                images: [...slot.querySelectorAll('img')].map(img => [img.src, img.alt, img.title]),
+                links: [...slot.querySelectorAll('a')].map(a => [a.href, a.download]),
+            }))""")
+            assert sum(len(slot["images"]) for slot in before_vote) >= 2
+            shown = json.dumps(before_vote).lower()
+            assert not any(method in shown for method in METHODS), before_vote
             page.locator("#vote-B").click()
             sync_api.expect(page.locator("#study-message")).to_contain_text("Recorded")
             sync_api.expect(page.locator("#vote-A")).to_be_disabled()
