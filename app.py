@@ -31,7 +31,7 @@ from harmony_core.studio.compare import (
     METRIC_COLUMNS, STATUS_COLUMNS, WEIGHTED_METHODS, WEIGHTS_FLAG, build_request, method_choices, run_methods,
     set_weights,
 )
-from harmony_core.studio.raters import RateLimiter, RateLimits
+from harmony_core.studio.raters import RateLimiter, RateLimits, client_address, proxy_hops
 from harmony_core.studio.uploads import editor_paths, upload_path
 from harmony_core.types import HarmonizationRequest
 
@@ -80,13 +80,11 @@ def _compose_outputs(result: compose.Composed) -> tuple:
 
 
 def _client_ip(request: gr.Request | None) -> str | None:
-    """The client's address (the first X-Forwarded-For hop behind a proxy such as a Space's)."""
+    """The client's address as the trusted proxies saw it (raters.client_address)."""
     if request is None:
         return None
-    forwarded = request.headers.get("x-forwarded-for", "")
-    if forwarded:
-        return forwarded.split(",")[0].strip()
-    return request.client.host if request.client else None
+    peer = request.client.host if request.client else None
+    return client_address(request.headers.get("x-forwarded-for", ""), peer, proxy_hops())
 
 
 def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.PathLike | None = None,

@@ -254,3 +254,15 @@ def test_weights_field_points_a_method_at_a_folder(client, tmp_path):
         assert "**hspace**" not in note
     finally:
         client.predict("", "", "", api_name="/set_weights")
+
+
+def test_weights_replies_never_tell_whether_a_path_exists(client, tmp_path):
+    """With --allow-weight-changes on, the note names the source but not why it failed."""
+    notes = []
+    try:
+        for path in (str(tmp_path), str(tmp_path / "nonexistent"), "/root/.ssh"):
+            _, note = client.predict("", "", path, api_name="/set_weights")
+            notes.append(note.replace(path, "PATH"))
+    finally:
+        client.predict("", "", "", api_name="/set_weights")
+    assert len(set(notes)) == 1 and "cannot be used here" in notes[0]

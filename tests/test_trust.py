@@ -143,6 +143,12 @@ def test_the_daily_cap_holds_after_the_minute():
     limiter.take("rater", "ip")
 
 
+def test_a_forged_forwarded_for_header_does_not_change_the_address():
+    assert raters.client_address("203.0.113.9", "10.0.0.1", hops=0) == "10.0.0.1"  # no proxy: header ignored
+    assert raters.client_address("1.2.3.4, 198.51.100.7", "10.0.0.1", hops=1) == "198.51.100.7"  # the proxy's entry
+    assert raters.client_address("", "10.0.0.1", hops=1) == "10.0.0.1"
+
+
 # --- 3. One vote cannot break the study --------------------------------------------------------
 
 def test_a_hostile_vote_is_refused_and_an_old_hostile_row_is_skipped(client, votes_dir):

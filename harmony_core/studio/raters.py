@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import threading
@@ -97,3 +98,19 @@ class RateLimiter:
                                           "Your vote was not recorded; please try again later.")
             for key in keys:
                 self._times[key].append(now)
+
+
+def proxy_hops() -> int:
+    """Trusted reverse proxies in front of the app: $HARMONY_PROXY_HOPS, else 1 on a Hugging Face
+    Space (its proxy adds the client's address), else 0."""
+    return int(os.environ.get("HARMONY_PROXY_HOPS") or (1 if os.environ.get("SPACE_ID") else 0))
+
+
+def client_address(forwarded_for: str, peer: str | None, hops: int) -> str | None:
+    """The address the rate limit and the IP hash use. X-Forwarded-For entries left of those the
+    trusted proxies appended are the client's own claims, so only the one the outermost trusted
+    proxy wrote counts; with no trusted proxy the header is ignored (anyone can send it)."""
+    entries = [e.strip() for e in forwarded_for.split(",") if e.strip()]
+    if hops > 0 and len(entries) >= hops:
+        return entries[-hops]
+    return peer
