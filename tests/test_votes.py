@@ -193,3 +193,20 @@ def test_vote_validation(tmp_path):
 def test_hub_sync_is_off_unless_configured(tmp_path, monkeypatch):
     monkeypatch.delenv("HARMONY_VOTES_DATASET", raising=False)
     assert votes.start_hub_sync(tmp_path) is None
+
+
+def test_oversized_fields_are_refused_and_hostile_lines_skipped(tmp_path, caplog):
+    with pytest.raises(votes.InputError, match="longer than"):
+        make_vote("r" * (votes.MAX_FIELD_CHARS + 1), "s1")
+    store = VoteStore(tmp_path)
+    store.append(make_vote("r1", "s1"))
+    good = physical_lines(store)[1]
+    hostile = [dict(zip(COLUMNS, good), rater_id="r" * 200_000),  # past csv's field size limit
+               dict(zip(COLUMNS, good), choice_pos="7"), dict(zip(COLUMNS, good), winner_method="poisson")]
+    with open(store.path, "a") as handle:
+        for row in hostile:
+            handle.write(",".join(row[c] for c in COLUMNS) + "\n")
+    store.append(make_vote("r2", "s1"))
+    with caplog.at_level(logging.WARNING):
+        assert [r["rater_id"] for r in VoteStore(tmp_path).rows()] == ["r1", "r2"]
+    assert "3 malformed" in caplog.text

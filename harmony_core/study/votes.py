@@ -153,7 +153,8 @@ def _encode(values: list[str] | tuple[str, ...]) -> bytes:
 
 def _record(line: bytes) -> dict[str, str] | None:
     """One physical line as a vote row, or None when it is not a sound one (too long, not CSV,
-    other columns, an unknown mode or source, a choice outside the shown methods)."""
+    other columns, an unknown mode or source, a choice outside the shown methods or a winner
+    that is not the chosen one)."""
     if len(line) > MAX_LINE_BYTES:
         return None
     try:
@@ -166,7 +167,8 @@ def _record(line: bytes) -> dict[str, str] | None:
     shown = row["shown_order"].split(";")
     choice = row["choice_pos"]
     if (row["schema_version"] != SCHEMA_VERSION or row["mode"] not in MODES or row["sample_source"] not in SOURCES
-            or len(shown) < 2 or (choice and not (choice.isdigit() and int(choice) < len(shown)))):
+            or len(shown) < 2 or (choice and not (choice.isdigit() and int(choice) < len(shown)))
+            or row["winner_method"] != (shown[int(choice)] if choice else "")):
         return None
     return row
 
