@@ -347,16 +347,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="the paper's: 4")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-drop", type=float, default=120 / 140, help="fraction of the steps after which lr /= 10")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = the paper's 9.5M network)")
+    p.add_argument("--width", type=float, default=0.5, help="channel multiplier (1.0 = the paper's 9.5M network; 0.5 ships)")
     p.add_argument("--ptl-write", choices=["replace", "add"], default="add",
                    help="PTL output at the object: replace the features (paper) or add to them (ours, default)")
+    p.add_argument("--head", choices=["residual", "affine"], default="affine",
+                   help="output head: the paper's RGB residual or per-location 3x4 colour transforms (ours, default)")
+    p.add_argument("--prior", choices=["none", "poisson"], default="poisson",
+                   help="affine head only: correct a global colour map fitted to the Poisson blend (ours, default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="data-synthesis worker processes")
     p.add_argument("--val-every", type=int, default=250, help="validate and checkpoint every N steps")
     p.add_argument("--val-samples", type=int, default=64, help="held-out composites in the curve")
     p.add_argument("--max-minutes", type=float, help="stop, with a checkpoint, after this much wall time")
     p.add_argument("--export", help="write fp16 weights + config + curve to this folder (e.g. weights/ptl)")
-    p.add_argument("--init", help="start from these exported weights (e.g. weights/ptl) when OUT has no checkpoint")
+    p.add_argument("--init", help="start from these exported weights (e.g. weights/ptl) when OUT has no checkpoint; "
+                                  "layers of another head start fresh")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     p.add_argument("--threads", type=int, help="CPU threads for torch (1 avoids stalls on a busy machine)")
     p.set_defaults(func=cmd_train_ptl)

@@ -5,7 +5,8 @@ betas 0.9/0.999, foreground-normalized MSE with A_min 100, random resized crop +
 learning rate / 10 after 6/7 of the steps as the paper's epoch 120 of 140) on the project's
 training split, validates on held-out photos, and resumes from `OUT/checkpoint.pt` when rerun.
 Without a checkpoint, `--init FOLDER` starts from exported weights (e.g. weights/ptl) instead of
-a random network, with a fresh optimizer and step count.
+a random network, with a fresh optimizer and step count; a folder holding another output head
+(`--head`) gives everything but the head, which starts at its identity initialization.
 
 Determinism: sample i of the run is synthetic sample i of SyntheticComposites(train photos, seed)
 (a pure function of seed and i) and batches take consecutive samples, so a run and a resumed run
@@ -20,7 +21,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,33 @@ from harmony_core import atomic
 from harmony_core.data import SyntheticComposites, list_photos, select_split
 from harmony_core.errors import InputError
 from harmony_core.metrics import psnr_from_mse
-from harmony_core.models.ptl_net import PTLConfig, PTLNet, foreground_mse_loss
+from harmony_core.data.synth import TensorComposites
+from harmony_core.methods.classical import poisson_affine
+from harmony_core.models.ptl_net import AFFINE_PARAMS, PTLConfig, PTLNet, foreground_mse_loss
 
 CHECKPOINT = "checkpoint.pt"
 CURVE_CSV = "curve.csv"
 CURVE_PNG = "curve.png"
 CURVE_FIELDS = ("step", "samples", "lr", "train_loss", "val_mse", "val_fmse", "val_psnr", "val_fpsnr", "seconds")
+
+
+class WithPrior:
+    """(composite, mask, real, prior) items: the network's global prior is computed in the
+    DataLoader workers with the synthesis (zeros when the network takes none)."""
+
+    def __init__(self, source: TensorComposites, prior: str) -> None:
+        self.source, self.prior = source, prior
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        composite, mask, real = self.source[index]
+        prior = torch.zeros(AFFINE_PARAMS)
+        if self.prior == "poisson":
+            pixels = torch.round(composite * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+            prior = torch.from_numpy(poisson_affine(pixels, mask[0].numpy() > 0.5))
+        return composite, mask, real, prior
 
 
 def datasets(data: str | Path, seed: int, length: int, val_samples: int) -> tuple[SyntheticComposites, SyntheticComposites]:
@@ -56,10 +78,10 @@ def validate(model: PTLNet, loader: DataLoader, device: str) -> dict[str, float]
     """Mean per-image MSE / fMSE (0..255, the metric protocol at 256 px) and their PSNRs."""
     model.eval()
     mse, fmse = [], []
-    for composite, mask, real in loader:
-        composite, mask, real = composite.to(device), mask.to(device), real.to(device)
+    for composite, mask, real, prior in loader:
+        composite, mask, real, prior = composite.to(device), mask.to(device), real.to(device), prior.to(device)
         # Quantize like a saved image so the curve matches `evaluate`.
-        out = torch.round(model(composite, mask).clamp(0, 1) * 255.0)
+        out = torch.round(model(composite, mask, prior).image.clamp(0, 1) * 255.0)
         error = (out - torch.round(real * 255.0)) ** 2
         mse += error.mean(dim=(1, 2, 3)).tolist()
         fmse += ((error * mask).sum(dim=(1, 2, 3)) / (3 * mask.sum(dim=(1, 2, 3)).clamp_min(1))).tolist()
@@ -125,7 +147,8 @@ def train(args: argparse.Namespace) -> Path:
         torch.set_num_threads(args.threads)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = PTLNet(PTLConfig(width=args.width, ptl_write=args.ptl_write)).to(args.device)
+    config = PTLConfig(width=args.width, ptl_write=args.ptl_write, head=args.head, prior=args.prior)
+    model = PTLNet(config).to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
     step, rows = 0, []
     checkpoint = out / CHECKPOINT
@@ -139,26 +162,27 @@ def train(args: argparse.Namespace) -> Path:
         print(f"resuming from step {step}")
     elif args.init:
         start = PTLNet.from_pretrained(args.init)
-        if start.config != model.config:
+        if replace(start.config, head=config.head, prior=config.prior) != config:
             raise InputError(f"{args.init} holds a network with {asdict(start.config)}; match --width and --ptl-write.")
-        model.load_state_dict(start.state_dict())
-        print(f"starting from the weights in {args.init} (fresh optimizer, step 0)")
+        fresh = model.load_state_dict(start.state_dict(), strict=False).missing_keys
+        print(f"starting from the weights in {args.init} (fresh optimizer, step 0"
+              + (f"; new head layers: {', '.join(fresh)})" if fresh else ")"))
     train_set, val_set = datasets(args.data, args.seed, args.steps * args.batch_size, args.val_samples)
     loader_options = {"batch_size": args.batch_size, "num_workers": args.workers,
                       "persistent_workers": args.workers > 0}
-    batches = DataLoader(Subset(train_set.torch_dataset(), range(step * args.batch_size, len(train_set))),
-                         **loader_options)
-    val_loader = DataLoader(val_set.torch_dataset(), batch_size=8)
+    batches = DataLoader(Subset(WithPrior(train_set.torch_dataset(), config.prior),
+                                range(step * args.batch_size, len(train_set))), **loader_options)
+    val_loader = DataLoader(WithPrior(val_set.torch_dataset(), config.prior), batch_size=8)
     started = time.perf_counter()
     elapsed_before = rows[-1]["seconds"] if rows else 0.0
     running: list[float] = []
     model.train()
     progress = tqdm(total=args.steps, initial=step, desc="train-ptl", unit="step")
-    for composite, mask, real in batches:
-        composite, mask, real = composite.to(args.device), mask.to(args.device), real.to(args.device)
+    for composite, mask, real, prior in batches:
+        composite, mask, real, prior = (t.to(args.device) for t in (composite, mask, real, prior))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, step)
-        loss = foreground_mse_loss(model(composite, mask), real, mask)
+        loss = foreground_mse_loss(model(composite, mask, prior).image, real, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

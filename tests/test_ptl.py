@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from harmony_core import imaging
 from harmony_core.errors import InputError
 from harmony_core.methods.ptl import MAP_NAMES, SHIPPED_WEIGHTS, PTLMethod, spread_blocks
-from harmony_core.models.ptl_net import LTL, PTL, PTLConfig, PTLNet, foreground_mse_loss
+from harmony_core.methods.classical import poisson_affine
+from harmony_core.models.ptl_net import LTL, PTL, PTLConfig, PTLNet, apply_affine, compose_affine, foreground_mse_loss
 from harmony_core.types import HarmonizationRequest
 
 
 def test_parameter_count_matches_the_paper() -> None:
-    model = PTLNet()
+    model = PTLNet(PTLConfig(width=1.0))  # the paper's width
     total = sum(p.numel() for p in model.parameters())
     ltl = sum(p.numel() for p in model.ltl.parameters())
     ptl = sum(p.numel() for p in model.ptl.parameters())
@@ -37,7 +38,7 @@ def test_forward_shapes_and_small_variant() -> None:
     mask = torch.zeros(2, 1, 256, 256)
     mask[:, :, 60:150, 90:200] = 1
     with torch.no_grad():
-        out = model(image, mask)
+        out = model(image, mask).image
     assert out.shape == image.shape
     assert torch.isfinite(out).all()
     with pytest.raises(ValueError):
@@ -108,16 +109,16 @@ def test_ltl_matches_the_equations() -> None:
     layer = LTL(8).eval()
     features, mask = torch.randn(1, 8, 6, 6), _mask(24, 24, 1)
     with torch.no_grad():
-        torch.testing.assert_close(layer(features, mask), ltl_reference(layer, features, mask), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(layer(features, mask)[0], ltl_reference(layer, features, mask), atol=1e-5, rtol=1e-4)
 
 
 def test_ptl_matches_the_equations() -> None:
     torch.manual_seed(2)
-    config = PTLConfig(block_divisor=4, stride_divisor=8)  # 16 px map: 4x4 blocks, stride 2, 7x7 blocks
+    config = PTLConfig(block_divisor=4, stride_divisor=8, ptl_write="replace")  # 16 px map: 4x4 blocks, stride 2, 7x7 blocks
     layer = PTL(6, 16, config)
     features, mask = torch.randn(1, 6, 16, 16) * 2 + 0.5, _mask(32, 32, 2)
     with torch.no_grad():
-        out = layer(features, mask)
+        out = layer(features, mask)[0]
         torch.testing.assert_close(out, ptl_reference(layer, features, mask), atol=1e-4, rtol=1e-4)
     background = (F.adaptive_avg_pool2d(mask, (16, 16)) <= 0.5).expand_as(features)
     assert torch.equal(out[background], features[background])
@@ -125,14 +126,14 @@ def test_ptl_matches_the_equations() -> None:
 
 def test_ptl_add_variant_adds_the_translation() -> None:
     torch.manual_seed(2)
-    replace = PTL(6, 16, PTLConfig(block_divisor=4, stride_divisor=8))
+    replace = PTL(6, 16, PTLConfig(block_divisor=4, stride_divisor=8, ptl_write="replace"))
     add = PTL(6, 16, PTLConfig(block_divisor=4, stride_divisor=8, ptl_write="add"))
     add.load_state_dict(replace.state_dict())
     features, mask = torch.randn(1, 6, 16, 16), _mask(32, 32, 2)
     foreground = (F.adaptive_avg_pool2d(mask, (16, 16)) > 0.5).expand_as(features)
     with torch.no_grad():
-        expected = torch.where(foreground, features + replace(features, mask), features)
-        torch.testing.assert_close(add(features, mask), expected)
+        expected = torch.where(foreground, features + replace(features, mask)[0], features)
+        torch.testing.assert_close(add(features, mask)[0], expected)
 
 
 def test_ptl_batches_like_single_images() -> None:
@@ -141,9 +142,9 @@ def test_ptl_batches_like_single_images() -> None:
     features = torch.randn(2, 4, 16, 16)
     masks = torch.cat([_mask(16, 16, 4), _mask(16, 16, 5)])
     with torch.no_grad():
-        both = layer(features, masks)
+        both = layer(features, masks)[0]
         for i in range(2):
-            torch.testing.assert_close(both[i:i + 1], layer(features[i:i + 1], masks[i:i + 1]))
+            torch.testing.assert_close(both[i:i + 1], layer(features[i:i + 1], masks[i:i + 1])[0])
 
 
 def test_no_background_and_no_foreground_pass_through() -> None:
@@ -153,16 +154,16 @@ def test_no_background_and_no_foreground_pass_through() -> None:
     features = torch.randn(1, 4, 16, 16)
     everything, nothing = torch.ones(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)
     with torch.no_grad():
-        assert torch.equal(ptl(features, everything), features)  # no background block
-        assert torch.equal(ptl(features, nothing), features)  # no foreground location
-        assert torch.equal(ltl(features, everything), features)  # no background token
-        out = ltl(features, nothing)  # background tokens keep the self-attended, normalized T
+        assert torch.equal(ptl(features, everything)[0], features)  # no background block
+        assert torch.equal(ptl(features, nothing)[0], features)  # no foreground location
+        assert torch.equal(ltl(features, everything)[0], features)  # no background token
+        out = ltl(features, nothing)[0]  # background tokens keep the self-attended, normalized T
     assert torch.isfinite(out).all() and not torch.equal(out, features)
     # A foreground so large that no block keeps 25% background: PTL must leave it alone too.
     almost = torch.ones(1, 1, 16, 16)
     almost[..., 0, 0] = 0
     with torch.no_grad():
-        assert torch.equal(ptl(features, almost), features)
+        assert torch.equal(ptl(features, almost)[0], features)
 
 
 def test_gradients_are_finite_on_edge_cases() -> None:
@@ -172,22 +173,72 @@ def test_gradients_are_finite_on_edge_cases() -> None:
     mask = torch.zeros(3, 1, 256, 256)
     mask[0] = 1  # all foreground
     mask[2, :, 100:180, 40:90] = 1  # a normal object; sample 1 has no foreground at all
-    foreground_mse_loss(model(image, mask), torch.rand_like(image), mask).backward()
+    foreground_mse_loss(model(image, mask).image, torch.rand_like(image), mask).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_residual_reconstruction_keeps_the_background() -> None:
     torch.manual_seed(6)
-    model = PTLNet(PTLConfig(width=0.25)).eval()
+    model = PTLNet(PTLConfig(width=0.25, head="residual", prior="none")).eval()
     torch.nn.init.normal_(model.to_rgb.weight)  # it starts at zero: the composite unchanged
     image = torch.rand(1, 3, 256, 256)
     mask = torch.zeros(1, 1, 256, 256)
     mask[..., 30:90, 100:220] = 1
     with torch.no_grad():
-        out = model(image, mask)
+        out = model(image, mask).image
     outside = (mask == 0).expand_as(image)
     torch.testing.assert_close(out[outside], image[outside], atol=1e-6, rtol=0)
     assert (out[~outside] - image[~outside]).abs().max() > 1e-3
+
+
+def test_affine_head_starts_at_the_prior_and_keeps_the_background() -> None:
+    torch.manual_seed(6)
+    model = PTLNet(PTLConfig(width=0.25)).eval()
+    image = torch.rand(2, 3, 256, 256)
+    mask = torch.zeros(2, 1, 256, 256)
+    mask[..., 30:90, 100:220] = 1
+    prior = torch.zeros(2, 12)
+    prior[1, 0], prior[1, 9] = -0.2, 0.05  # red scaled by 0.8, plus 0.05
+    with torch.no_grad():
+        out = model(image, mask, prior)
+    torch.testing.assert_close(out.image[0], image[0])  # zero-initialized head: the identity
+    expected = image[1].clone()
+    expected[0] = image[1, 0] * 0.8 + 0.05
+    torch.testing.assert_close(out.image[1], torch.where(mask[1].bool(), expected, image[1]))
+    torch.nn.init.normal_(model.to_params.weight, std=0.1)
+    with torch.no_grad():
+        changed = model(image, mask, prior).image
+    outside = (mask == 0).expand_as(image)
+    assert torch.equal(changed[outside], image[outside])
+    assert (changed[~outside] - out.image[~outside]).abs().max() > 1e-3
+
+
+def test_compose_affine_is_applying_one_after_the_other() -> None:
+    torch.manual_seed(9)
+    outer, inner, image = torch.randn(2, 12, 5, 7) * 0.2, torch.randn(2, 12) * 0.2, torch.rand(2, 3, 5, 7)
+    inner_map = inner[:, :, None, None].expand(2, 12, 5, 7)
+    torch.testing.assert_close(apply_affine(compose_affine(outer, inner), image),
+                               apply_affine(outer, apply_affine(inner_map, image)), atol=1e-5, rtol=1e-5)
+
+
+def test_poisson_affine_takes_the_border_colour_and_keeps_texture() -> None:
+    """A textured object pasted 40 grey levels too bright into a flat background: the map fitted
+    to the Poisson blend removes the offset but keeps the texture's contrast."""
+    rng = np.random.default_rng(0)
+    background = np.array([90.0, 120.0, 150.0])
+    real = np.broadcast_to(background, (64, 64, 3)).copy()
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    texture = rng.normal(0, 12, size=(int(mask.sum()), 1))
+    real[mask] = background + texture
+    composite = real.copy()
+    composite[mask] += 40
+    params = poisson_affine(np.clip(composite, 0, 255).astype(np.uint8), mask)
+    matrix, offset = np.eye(3) + params[:9].reshape(3, 3), params[9:]
+    fixed = (composite[mask] / 255.0) @ matrix.T + offset
+    assert np.abs(fixed.mean(axis=0) * 255 - real[mask].mean(axis=0)).max() < 6  # was 40
+    assert 0.7 < np.diag(matrix).mean() < 1.3  # the texture's contrast is kept, not flattened
+    assert not poisson_affine(composite.astype(np.uint8), np.zeros((64, 64), bool)).any()
 
 
 def test_foreground_loss_formula() -> None:
@@ -322,7 +373,7 @@ def _photos(root) -> None:
 def _train_args(data, out, steps: int, **extra) -> argparse.Namespace:
     options = dict(data=str(data), out=str(out), steps=steps, batch_size=2, lr=1e-3, lr_drop=0.5, width=0.25,
                    seed=0, workers=0, val_every=2, val_samples=2, max_minutes=None, export=None, device="cpu",
-                   threads=None, ptl_write="add", init=None)
+                   threads=None, ptl_write="add", init=None, head="residual", prior="none")
     options.update(extra)
     return argparse.Namespace(**options)
 
@@ -350,3 +401,23 @@ def test_training_is_deterministic_resumable_and_exports(tmp_path) -> None:
     assert exported["to_rgb.weight"].abs().sum() > 0  # not the zero initialization
     with pytest.raises(InputError, match="match --width"):
         train(_train_args(tmp_path / "photos", tmp_path / "e", 1, init=str(tmp_path / "w"), width=0.5))
+
+
+def test_affine_training_starts_from_residual_weights_and_learns(tmp_path) -> None:
+    """--init from a residual-head folder keeps every shared layer; the affine head (fed the
+    Poisson prior) starts at the identity and moves; the export loads with its head and prior."""
+    from harmony_core.train_ptl import train
+
+    _photos(tmp_path / "photos")
+    train(_train_args(tmp_path / "photos", tmp_path / "r", 2, export=str(tmp_path / "residual")))
+    state = torch.load(train(_train_args(tmp_path / "photos", tmp_path / "a", 3, head="affine", prior="poisson",
+                                         init=str(tmp_path / "residual"), export=str(tmp_path / "affine"))),
+                       weights_only=False)
+    residual = PTLNet.from_pretrained(tmp_path / "residual").state_dict()
+    assert state["config"]["head"] == "affine" and state["config"]["prior"] == "poisson"
+    assert state["model"]["to_params.weight"].abs().sum() > 0  # trained away from zero
+    assert "to_rgb.weight" not in state["model"] and "encoder.0.0.weight" in residual
+    loaded = PTLMethod(weights=tmp_path / "affine")
+    assert loaded.model.config.head == "affine" and loaded.model.config.prior == "poisson"
+    result = loaded.run(_cat_request())
+    assert set(result.maps) == set(MAP_NAMES)

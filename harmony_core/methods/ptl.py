@@ -1,8 +1,10 @@
-"""`ptl`: the regional-reference network (LTL + PTL + residual reconstruction), with its maps.
+"""`ptl`: the regional-reference network (LTL + PTL + a colour-transform head), with its maps.
 
-The network sees the composite at 256 x 256 (its fixed input size). Its predicted change
-(output - input at 256) is upsampled to the input's resolution and added inside the mask, so an
-input of any size keeps its own detail: only the smooth colour change comes from 256 px.
+The network sees the composite at 256 x 256 (its fixed input size). With the affine head (the
+shipped network) its per-location 3x4 colour transforms are upsampled to the input's resolution
+and applied to the full-resolution composite inside the mask, so the object keeps its own texture
+exactly; with the paper's residual head the predicted change (output - input at 256) is upsampled
+and added instead. Either way only the smooth colour change comes from 256 px.
 
 Contribution maps (paper fig. 5), all sized like the input, in [0, 1], zero on the object:
 - "ptl background contribution": PTL's block attention averaged over foreground locations,
@@ -23,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from harmony_core import imaging
-from harmony_core.models.ptl_net import CONFIG_NAME, WEIGHTS_NAME, PTLNet
+from harmony_core.methods.classical import poisson_affine
+from harmony_core.models.ptl_net import CONFIG_NAME, WEIGHTS_NAME, PTLNet, PTLOutput, apply_affine
 from harmony_core.registry import Availability, Method, Progress, register
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
@@ -61,6 +64,21 @@ def to_map(grid: torch.Tensor, background: np.ndarray) -> np.ndarray:
     out = up.clamp_min(0).cpu().numpy() * background
     peak = out.max()
     return (out / peak if peak > 0 else out).astype(np.float32)
+
+
+def full_resolution(output: PTLOutput, small: torch.Tensor, composite: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The 256-px result carried to the composite's size: the upsampled transform map applied to
+    the full-resolution pixels (affine head) or the upsampled change added (residual head)."""
+    h, w = mask.shape
+    inside = torch.from_numpy(mask)[None, None].to(small.device)
+    if output.transform is not None:
+        transform = F.interpolate(output.transform, size=(h, w), mode="bilinear", align_corners=False)
+        pixels = torch.from_numpy(composite.transpose(2, 0, 1).copy())[None].to(small.device).float() / 255.0
+        out = torch.where(inside, apply_affine(transform, pixels), pixels)[0] * 255.0
+        return np.clip(np.round(out.permute(1, 2, 0).cpu().numpy()), 0, 255).astype(np.uint8)
+    change = F.interpolate(output.image - small, size=(h, w), mode="bilinear", align_corners=False)[0]
+    out = composite.astype(np.float32) + change.permute(1, 2, 0).cpu().numpy() * 255.0 * mask[..., None]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 @register
@@ -103,28 +121,22 @@ class PTLMethod(Method):
         small_mask = imaging.resize_mask(mask, (size, size))
         image = torch.from_numpy(small.transpose(2, 0, 1).copy()).float().div(255.0)[None].to(self.device)
         mask_t = torch.from_numpy(small_mask.astype(np.float32))[None, None].to(self.device)
-        for layer in (model.ltl, model.ptl):
-            layer.record = True
-        try:
-            progress(0.2, "ptl: network at 256 px")
-            change = model(image, mask_t) - image
-            maps = self._maps(model, mask_t, mask, request.point or default_point(mask))
-        finally:
-            for layer in (model.ltl, model.ptl):
-                layer.record, layer.attention = False, None
-        h, w = mask.shape
-        change = F.interpolate(change, size=(h, w), mode="bilinear", align_corners=False)[0]
-        change = change.permute(1, 2, 0).cpu().numpy() * 255.0
-        out = composite.astype(np.float32) + change * mask[..., None]
-        return HarmonizationResult(image=np.clip(np.round(out), 0, 255).astype(np.uint8), maps=maps)
+        prior = None
+        if model.config.prior == "poisson":
+            progress(0.1, "ptl: Poisson colour prior at 256 px")
+            prior = torch.from_numpy(poisson_affine(small, small_mask))[None].to(self.device)
+        progress(0.2, "ptl: network at 256 px")
+        output = model(image, mask_t, prior=prior, output_attentions=True)
+        maps = self._maps(model, output, mask_t, mask, request.point or default_point(mask))
+        return HarmonizationResult(image=full_resolution(output, image, composite, mask), maps=maps)
 
-    def _maps(self, model: PTLNet, mask_t: torch.Tensor, mask: np.ndarray,
+    def _maps(self, model: PTLNet, output: PTLOutput, mask_t: torch.Tensor, mask: np.ndarray,
               point: tuple[int, int]) -> dict[str, np.ndarray]:
         background = (~mask).astype(np.float32)
         h, w = mask.shape
         maps = {}
-        for layer, prefix in ((model.ptl, "ptl"), (model.ltl, "ltl")):
-            attention = layer.attention[0]  # L x K
+        for layer, prefix, weights in ((model.ptl, "ptl", output.ptl_attention), (model.ltl, "ltl", output.ltl_attention)):
+            attention = weights[0]  # L x K
             side = int(round(attention.shape[0] ** 0.5))
             rows = attention.sum(dim=1).nonzero().squeeze(1).cpu().numpy()
             if rows.size == 0:  # no foreground location or no usable background

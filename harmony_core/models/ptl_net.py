@@ -7,11 +7,15 @@ reconstruction), shared/papers/002_*.txt; our reading of it is shared/specs/meth
 - Encoder: 4x4 stride-2 convolutions (BatchNorm from the third block) + ELU, 256 px down to 1 px.
 - Decoder: 4x4 stride-2 transposed convolutions + BatchNorm + ELU, each followed by ADDING the
   encoder output of the same size. LTL after the 32x32 block, PTL after the 128x128 block.
-- Residual reconstruction: output = input + to_rgb(features) * mask (eq. 7), in normalized space.
+- Output head (`PTLConfig.head`): "residual", the paper's reconstruction output = input +
+  to_rgb(features) * mask (eq. 7) in normalized space; or "affine" (ours): a 3x4 colour transform of
+  the composite's RGB per location (a local map plus a global part pooled over the object),
+  identity at initialization, composed with an optional global `prior` transform. The transform
+  map is what full-resolution inference upsamples and applies, so the object's texture survives.
 
-Both translation layers change features at foreground positions only and record their attention
-(`attention`, when `record` is set) so the contribution maps (paper fig. 5) can be
-drawn without a second pass.
+Both translation layers change features at foreground positions only and return their attention
+when asked (`output_attentions`), so the contribution maps (paper fig. 5) come from the same pass
+without state on a model that every request shares.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +31,11 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+AFFINE_PARAMS = 12
+"""A 3x4 colour transform per location, stored as (A - I) row-major (9) then the offset b (3)."""
+
+Head = Literal["residual", "affine"]
+Prior = Literal["none", "poisson"]
 
 
 @dataclass(frozen=True)
@@ -33,8 +43,8 @@ class PTLConfig:
     """Everything that defines the architecture; saved next to the weights as config.json."""
 
     image_size: int = 256
-    width: float = 1.0
-    """Channel multiplier: 1.0 is the paper's network (~9.5M parameters)."""
+    width: float = 0.5
+    """Channel multiplier: 1.0 is the paper's network (~9.5M parameters); the shipped one is 0.5."""
     ltl_heads: int = 1
     """Heads of LTL's self-attention (our choice; the paper does not say)."""
     block_divisor: int = 8
@@ -43,11 +53,24 @@ class PTLConfig:
     """PTL block stride = H / stride_divisor (paper: H/32)."""
     min_block_coverage: float = 0.25
     """PTL ignores blocks with less background than this fraction (our choice)."""
-    ptl_write: str = "replace"
+    ptl_write: str = "add"
     """How PTL writes T_fb back at the foreground: "replace" the features (the paper's text) or
     "add" it to them (our variant: replacing drops the object's own appearance, which residual
     reconstruction needs in order to predict a change from it)."""
+    head: Head = "affine"
+    """"residual": the paper's eq. 7. "affine" (ours): per-location 3x4 colour transforms of the
+    composite, applied at full resolution (see the module docstring and the README)."""
+    prior: Prior = "poisson"
+    """"poisson" (ours, affine head only): the network corrects a global 3x4 colour map fitted to
+    the Poisson blend at 256 px (`classical.poisson_affine`), which alone beats the Poisson blend on
+    the training split; "none": it starts from the identity."""
     eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.head not in ("residual", "affine") or self.prior not in ("none", "poisson"):
+            raise ValueError(f"Unknown head {self.head!r} or prior {self.prior!r}")
+        if self.head == "residual" and self.prior != "none":
+            raise ValueError("A prior needs the affine head (the residual head predicts pixels, not a transform).")
 
     def channels(self, base: int) -> int:
         return max(8, int(round(base * self.width)))
@@ -74,12 +97,11 @@ class LTL(nn.Module):
         self.attention_layer = nn.MultiheadAttention(channels, heads, batch_first=True)
         self.norm = nn.InstanceNorm1d(channels)
         self.fuse = nn.Linear(2 * channels, channels)
-        self.record = False
-        self.attention: torch.Tensor | None = None
-        """With `record` set, the last forward's B x L x L foreground-to-background weights
-        (zero rows off the foreground)."""
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, mask: torch.Tensor,
+                output_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features, B x L x L foreground-to-background weights with zero rows off the
+        foreground when `output_attention`, else None)."""
         b, c, h, w = features.shape
         tokens = features.flatten(2).transpose(1, 2)  # B x L x C
         attended, _ = self.attention_layer(tokens, tokens, tokens, need_weights=False)
@@ -91,11 +113,10 @@ class LTL(nn.Module):
         weights = masked_softmax(logits, background[:, None, :])
         fused = self.fuse(torch.cat([tokens, weights @ tokens], dim=-1))
         write = (foreground & has_background[:, None]).unsqueeze(-1)
-        if self.record:
-            self.attention = (weights * write).detach()
+        attention = (weights * write).detach() if output_attention else None
         out = torch.where(write, fused, tokens)
         out = torch.where(has_background[:, None, None], out, features.flatten(2).transpose(1, 2))
-        return out.transpose(1, 2).reshape(b, c, h, w)
+        return out.transpose(1, 2).reshape(b, c, h, w), attention
 
 
 class PTL(nn.Module):
@@ -124,10 +145,6 @@ class PTL(nn.Module):
             raise ValueError(f"ptl_write must be 'replace' or 'add', got {config.ptl_write!r}")
         self.add = config.ptl_write == "add"
         self.project = nn.Linear(channels * self.block * self.block, channels)
-        self.record = False
-        self.attention: torch.Tensor | None = None
-        """With `record` set, the last forward's B x L x K foreground-to-block weights (zero rows
-        off the foreground)."""
 
     def block_statistics(self, features: torch.Tensor, background: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per block: mu, sigma (B x C x K), background coverage (B x K), content tokens (B x K x C)."""
@@ -148,7 +165,10 @@ class PTL(nn.Module):
         tokens = tokens.transpose(1, 2) + self.project.bias
         return mu, sigma, coverage.squeeze(1), tokens
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, mask: torch.Tensor,
+                output_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features, B x L x K foreground-to-block weights with zero rows off the foreground
+        when `output_attention`, else None)."""
         b, c, h, w = features.shape
         soft = F.adaptive_avg_pool2d(mask, (h, w))
         foreground = (soft > 0.5).flatten(1)  # B x L
@@ -173,12 +193,14 @@ class PTL(nn.Module):
                 translated = translated + tokens
             rows.append(flat[i].index_put((index,), translated))
             attention.append((index, weights))
-        if self.record:
-            self.attention = torch.zeros(b, h * w, content_b.shape[1], dtype=features.dtype, device=features.device)
-            for i, item in enumerate(attention):
-                if item is not None:
-                    self.attention[i, item[0]] = item[1].detach()
-        return torch.stack(rows).transpose(1, 2).reshape(b, c, h, w)
+        out = torch.stack(rows).transpose(1, 2).reshape(b, c, h, w)
+        if not output_attention:
+            return out, None
+        weights_all = torch.zeros(b, h * w, content_b.shape[1], dtype=features.dtype, device=features.device)
+        for i, item in enumerate(attention):
+            if item is not None:
+                weights_all[i, item[0]] = item[1].detach()
+        return out, weights_all
 
 
 def _down(cin: int, cout: int, norm: bool, padding: int = 1) -> nn.Sequential:
@@ -193,8 +215,38 @@ def _up(cin: int, cout: int, padding: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, padding), nn.BatchNorm2d(cout), nn.ELU())
 
 
+@dataclass
+class PTLOutput:
+    """What one forward pass gives: the harmonized image at 256 px, the colour transform map the
+    affine head applied (None for the residual head), and the attention weights when asked."""
+
+    image: torch.Tensor
+    transform: torch.Tensor | None = None
+    """B x 12 x H x W, (A - I, b) per location in [0, 1] RGB; `apply_affine` applies it."""
+    ltl_attention: torch.Tensor | None = None
+    ptl_attention: torch.Tensor | None = None
+
+
+def apply_affine(transform: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """out = (I + A) rgb + b per location: transform B x 12 x H x W, image B x 3 x H x W."""
+    b, _, h, w = transform.shape
+    matrix = transform[:, :9].reshape(b, 3, 3, h, w)
+    return image + torch.einsum("bijhw,bjhw->bihw", matrix, image) + transform[:, 9:]
+
+
+def compose_affine(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """The map x -> outer(inner(x)): outer B x 12 x H x W per location, inner B x 12 global."""
+    b, _, h, w = outer.shape
+    a_out = torch.eye(3, device=outer.device, dtype=outer.dtype).view(1, 3, 3, 1, 1) + outer[:, :9].reshape(b, 3, 3, h, w)
+    a_in = torch.eye(3, device=inner.device, dtype=inner.dtype) + inner[:, :9].reshape(b, 3, 3)
+    matrix = torch.einsum("bijhw,bjk->bikhw", a_out, a_in)
+    offset = torch.einsum("bijhw,bj->bihw", a_out, inner[:, 9:]) + outer[:, 9:]
+    identity = torch.eye(3, device=outer.device, dtype=outer.dtype).view(1, 3, 3, 1, 1)
+    return torch.cat([(matrix - identity).reshape(b, 9, h, w), offset], dim=1)
+
+
 class PTLNet(nn.Module):
-    """The whole network. forward(image in [0,1], mask in {0,1}) -> harmonized image in [0,1]."""
+    """The whole network. forward(image in [0,1], mask in {0,1}) -> PTLOutput."""
 
     def __init__(self, config: PTLConfig = PTLConfig()) -> None:
         super().__init__()
@@ -216,15 +268,26 @@ class PTLNet(nn.Module):
             cin = cout
         self.decoder = nn.ModuleList(decoder)
         self.last = _up(cin, ch(32))
-        self.to_rgb = nn.Conv2d(ch(32), 3, 1)
-        nn.init.zeros_(self.to_rgb.weight)  # our choice: training starts from the unchanged composite
-        nn.init.zeros_(self.to_rgb.bias)
+        if config.head == "residual":
+            self.to_rgb = nn.Conv2d(ch(32), 3, 1)
+            last_layers = [self.to_rgb]
+        else:
+            self.to_params = nn.Conv2d(ch(32), AFFINE_PARAMS, 1)
+            # The global part sees the object's mean feature and the prior it corrects.
+            self.global_params = nn.Sequential(nn.Linear(ch(32) + AFFINE_PARAMS, ch(64)), nn.ELU(),
+                                               nn.Linear(ch(64), AFFINE_PARAMS))
+            last_layers = [self.to_params, self.global_params[-1]]
+        for layer in last_layers:  # our choice: training starts from the unchanged composite (or prior)
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
         self.ltl = LTL(widths[3], config.ltl_heads)  # after the 32x32 block
         self.ptl = PTL(widths[0], config.image_size // 2, config)  # after the 128x128 block
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, mask: torch.Tensor, prior: torch.Tensor | None = None,
+                output_attentions: bool = False) -> PTLOutput:
+        """prior: B x 12 global transforms (config.prior "poisson"; None = identity)."""
         normalized = (image - self.mean) / self.std
         x = torch.cat([normalized, mask], dim=1)
         skips = []
@@ -232,15 +295,24 @@ class PTLNet(nn.Module):
             x = block(x)
             skips.append(x)
         x = skips.pop()
+        attentions: dict[str, torch.Tensor | None] = {}
         for block in self.decoder:
             x = block(x) + skips.pop()
             if x.shape[-1] == self.config.image_size // 8:
-                x = self.ltl(x, mask)
+                x, attentions["ltl_attention"] = self.ltl(x, mask, output_attentions)
             elif x.shape[-1] == self.config.image_size // 2:
-                x = self.ptl(x, mask)
-        residual = self.to_rgb(self.last(x))
-        out = normalized + residual * mask
-        return out * self.std + self.mean
+                x, attentions["ptl_attention"] = self.ptl(x, mask, output_attentions)
+        features = self.last(x)
+        if self.config.head == "residual":
+            out = normalized + self.to_rgb(features) * mask
+            return PTLOutput(image=out * self.std + self.mean, **attentions)
+        if prior is None:
+            prior = image.new_zeros(image.shape[0], AFFINE_PARAMS)
+        pooled = (features * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp_min(1.0)
+        correction = self.to_params(features) + self.global_params(torch.cat([pooled, prior], dim=1))[:, :, None, None]
+        transform = compose_affine(correction, prior)
+        out = image + (apply_affine(transform, image) - image) * mask
+        return PTLOutput(image=out, transform=transform, **attentions)
 
     # -- loading and saving, diffusers-style: a folder with config.json + model.safetensors -----
 
@@ -264,7 +336,8 @@ class PTLNet(nn.Module):
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        config = PTLConfig(**json.loads((folder / CONFIG_NAME).read_text()))
+        # Folders saved before the affine head existed hold the paper's residual network.
+        config = PTLConfig(**{"head": "residual", "prior": "none", **json.loads((folder / CONFIG_NAME).read_text())})
         model = cls(config)
         state = load_file(str(folder / WEIGHTS_NAME))
         model.load_state_dict({k: v.float() for k, v in state.items()})
