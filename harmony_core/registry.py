@@ -11,14 +11,13 @@ import importlib
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 
 from harmony_core import imaging
 from harmony_core.errors import InputError, MethodUnavailable
-from harmony_core.types import HarmonizationRequest, HarmonizationResult
+from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 Family = Literal["classical", "network", "diffusion"]
 Progress = Callable[[float, str], None]
@@ -27,15 +26,6 @@ Progress = Callable[[float, str], None]
 
 def no_progress(fraction: float, message: str) -> None:
     """The default progress callback: ignore."""
-
-
-@dataclass(frozen=True)
-class Availability:
-    ok: bool
-    reason: str = ""
-
-    def __bool__(self) -> bool:
-        return self.ok
 
 
 class Method(ABC):

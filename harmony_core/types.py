@@ -1,4 +1,4 @@
-"""The request a method receives and the result it returns (the one contract all methods share)."""
+"""The request a method receives, the result it returns and its availability (the contract all methods share)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,17 @@ import numpy as np
 
 from harmony_core import imaging
 from harmony_core.errors import InputError
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a method can run here; when not, `reason` says why and what to do."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
 
 
 @dataclass

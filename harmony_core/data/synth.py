@@ -38,9 +38,9 @@ from scipy.interpolate import PchipInterpolator
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from harmony_core import atomic, imaging
+from harmony_core.color import from_lab, match_cdf, reinhard_transfer, to_lab
 from harmony_core.data.datasets import COMPOSITE_DIR, MASK_DIR, REAL_DIR, Photo, list_file, load_photo
 from harmony_core.errors import InputError
-from harmony_core.methods.classical import Reinhard, from_lab, match_cdf, to_lab
 from harmony_core.metrics import image_metrics
 
 if TYPE_CHECKING:
@@ -54,9 +54,6 @@ Transform = Callable[[np.random.Generator, np.ndarray, Donor], np.ndarray]
 
 # --- colour transforms ------------------------------------------------------------------------
 
-_REINHARD = Reinhard()
-
-
 def _partial(rng: np.random.Generator, pixels: np.ndarray, target: np.ndarray) -> np.ndarray:
     """A random 50-100% of the way to a donor's statistics: full transfers are often too strong."""
     strength = rng.uniform(0.5, 1.0)
@@ -64,7 +61,7 @@ def _partial(rng: np.random.Generator, pixels: np.ndarray, target: np.ndarray) -
 
 
 def reinhard(rng: np.random.Generator, pixels: np.ndarray, donor: Donor) -> np.ndarray:
-    return _partial(rng, pixels, from_lab(_REINHARD.transfer(to_lab(pixels), to_lab(donor()))))
+    return _partial(rng, pixels, from_lab(reinhard_transfer(to_lab(pixels), to_lab(donor()))))
 
 
 def cdf(rng: np.random.Generator, pixels: np.ndarray, donor: Donor) -> np.ndarray:

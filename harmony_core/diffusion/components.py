@@ -29,7 +29,7 @@ from typing import Any, Sequence, TypeVar
 
 import torch
 
-from harmony_core.registry import Availability
+from harmony_core.types import Availability
 
 ALLOW_DOWNLOAD_ENV = "HARMONY_ALLOW_DOWNLOAD"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")

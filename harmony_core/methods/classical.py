@@ -4,7 +4,10 @@ composite  — the unchanged input, the reference every method must beat.
 reinhard   — Lab mean/std transfer from a ring of background around the object.
 histogram  — per-channel CDF matching in Lab to the same reference region.
 poisson    — gradient-domain blending: keep the object's gradients, take its border from the
-             surrounding background (Pérez et al. 2003), solved exactly with sparse LU.
+             surrounding background (Pérez et al. 2003); solved exactly with sparse LU up to
+             `max_unknowns` object pixels, above that on a coarser grid plus an exact border band.
+
+The colour tools (Lab conversions, CDF matching, the Reinhard transfer) are in harmony_core/color.py.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import splu
 
+from harmony_core.color import from_lab, match_cdf, reinhard_transfer, to_lab
 from harmony_core.registry import Method, Progress, register
 from harmony_core.types import HarmonizationRequest
 
@@ -40,19 +44,6 @@ def reference_region(mask: np.ndarray, reference: Reference, ring_fraction: floa
     distance = cv2.distanceTransform(outside.astype(np.uint8), cv2.DIST_L2, 3)
     ring = outside & (distance <= radius)
     return ring if ring.sum() >= min_pixels else outside
-
-
-def to_lab(pixels: np.ndarray) -> np.ndarray:
-    """Nx3 uint8 RGB -> Nx3 float32 CIE Lab (L in 0..100)."""
-    return cv2.cvtColor(pixels.reshape(-1, 1, 3).astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab).reshape(-1, 3)
-
-
-def from_lab(lab: np.ndarray) -> np.ndarray:
-    """Nx3 float Lab -> Nx3 uint8 RGB (clipped)."""
-    lab = lab.astype(np.float32).copy()
-    lab[:, 0] = np.clip(lab[:, 0], 0.0, 100.0)
-    rgb = cv2.cvtColor(lab.reshape(-1, 1, 3), cv2.COLOR_Lab2RGB).reshape(-1, 3)
-    return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -118,11 +109,7 @@ class Reinhard(_ColorTransfer):
         self.settings = settings or ReinhardSettings()
 
     def transfer(self, fg_lab: np.ndarray, ref_lab: np.ndarray) -> np.ndarray:
-        s = self.settings
-        fg_mean, fg_std = (v.ravel() for v in cv2.meanStdDev(fg_lab.reshape(-1, 1, 3)))
-        ref_mean, ref_std = (v.ravel() for v in cv2.meanStdDev(ref_lab.reshape(-1, 1, 3)))
-        ratio = np.clip(ref_std / np.maximum(fg_std, 1e-6), s.std_ratio_min, s.std_ratio_max)
-        return (fg_lab - fg_mean) * ratio + ref_mean
+        return reinhard_transfer(fg_lab, ref_lab, self.settings.std_ratio_min, self.settings.std_ratio_max)
 
 
 @dataclass
@@ -144,35 +131,6 @@ class Histogram(_ColorTransfer):
         for c in range(3):
             out[:, c] = match_cdf(fg_lab[:, c], ref_lab[:, c], self.settings.bins)
         return out
-
-
-def match_cdf(values: np.ndarray, reference: np.ndarray, bins: int) -> np.ndarray:
-    """Map `values` so that their distribution follows `reference` (piecewise-linear CDFs).
-
-    Both CDFs are histograms over a shared range; each value is placed within its bin
-    linearly, so the mapping is continuous and costs O(N) gathers rather than searches.
-    """
-    low = float(min(values.min(), reference.min()))
-    high = float(max(values.max(), reference.max()))
-    if high - low < 1e-6:
-        return np.full_like(values, reference.mean())
-    width = (high - low) / bins
-    edges = low + width * np.arange(bins + 1)
-
-    def cdf_at_edges(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        position = (x - low) / width
-        index = np.clip(position.astype(np.int64), 0, bins - 1)
-        counts = np.bincount(index, minlength=bins)
-        cdf = np.concatenate([[0.0], np.cumsum(counts)]) / x.size
-        return cdf, index, position - index
-
-    cdf_values, index, fraction = cdf_at_edges(values)
-    cdf_reference, _, _ = cdf_at_edges(reference)
-    # Inverse reference CDF at each level of the values' CDF; flat stretches (empty bins) would
-    # make it multivalued, so keep the first edge of every distinct level.
-    levels, first = np.unique(cdf_reference, return_index=True)
-    target = np.interp(cdf_values, levels, edges[first])
-    return (target[index] + fraction * (target[index + 1] - target[index])).astype(values.dtype)
 
 
 @dataclass
