@@ -20,7 +20,7 @@ from tqdm import tqdm
 from harmony_core import __version__, atomic, imaging
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.metrics import image_metrics
-from harmony_core.registry import availability_table, get_method, resolve_methods
+from harmony_core.registry import availability_table, get_method, resolve_methods, weighted_methods
 from harmony_core.types import HarmonizationRequest
 
 
@@ -51,10 +51,10 @@ def apply_weights(args: argparse.Namespace) -> None:
         name, sep, source = item.partition("=")
         if not sep or not name.strip() or not source.strip():
             raise InputError(f"--weights expects METHOD=SOURCE (a folder or Hub id), got '{item}'")
-        method = get_method(resolve_methods([name.strip()])[0])
-        if not hasattr(method, "set_weights"):
-            raise InputError(f"{method.name} takes no weights (--weights {item})")
-        method.set_weights(source.strip())
+        name = resolve_methods([name.strip()])[0]
+        if name not in weighted_methods():
+            raise InputError(f"{name} takes no weights (--weights {item}); these do: {', '.join(weighted_methods())}")
+        get_method(name).set_weights(source.strip())
 
 
 def build_request(args: argparse.Namespace) -> HarmonizationRequest:

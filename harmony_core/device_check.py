@@ -16,7 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, get_args, get_type_hints
@@ -102,6 +102,8 @@ def ptl_config(tiny: bool, head: str | None = None) -> Any:
     options: dict[str, Any] = {"width": 0.25 if tiny else 1.0, "ptl_write": "add"}
     if head is not None and any(f.name == "head" for f in fields(PTLConfig)):
         options["head"] = head
+        if head == "residual":
+            options["prior"] = "none"  # a prior needs the affine head
     return PTLConfig(**options)
 
 
@@ -150,17 +152,9 @@ def build_methods(scale: str, device: str, folder: Path, deadline: Deadline) -> 
 
 
 def configured(methods: dict[str, Method], row: Timing) -> Method:
-    """The resident instance with the row's settings, sharing its weights (no second copy)."""
-    from harmony_core.methods.hspace import HSpace
-
+    """The resident instance with the row's settings: a copy that shares its weights (no second copy)."""
     method = methods[row.method]
-    if not row.settings:
-        return method
-    if isinstance(method, HSpace):
-        return HSpace(unet=method.unet(), device=method.device, dtype=method.dtype,
-                      weights_label=method.weights_source, **row.settings)
-    method.settings = replace(method.settings, **row.settings)  # freepih: settings are read at each run
-    return method
+    return method.with_settings(**row.settings) if row.settings else method
 
 
 def time_method(row: Timing, method: Method, repeats: int, deadline: Deadline) -> None:
@@ -214,7 +208,7 @@ def train_ptl(row: Training, tiny: bool, device: str, steps: int, deadline: Dead
 
     def step() -> None:
         deadline.check()
-        loss = foreground_mse_loss(model(batch[0], batch[1]), batch[2], batch[1])
+        loss = foreground_mse_loss(model(batch[0], batch[1]).image, batch[2], batch[1])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

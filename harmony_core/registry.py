@@ -131,6 +131,15 @@ def get_method(name: str) -> Method:
         return _INSTANCES[name]
 
 
+def weighted_methods() -> list[str]:
+    """Names of the methods whose weights can be pointed elsewhere (`set_weights`, `--weights`):
+    every `ModelMethod`, in registration order."""
+    from harmony_core.model_method import ModelMethod
+
+    _load_builtins()
+    return [name for name, cls in _FACTORIES.items() if issubclass(cls, ModelMethod)]
+
+
 def resolve_methods(names: list[str] | tuple[str, ...], require_available: bool = False) -> list[str]:
     """Validated method names (duplicates dropped, order kept); an InputError names the problem."""
     if not names:

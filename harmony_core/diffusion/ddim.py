@@ -39,6 +39,29 @@ def alphas_cumprod_from_scheduler(scheduler: object) -> torch.Tensor:
     return scheduler.alphas_cumprod.to(torch.float64).clone()
 
 
+def alphas_cumprod_from_config(config: dict | None) -> torch.Tensor:
+    """alpha-bar of a checkpoint's scheduler config (diffusers' scheduler_config.json), float64.
+
+    "linear" (the google/ddpm-* checkpoints) and "scaled_linear" (SD) are computed here in float64;
+    trained betas are used as given; any other schedule goes through diffusers' DDPMScheduler.
+    No config (None): the DDPM paper's linear 1e-4 .. 0.02 over 1000 steps.
+    """
+    config = dict(config or {})
+    steps = int(config.get("num_train_timesteps", 1000))
+    start, end = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
+    schedule = config.get("beta_schedule", "linear")
+    if config.get("trained_betas") is not None:
+        return alphas_cumprod_from_betas(torch.tensor(config["trained_betas"], dtype=torch.float64))
+    if schedule == "linear":
+        return alphas_cumprod_from_betas(linear_betas(steps, start, end))
+    if schedule == "scaled_linear":
+        return alphas_cumprod_from_betas(torch.linspace(start ** 0.5, end ** 0.5, steps, dtype=torch.float64) ** 2)
+    from diffusers import DDPMScheduler
+
+    keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+    return alphas_cumprod_from_scheduler(DDPMScheduler(**{k: config[k] for k in keep if k in config}))
+
+
 def alpha_at(alphas_cumprod: torch.Tensor, t: int) -> float:
     """alpha-bar at t, and 1.0 for t < 0 (the end of the chain)."""
     return 1.0 if t < 0 else float(alphas_cumprod[t])

@@ -12,8 +12,6 @@ in ../shared/specs/methods.md, section 1; the weights layout is the authors' arc
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +20,10 @@ from typing import Any
 
 from harmony_core import imaging
 from harmony_core.diffusion.pixels import to_tensor, to_uint8
-from harmony_core.errors import InputError, MethodUnavailable
-from harmony_core.registry import Availability, Method, Progress, register
+from harmony_core.errors import InputError
+from harmony_core.model_method import ModelMethod
+from harmony_core.registry import Progress, register
+from harmony_core.types import Availability
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 WEIGHTS_ENV = "HARMONY_DIFFHARMONY_WEIGHTS"
@@ -50,6 +50,28 @@ BASE_REQUIRED = (
 """What `base/` must hold; the `|` alternatives also accept a SOURCE that is the base folder itself."""
 
 UNET_IN_CHANNELS = 9
+
+
+@dataclass(frozen=True)
+class DiffHarmonySettings:
+    """resolution: the square working size (512 or 1024; a multiple of 8). steps: Euler-ancestral
+    steps. use_refinement / use_condition_vae: use those parts when the weights have them."""
+
+    resolution: int = 512
+    steps: int = 5
+    use_refinement: bool = True
+    use_condition_vae: bool = True
+
+    def __post_init__(self) -> None:
+        resolution, steps = self.resolution, self.steps
+        if isinstance(resolution, bool) or int(resolution) != resolution or resolution < 64 or resolution % 8:
+            raise InputError(f"diffharmony: resolution must be a multiple of 8 (512 or 1024), got {resolution}")
+        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+            raise InputError(f"diffharmony: steps must be a positive integer, got {steps}")
+        for name, value in (("resolution", int(resolution)), ("steps", int(steps)),
+                            ("use_refinement", bool(self.use_refinement)),
+                            ("use_condition_vae", bool(self.use_condition_vae))):
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,8 @@ class DiffHarmonyModels:
     refinement: Any | None = None
     condition_vae: Any | None = None
     empty_prompt: Any | None = None
+    fingerprint: str = ""
+    """sha256 of base/unet's files (recorded in the results' metadata)."""
 
     def prompt_embedding(self) -> Any:
         """CLIP's encoding of "" (the authors' text input; not a zero tensor), computed once."""
@@ -178,143 +202,81 @@ def refine(model: Any, stage1_image: Any, composite: Any, mask: Any) -> Any:
 
 
 @register
-class DiffHarmony(Method):
+class DiffHarmony(ModelMethod):
     name = "diffharmony"
     family = "diffusion"
     title = "DiffHarmony"
     summary = "SD-1.5 inpainting UNet fine-tuned for harmonization, 5 Euler-ancestral steps + refinement (ICMR 2024)"
+    weights_env = WEIGHTS_ENV
+    required_files = BASE_REQUIRED
+    how_to_set = HOW_TO_SET
+    missing_help = DOWNLOAD_HELP
+    settings_class = DiffHarmonySettings
 
-    def __init__(self, weights: str | os.PathLike | None = None, resolution: int = 512, steps: int = 5,
-                 use_refinement: bool = True, use_condition_vae: bool = True, device: str | None = None) -> None:
-        """weights: the archive folder or a Hub id; None reads HARMONY_DIFFHARMONY_WEIGHTS at use time.
+    # weights: the archive folder or a Hub id; None reads HARMONY_DIFFHARMONY_WEIGHTS at use time.
+    # device: None picks cuda when available (fp16 there, fp32 on the CPU). Settings:
+    # DiffHarmonySettings or its fields as keywords (`DiffHarmony(resolution=1024)`).
 
-        use_refinement / use_condition_vae: use those parts when the weights have them.
-        device: None picks cuda when available (fp16 there, fp32 on the CPU).
-        """
-        self._weights: str | os.PathLike | None = weights
-        self._device = device
-        self._models: DiffHarmonyModels | None = None
-        self._loaded_from: str | None = None
-        self._fingerprint = ""
-        self._lock = threading.RLock()
-        self.configure(resolution=resolution, steps=steps, use_refinement=use_refinement,
-                       use_condition_vae=use_condition_vae)
-
-    # --- settings ------------------------------------------------------------------------------
-
-    def configure(self, resolution: int | None = None, steps: int | None = None,
+    def configure(self, resolution: int | None = None, steps: int | None = None,  # type: ignore[override]
                   use_refinement: bool | None = None, use_condition_vae: bool | None = None) -> None:
-        """Change settings between runs (the studio's and the benchmark's knobs); None keeps a setting."""
-        if resolution is not None:
-            if int(resolution) != resolution or resolution < 64 or resolution % 8:
-                raise InputError(f"diffharmony: resolution must be a multiple of 8 (512 or 1024), got {resolution}")
-            self.resolution = int(resolution)
-        if steps is not None:
-            if int(steps) != steps or steps < 1:
-                raise InputError(f"diffharmony: steps must be a positive integer, got {steps}")
-            self.steps = int(steps)
-        if use_refinement is not None:
-            self.use_refinement = bool(use_refinement)
-        if use_condition_vae is not None:
-            self.use_condition_vae = bool(use_condition_vae)
-
-    def set_weights(self, source: str | os.PathLike | None) -> None:
-        """Use weights from `source` (a folder or Hub id); None or "" falls back to the env variable.
-
-        Loaded models are dropped here and reloaded lazily on the next run.
-        """
-        with self._lock:
-            self._weights = source
-            self._models = None
-            self._loaded_from = None
-
-    def source(self) -> str | None:
-        """The configured weights: the explicit setting, else HARMONY_DIFFHARMONY_WEIGHTS."""
-        from harmony_core.diffusion.components import configured_source
-
-        return configured_source(self._weights, WEIGHTS_ENV)
+        """Replace this instance's default settings (validated; None keeps a setting): for the
+        organiser, the benchmark and tests. One request with other settings: `with_settings`."""
+        changes = {"resolution": resolution, "steps": steps, "use_refinement": use_refinement,
+                   "use_condition_vae": use_condition_vae}
+        super().configure(**{k: v for k, v in changes.items() if v is not None})
 
     @property
     def weights_source(self) -> str:  # type: ignore[override]
-        source = self._loaded_from or self.source()
-        if source is None:
-            return "none"
-        return f"{source} (unet sha256 {self._fingerprint[:12]})" if self._fingerprint else source
-
-    @property
-    def device(self) -> str:  # type: ignore[override]
-        from harmony_core.diffusion.components import default_device
-
-        return self._device or default_device()
+        models = self.loaded()
+        source = super().weights_source
+        fingerprint = models.fingerprint if models is not None else ""
+        return f"{source} (unet sha256 {fingerprint[:12]})" if fingerprint else source
 
     def parameters(self) -> dict[str, Any]:
-        models = self._models
+        models, s = self.loaded(), self.settings
         return {
-            "resolution": self.resolution, "steps": self.steps, "scheduler": "EulerAncestralDiscreteScheduler",
-            "guidance_scale": 1.0, "prompt": "", "use_refinement": self.use_refinement,
-            "use_condition_vae": self.use_condition_vae,
-            "refinement": bool(models and models.refinement is not None and self.use_refinement),
-            "condition_vae": bool(models and models.condition_vae is not None and self.use_condition_vae),
+            "resolution": s.resolution, "steps": s.steps, "scheduler": "EulerAncestralDiscreteScheduler",
+            "guidance_scale": 1.0, "prompt": "", "use_refinement": s.use_refinement,
+            "use_condition_vae": s.use_condition_vae,
+            "refinement": bool(models and models.refinement is not None and s.use_refinement),
+            "condition_vae": bool(models and models.condition_vae is not None and s.use_condition_vae),
         }
 
     # --- availability and loading ---------------------------------------------------------------
 
-    def available(self) -> Availability:
-        if self._models is not None and self._loaded_from == self.source():
-            return Availability(True)
-        source = self.source()
-        if source is None:
-            return Availability(False, f"no weights configured. {DOWNLOAD_HELP}")
-        from harmony_core.diffusion import components
-
-        state = components.check(source, BASE_REQUIRED, HOW_TO_SET)
-        if not state:
-            return Availability(False, f"{state.reason}. {DOWNLOAD_HELP}")
-        if components.is_hub_id(source) and components.downloads_allowed():
-            return state  # not fetched yet: the UNet's config is checked when it is loaded
-        folder = components.resolve(source)
+    def _check(self, folder: Path, found: Availability) -> Availability:
         config = json.loads((WeightsLayout.of(folder).base / "unet" / "config.json").read_text())
         if config.get("in_channels") != UNET_IN_CHANNELS:
             return Availability(False, f"'{folder}' holds a UNet with {config.get('in_channels')} input channels, "
                                        f"not DiffHarmony's {UNET_IN_CHANNELS} (latent, mask, composite latent). "
                                        f"{DOWNLOAD_HELP}")
-        return state
+        return found
 
-    def load(self) -> DiffHarmonyModels:
-        """Load (once per source) through the shared cache: the VAE / text encoder are one object with
-        freepih's when their files are identical."""
-        with self._lock:
-            source = self.source()
-            if self._models is not None and self._loaded_from == source:
-                return self._models
-            state = self.available()
-            if not state:
-                raise MethodUnavailable(f"{self.name} cannot run here: {state.reason}")
-            from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
-            from transformers import CLIPTextModel, CLIPTokenizer
+    def _load(self, source: str) -> DiffHarmonyModels:
+        """Load through the shared cache: the VAE / text encoder are one object with freepih's when
+        their files are identical."""
+        from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
 
-            from harmony_core.diffusion import components
-            from harmony_core.models.condition_vae import ConditionVAE
-            from harmony_core.models.refinement import RefinementUNet
+        from harmony_core.diffusion import components
+        from harmony_core.models.condition_vae import ConditionVAE
+        from harmony_core.models.refinement import RefinementUNet
 
-            folder = components.resolve(source)
-            layout = WeightsLayout.of(folder)
-            device = self.device
-            dtype = components.default_dtype(device)
-            self._models = DiffHarmonyModels(
-                unet=components.load(UNet2DConditionModel, layout.base, "unet", dtype, device),
-                vae=components.load(AutoencoderKL, layout.base, "vae", dtype, device),
-                text_encoder=components.load(CLIPTextModel, layout.base, "text_encoder", dtype, device),
-                tokenizer=components.load(CLIPTokenizer, layout.base, "tokenizer", dtype, device),
-                scheduler_config=dict(components.load(EulerAncestralDiscreteScheduler, layout.base, "scheduler").config),
-                refinement=(components.load(RefinementUNet, layout.refinement.parent, layout.refinement.name, dtype, device)
-                            if layout.refinement else None),
-                condition_vae=(components.load(ConditionVAE, layout.condition_vae.parent, layout.condition_vae.name,
-                                               dtype, device) if layout.condition_vae else None),
-            )
-            self._loaded_from = source
-            self._fingerprint = components.fingerprint(layout.base / "unet")
-            return self._models
+        folder = components.resolve(source)
+        layout = WeightsLayout.of(folder)
+        device, dtype = self.device, self.dtype
+        return DiffHarmonyModels(
+            unet=components.load(UNet2DConditionModel, layout.base, "unet", dtype, device),
+            vae=components.load(AutoencoderKL, layout.base, "vae", dtype, device),
+            text_encoder=components.load(CLIPTextModel, layout.base, "text_encoder", dtype, device),
+            tokenizer=components.load(CLIPTokenizer, layout.base, "tokenizer", dtype, device),
+            scheduler_config=dict(components.load(EulerAncestralDiscreteScheduler, layout.base, "scheduler").config),
+            refinement=(components.load(RefinementUNet, layout.refinement.parent, layout.refinement.name, dtype, device)
+                        if layout.refinement else None),
+            condition_vae=(components.load(ConditionVAE, layout.condition_vae.parent, layout.condition_vae.name,
+                                           dtype, device) if layout.condition_vae else None),
+            fingerprint=components.fingerprint(layout.base / "unet"),
+        )
 
     @classmethod
     def random_weights(cls, scale: str = "full", device: str | None = None, **options: Any) -> "DiffHarmony":
@@ -334,12 +296,11 @@ class DiffHarmony(Method):
         refinement_config = FULL_CONFIG if size == "full" else {
             **FULL_CONFIG, "block_out_channels": [8, 16, 16, 16], "norm_num_groups": 8, "layers_per_block": 1}
         method = cls(device=device, **options)
-        method._models = DiffHarmonyModels(
+        method.adopt(DiffHarmonyModels(
             **tiny.sd_parts(size, UNET_IN_CHANNELS, seed=0, device=device, dtype=dtype),
             scheduler_config=dict(tiny.euler_ancestral_scheduler().config),
             refinement=tiny.seeded(lambda: RefinementUNet(**refinement_config), 3, device, dtype),
-        )
-        method._loaded_from = method._weights = f"random-{size}"
+        ), f"random-{size}")
         return method
 
     # --- inference ------------------------------------------------------------------------------
@@ -352,19 +313,20 @@ class DiffHarmony(Method):
 
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        fresh = self._models is None or self._loaded_from != self.source()
+        s = self.settings
+        fresh = self.loaded() is None
         progress(0.02, "diffharmony: loading weights" if fresh else "diffharmony: preparing")
         models = self.load()
         if fresh:
             timings["load_s"] = time.perf_counter() - start
-        refinement = models.refinement if self.use_refinement else None
-        condition_vae = models.condition_vae if self.use_condition_vae else None
+        refinement = models.refinement if s.use_refinement else None
+        condition_vae = models.condition_vae if s.use_condition_vae else None
         device = models.unet.device
-        size = (self.resolution, self.resolution)
+        size = (s.resolution, s.resolution)
         composite = to_tensor(imaging.resize_rgb(request.composite, size), device)
         mask = to_tensor(imaging.resize_mask(request.mask, size), device)
         generator = torch.Generator(device=device).manual_seed(request.seed)
-        image = stage1(models, composite, mask, self.steps, generator, self.use_condition_vae, progress, timings)
+        image = stage1(models, composite, mask, s.steps, generator, s.use_condition_vae, progress, timings)
         if refinement is not None:
             progress(0.85, "diffharmony: refinement")
             start = time.perf_counter()
@@ -375,8 +337,8 @@ class DiffHarmony(Method):
             timings["refinement_s"] = time.perf_counter() - start
         output = imaging.resize_rgb(to_uint8(image * 2 - 1), request.size)
         metadata = {
-            "steps": self.steps, "working_resolution": self.resolution,
-            "output_resolution": STAGE2_RESOLUTION if refinement is not None else self.resolution,
+            "steps": s.steps, "working_resolution": s.resolution,
+            "output_resolution": STAGE2_RESOLUTION if refinement is not None else s.resolution,
             "dtype": dtype_name(models.unet.dtype), "refinement": refinement is not None,
             "condition_vae": condition_vae is not None, "stage_seconds": timings,
         }

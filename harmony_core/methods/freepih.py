@@ -10,9 +10,8 @@ every step, so only the object changes. Design: ../shared/specs/methods.md, sect
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import torch
@@ -22,7 +21,8 @@ from harmony_core import imaging
 from harmony_core.errors import InputError
 from harmony_core.diffusion import components, ddim, hooks
 from harmony_core.diffusion.pixels import to_tensor, to_uint8
-from harmony_core.registry import Availability, Method, Progress, register
+from harmony_core.model_method import ModelMethod
+from harmony_core.registry import Progress, register
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 # --- losses (pure functions of feature tensors, so they can be tested without a model) --------
@@ -417,40 +417,18 @@ def guided_eps(parts: SDParts, z: torch.Tensor, t: int, uncond: torch.Tensor, co
 
 
 @register
-class FreePIH(Method):
+class FreePIH(ModelMethod):
     """FreePIH (Wang et al. 2023) on SD-1.5: see the module docstring and methods.md section 2."""
 
     name = "freepih"
     family = "diffusion"
     title = "FreePIH (training-free painterly harmonization)"
     summary = "SD-1.5 latents of the object optimized with L-BFGS for the background's style at the last denoising steps"
-
-    def __init__(self, weights: str | os.PathLike | None = None, device: str | None = None,
-                 dtype: torch.dtype | None = None, settings: FreePIHSettings | None = None, **overrides: Any) -> None:
-        self.settings = replace(settings or FreePIHSettings(), **overrides)
-        self.device = device or components.default_device()
-        self.dtype = dtype or components.default_dtype(self.device)
-        self._weights = weights
-        self._parts: SDParts | None = None
-        self.weights_source = self.source()
-
-    def source(self) -> str:
-        """The constructor's / set_weights' source, else $HARMONY_FREEPIH_WEIGHTS, else the Hub id."""
-        return components.configured_source(self._weights, WEIGHTS_ENV) or DEFAULT_WEIGHTS
-
-    def set_weights(self, source: str | os.PathLike | None) -> None:
-        """Use another folder or Hub id from the next run on (None: back to the env var / default)."""
-        self._weights = source
-        self._parts = None
-        self.weights_source = self.source()
-
-    def available(self) -> Availability:
-        if self._parts is not None:
-            return Availability(True)
-        return components.check(self.source(), REQUIRED_FILES, HOW_TO_SET)
-
-    def parameters(self) -> dict[str, Any]:
-        return asdict(self.settings) | {"dtype": components.dtype_name(self.dtype)}
+    weights_env = WEIGHTS_ENV
+    default_weights = DEFAULT_WEIGHTS
+    required_files = REQUIRED_FILES
+    how_to_set = HOW_TO_SET
+    settings_class = FreePIHSettings
 
     @classmethod
     def random_weights(cls, scale: str = "full", device: str | None = None, **overrides: Any) -> "FreePIH":
@@ -466,25 +444,25 @@ class FreePIH(Method):
         dtype = components.default_dtype(device)
         method = cls(device=device, dtype=dtype, **overrides)
         scheduler = tiny.ddim_scheduler()
-        method._parts = SDParts(
+        method.adopt(SDParts(
             **tiny.sd_parts(size, 4, seed=0, device=device, dtype=dtype),
             alphas_cumprod=ddim.alphas_cumprod_from_scheduler(scheduler),
             num_train_timesteps=int(scheduler.config.num_train_timesteps),
             steps_offset=int(scheduler.config.steps_offset),
-        )
-        method._weights = method.weights_source = f"random-{size}"
+        ), f"random-{size}")
         return method
+
+    def _load(self, source: str) -> SDParts:
+        return load_parts(source, self.device, self.dtype)
 
     def parts(self) -> SDParts:
         """The loaded components (loaded on first use, shared with other methods through the cache)."""
-        if self._parts is None:
-            self._parts = load_parts(self.source(), self.device, self.dtype)
-        return self._parts
+        return self.load()
 
     def harmonize(self, request: HarmonizationRequest, progress: Progress) -> HarmonizationResult:
         width, height = request.size
         size = working_size(width, height, self.settings.resolution)
-        progress(0.0, "freepih: loading Stable Diffusion" if self._parts is None else "freepih: preparing")
+        progress(0.0, "freepih: loading Stable Diffusion" if self.loaded() is None else "freepih: preparing")
         parts = self.parts()
         image = to_tensor(imaging.resize_rgb(request.composite, size))
         mask = torch.tensor(imaging.resize_mask(request.mask, size))[None, None].float()

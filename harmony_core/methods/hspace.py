@@ -15,11 +15,13 @@ the input size and `Method.run` pastes it into the object only.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import cv2
@@ -30,7 +32,8 @@ from harmony_core import imaging
 from harmony_core.diffusion import components, ddim
 from harmony_core.diffusion.pixels import to_tensor, to_uint8
 from harmony_core.errors import InputError
-from harmony_core.registry import Availability, Method, Progress, register
+from harmony_core.model_method import ModelMethod
+from harmony_core.registry import Progress, register
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 WEIGHTS_ENV = "HARMONY_HSPACE_WEIGHTS"
@@ -58,6 +61,9 @@ class HSpaceSettings:
     t_boost: int = 200       # quality boosting: eta = 1 at schedule steps with t <= t_boost
     dt_lambda: float = 1.0   # direction-term scale for t >= dt_lambda_from (0.9985 in face presets)
     dt_lambda_from: int = 950
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         checks = [
@@ -135,12 +141,39 @@ class Inversion:
     h: dict[int, torch.Tensor]
 
 
+@dataclass
+class DDPM:
+    """The loaded model: the UNet and the alpha-bar of its checkpoint's scheduler config."""
+
+    unet: torch.nn.Module
+    alphas_cumprod: torch.Tensor
+    num_train_timesteps: int = 1000
+
+    @classmethod
+    def of(cls, unet: torch.nn.Module, scheduler_config: dict[str, Any] | None = None) -> "DDPM":
+        ac = ddim.alphas_cumprod_from_config(scheduler_config)
+        return cls(unet, ac, len(ac))
+
+
+def scheduler_config(folder: Path) -> dict[str, Any] | None:
+    """The checkpoint's scheduler config (root or scheduler/ subfolder), None when it has none."""
+    for path in (folder / "scheduler_config.json", folder / "scheduler" / "scheduler_config.json"):
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
 @register
-class HSpace(Method):
+class HSpace(ModelMethod):
     name = "hspace"
     family = "diffusion"
     title = "h-space content injection (DiffStyle)"
     summary = "training-free: the object's h-space content injected into a DDPM generation of the background's style"
+    weights_env = WEIGHTS_ENV
+    default_weights = DEFAULT_WEIGHTS
+    required_files = REQUIRED_FILES
+    how_to_set = HOW_TO_SET
+    settings_class = HSpaceSettings
 
     def __init__(self, settings: HSpaceSettings | None = None, *, weights: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
@@ -148,35 +181,26 @@ class HSpace(Method):
         """settings, or any of its fields as keyword arguments (`HSpace(n_gen=200)`).
 
         weights: a local folder or Hub id (default: $HARMONY_HSPACE_WEIGHTS, else google/ddpm-ema-church-256).
-        unet: an already-built UNet2DModel (tests, random-weight benchmarks); weights are then not loaded.
+        unet: an already-built UNet2DModel (tests, random-weight benchmarks); weights are then not
+        loaded and the DDPM paper's linear betas are used.
         dtype: float32 by default on every device — DDIM inversion accumulates rounding over 50+ steps.
         """
-        names = {f.name for f in fields(HSpaceSettings)}
-        unknown = set(overrides) - names
-        if unknown:
-            raise InputError(f"hspace has no option {', '.join(sorted(unknown))}; options: {', '.join(sorted(names))}")
-        self.settings = replace(settings or HSpaceSettings(), **overrides)
-        self.settings.validate()
-        self.device = str(torch.device(device or (unet.device if unet is not None else components.default_device())))
-        self.dtype = dtype
-        self._weights = weights
-        self._unet = None if unet is None else unet.to(self.device) if unet.dtype == dtype else unet.to(self.device, dtype)
-        self.weights_source = weights_label or ("injected model" if unet is not None else self.source())
+        super().__init__(weights, device or (unet.device if unet is not None else None), dtype, settings, **overrides)
         self._cache: OrderedDict[str, Inversion] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache_lock = threading.Lock()
         self.cache_hits = 0
+        if unet is not None:
+            unet = unet.to(self.device) if unet.dtype == dtype else unet.to(self.device, dtype)
+            self.adopt(DDPM.of(unet), weights_label or "injected model")
 
-    def source(self) -> str:
-        """The weights to load: the `weights` argument, else $HARMONY_HSPACE_WEIGHTS, else the church DDPM."""
-        return components.configured_source(self._weights, WEIGHTS_ENV) or DEFAULT_WEIGHTS
+    def default_dtype(self, device: str) -> torch.dtype:
+        return torch.float32  # DDIM inversion accumulates rounding over 50+ steps
 
     def set_weights(self, source: str | os.PathLike | None) -> None:
         """Load from `source` (folder or Hub id; None: back to the default) on the next run."""
-        with self._lock:
-            self._weights = source
-            self._unet = None
+        super().set_weights(source)
+        with self._cache_lock:
             self._cache.clear()
-            self.weights_source = self.source()
 
     @classmethod
     def random_weights(cls, scale: str = "full", device: str | torch.device | None = None, **options: Any) -> "HSpace":
@@ -187,23 +211,17 @@ class HSpace(Method):
         label = f"random weights ({'google/ddpm-*-256 architecture' if scale == 'full' else 'tiny'})"
         return cls(unet=unet, device=device, weights_label=label, **options)
 
-    def available(self) -> Availability:
-        if self._unet is not None:
-            return Availability(True)
-        return components.check(self.source(), REQUIRED_FILES, HOW_TO_SET)
+    def _load(self, source: str) -> DDPM:
+        from diffusers import UNet2DModel
 
-    def parameters(self) -> dict[str, Any]:
-        return {**asdict(self.settings), "dtype": components.dtype_name(self.dtype)}
+        folder = components.resolve(source)
+        subfolder = "unet" if (folder / "unet" / "config.json").is_file() else None
+        unet = components.load(UNet2DModel, folder, subfolder, self.dtype, self.device)
+        return DDPM.of(unet, scheduler_config(folder))
 
     def unet(self) -> torch.nn.Module:
         """The UNet2DModel, loaded once through the shared cache."""
-        if self._unet is None:
-            from diffusers import UNet2DModel
-
-            folder = components.resolve(self.source())
-            subfolder = "unet" if (folder / "unet" / "config.json").is_file() else None
-            self._unet = components.load(UNet2DModel, folder, subfolder, self.dtype, self.device)
-        return self._unet
+        return self.load().unet
 
     # --- inversion with a bounded cache ------------------------------------------------------
 
@@ -216,13 +234,13 @@ class HSpace(Method):
     def invert(self, image: np.ndarray, on_step: Callable[[], None] | None = None) -> tuple[Inversion, bool]:
         """DDIM inversion (eta 0) of an image, from the cache when the same bytes were inverted before."""
         key = self._cache_key(image)
-        with self._lock:
+        with self._cache_lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 self.cache_hits += 1
                 return self._cache[key], True
         result = self._invert(image, on_step)
-        with self._lock:
+        with self._cache_lock:
             self._cache[key] = result
             while len(self._cache) > CACHE_ENTRIES:
                 self._cache.popitem(last=False)
@@ -232,9 +250,9 @@ class HSpace(Method):
     def _invert(self, image: np.ndarray, on_step: Callable[[], None] | None) -> Inversion:
         from harmony_core.diffusion import unet_parts
 
-        unet = self.unet()
-        ac = ddim.alphas_cumprod_from_betas(ddim.linear_betas())
-        steps = ddim.evenly_spaced(self.settings.n_inv)
+        ddpm = self.load()
+        unet, ac = ddpm.unet, ddpm.alphas_cumprod
+        steps = ddim.evenly_spaced(self.settings.n_inv, ddpm.num_train_timesteps)
         x0 = to_tensor(imaging.resize_rgb(image, (unet.config.sample_size,) * 2), self.device)
         h: dict[int, torch.Tensor] = {}
 
@@ -258,10 +276,10 @@ class HSpace(Method):
         from harmony_core.diffusion import unet_parts
 
         s = self.settings
-        unet = self.unet()
-        ac = ddim.alphas_cumprod_from_betas(ddim.linear_betas())
-        generation = ddim.evenly_spaced(s.n_gen)
-        schedule = schedule_steps(generation, s.n_inject)
+        ddpm = self.load()
+        unet, ac = ddpm.unet, ddpm.alphas_cumprod
+        generation = ddim.evenly_spaced(s.n_gen, ddpm.num_train_timesteps)
+        schedule = schedule_steps(generation, s.n_inject, ddpm.num_train_timesteps)
         content_steps = sorted(content.h)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         x = style.x_T.clone()

@@ -16,7 +16,6 @@ Contribution maps (paper fig. 5), all sized like the input, in [0, 1], zero on t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,9 @@ import torch.nn.functional as F
 from harmony_core import imaging
 from harmony_core.methods.classical import poisson_affine
 from harmony_core.models.ptl_net import CONFIG_NAME, WEIGHTS_NAME, PTLNet, PTLOutput, apply_affine
-from harmony_core.registry import Availability, Method, Progress, register
+from harmony_core.diffusion import components
+from harmony_core.model_method import ModelMethod
+from harmony_core.registry import Progress, register
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "ptl"
@@ -82,32 +83,34 @@ def full_resolution(output: PTLOutput, small: torch.Tensor, composite: np.ndarra
 
 
 @register
-class PTLMethod(Method):
+class PTLMethod(ModelMethod):
     name = "ptl"
     family = "network"
     title = "Regional reference network (LTL + PTL)"
     summary = ("Each object location takes its colour statistics from content-related background regions "
                "(the shipped weights are undertrained: see weights/ptl/README.md).")
+    weights_env = WEIGHTS_ENV
+    default_weights = str(SHIPPED_WEIGHTS)
+    required_files = (CONFIG_NAME, WEIGHTS_NAME)
+    how_to_set = (f"the environment variable {WEIGHTS_ENV}, `--weights ptl=SOURCE` or PTLMethod(weights=...) "
+                  "/ set_weights")
+    missing_help = "Train with `python -m harmony_core train-ptl --export FOLDER` and point one of those at FOLDER"
 
-    def __init__(self, weights: str | Path | None = None, device: str | None = None) -> None:
-        self.weights = Path(weights or os.environ.get(WEIGHTS_ENV) or SHIPPED_WEIGHTS)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.weights_source = str(self.weights)
-        self._model: PTLNet | None = None
+    def default_dtype(self, device: str) -> torch.dtype:
+        return torch.float32  # a small network: fp32 everywhere
 
-    def available(self) -> Availability:
-        missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (self.weights / name).is_file()]
-        if missing:
-            return Availability(False, f"weights missing: {', '.join(missing)} not found in '{self.weights}' "
-                                       f"(train with `python -m harmony_core train-ptl --export FOLDER` "
-                                       f"and point {WEIGHTS_ENV} at FOLDER)")
-        return Availability(True)
+    @property
+    def weights(self) -> Path:
+        """The configured weights folder (or Hub id)."""
+        return Path(self.source())
+
+    def _load(self, source: str) -> PTLNet:
+        return PTLNet.from_pretrained(components.resolve(source), device=self.device, dtype=self.dtype)
 
     @property
     def model(self) -> PTLNet:
-        if self._model is None:
-            self._model = PTLNet.from_pretrained(self.weights, device=self.device)
-        return self._model
+        """The network, loaded on first use."""
+        return self.load()
 
     def parameters(self) -> dict[str, Any]:
         return {"network_size": self.model.config.image_size, "width": self.model.config.width}

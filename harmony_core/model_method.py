@@ -1,0 +1,195 @@
+"""One lifecycle for every method that loads weights (ptl, diffharmony, freepih, hspace).
+
+A `ModelMethod` declares where its weights may come from and what they must contain; the base
+does the rest, the same way for all of them:
+
+- **Source**, first that is set: the constructor's `weights` argument (which `set_weights`, the
+  organiser's override, replaces), the method's environment variable (`weights_env`), the
+  default Hub id or folder (`default_weights`, may be None). A local folder is used as is; a
+  Hub id comes from the local Hugging Face cache (see `diffusion/components.py`).
+- **available()** checks the declared `required_files` without loading or downloading anything;
+  the reason says what is missing and where to set another source (`how_to_set`, `missing_help`).
+- **load()**: one lazy load per source under a lock shared by the instance and its copies.
+- **Device / dtype**: cuda when visible, else cpu; fp16 on cuda and fp32 on the cpu unless the
+  method says otherwise (`default_dtype`).
+- **Settings**: a frozen dataclass (`settings_class`) built and validated once; an unknown key is
+  an InputError. `with_settings(...)` gives a copy for one request (or one benchmark row) that
+  shares the loaded model; the shared instance is never changed per user.
+- **weights_source**: what the result's metadata records.
+
+Subclasses implement `_load(source)` (and `harmonize`); `_check(folder)` may add checks of the
+files' content, `adopt(model, label)` installs an already-built model (random weights, tests).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import threading
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+from harmony_core.diffusion import components
+from harmony_core.errors import InputError, MethodUnavailable
+from harmony_core.registry import Method
+from harmony_core.types import Availability
+
+Settings = TypeVar("Settings")
+M = TypeVar("M", bound="ModelMethod")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoSettings:
+    """The settings of a method that has none (every option is an unknown key)."""
+
+
+def make_settings(owner: str, settings_class: type[Settings], base: Settings | None, changes: dict[str, Any]) -> Settings:
+    """`base` (default: the class's defaults) with `changes`, validated by the dataclass itself;
+    an unknown key or a bad value is an InputError that names the method and its options."""
+    names = [f.name for f in dataclasses.fields(settings_class)]
+    unknown = sorted(set(changes) - set(names))
+    if unknown:
+        options = ", ".join(sorted(names)) or "none"
+        raise InputError(f"{owner} has no option {', '.join(unknown)}; options: {options}")
+    try:
+        return dataclasses.replace(base if base is not None else settings_class(), **changes)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{owner}: {exc}") from None
+
+
+class _WeightsState:
+    """What an instance and its `with_settings` copies share: the source, the loaded model, the lock."""
+
+    def __init__(self, explicit: str | os.PathLike | None) -> None:
+        self.lock = threading.RLock()
+        self.explicit = explicit
+        self.model: Any = None
+        self.loaded_from: str | None = None
+
+
+class ModelMethod(Method):
+    """A method backed by a model whose weights come from a folder or Hub id (module docstring)."""
+
+    weights_env: ClassVar[str]
+    """Environment variable naming the weights (folder or Hub id)."""
+    default_weights: ClassVar[str | None] = None
+    """Used when neither the argument / set_weights nor the environment variable names a source."""
+    required_files: ClassVar[tuple[str, ...]] = ()
+    """Paths the weights folder must hold ('|' separates alternatives, globs allowed)."""
+    how_to_set: ClassVar[str]
+    """Where a user sets the source, quoted in every reason."""
+    missing_help: ClassVar[str] = ""
+    """Appended to the reason when the weights cannot be used (where to get them)."""
+    settings_class: ClassVar[type] = NoSettings
+
+    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None, settings: Any = None, **overrides: Any) -> None:
+        """weights: a folder or Hub id (None: the environment variable, else the default).
+        device / dtype: None follows the policy above. settings, or any of its fields as keyword
+        arguments (`HSpace(n_gen=200)`)."""
+        self.settings = make_settings(self.name, self.settings_class, settings, overrides)
+        self._state = _WeightsState(weights)
+        self._device = None if device is None else str(torch.device(device))
+        self._dtype = dtype
+
+    # --- settings ------------------------------------------------------------------------------
+
+    def with_settings(self: M, **changes: Any) -> M:
+        """A copy with other settings (validated) that shares this instance's weights and loaded
+        model: how one request or one benchmark row runs with its own settings."""
+        other = copy.copy(self)
+        other.settings = make_settings(self.name, self.settings_class, self.settings, changes)
+        return other
+
+    def configure(self, **changes: Any) -> None:
+        """Replace this instance's default settings (validated, as a new frozen object): for the
+        organiser, the command line and tests, never per user (use `with_settings`)."""
+        self.settings = make_settings(self.name, self.settings_class, self.settings, changes)
+
+    def parameters(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self.settings), "dtype": components.dtype_name(self.dtype)}
+
+    # --- where the weights come from ------------------------------------------------------------
+
+    def source(self) -> str | None:
+        """The weights to use: the argument / set_weights, else $weights_env, else `default_weights`."""
+        return components.configured_source(self._state.explicit, self.weights_env) or self.default_weights
+
+    def set_weights(self, source: str | os.PathLike | None) -> None:
+        """Use weights from `source` (a folder or Hub id) from the next run on; None or "" falls back
+        to the environment variable / default. The loaded model is dropped (reloaded lazily)."""
+        with self._state.lock:
+            self._state.explicit = source
+            self._state.model = None
+            self._state.loaded_from = None
+
+    @property
+    def weights_source(self) -> str:  # type: ignore[override]
+        """The loaded source (else the configured one), as the result's metadata records it."""
+        return self._state.loaded_from or self.source() or "none"
+
+    @property
+    def device(self) -> str:  # type: ignore[override]
+        return self._device or components.default_device()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype or self.default_dtype(self.device)
+
+    def default_dtype(self, device: str) -> torch.dtype:
+        """fp16 on cuda, fp32 on the cpu; a method that needs fp32 everywhere overrides this."""
+        return components.default_dtype(device)
+
+    # --- availability and loading ---------------------------------------------------------------
+
+    def loaded(self) -> Any:
+        """The model loaded from the current source, or None when it is not loaded (yet)."""
+        state = self._state
+        model, loaded_from = state.model, state.loaded_from
+        return model if model is not None and loaded_from == self.source() else None
+
+    def available(self) -> Availability:
+        if self.loaded() is not None:
+            return Availability(True)
+        source = self.source()
+        found = components.check(source, self.required_files, self.how_to_set)
+        if not found:
+            reason = "no weights configured" if source is None and self.missing_help else found.reason
+            return Availability(False, f"{reason}. {self.missing_help}" if self.missing_help else reason)
+        if components.is_hub_id(source) and components.downloads_allowed() and found.reason:
+            return found  # not fetched yet: the files are checked when they are loaded
+        return self._check(components.resolve(source), found)
+
+    def _check(self, folder: Any, found: Availability) -> Availability:
+        """More checks of a folder that has the required files (e.g. a model's shape); default none."""
+        return found
+
+    def load(self) -> Any:
+        """The model, loaded once per source (under the lock; every copy shares it)."""
+        state = self._state
+        with state.lock:
+            model = self.loaded()
+            if model is not None:
+                return model
+            availability = self.available()
+            if not availability:
+                raise MethodUnavailable(f"{self.name} cannot run here: {availability.reason}")
+            source = self.source()
+            state.model = self._load(source)
+            state.loaded_from = source
+            return state.model
+
+    def _load(self, source: str) -> Any:
+        """Build the model from `source` (a folder or Hub id that `available` accepted) on
+        `self.device` in `self.dtype`."""
+        raise NotImplementedError
+
+    def adopt(self, model: Any, label: str) -> None:
+        """Use an already-built model (random weights, tests); `label` becomes its weights source."""
+        with self._state.lock:
+            self._state.explicit = self._state.loaded_from = label
+            self._state.model = model

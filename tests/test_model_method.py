@@ -1,0 +1,120 @@
+"""The one lifecycle of model-backed methods (harmony_core/model_method.py), the same for all four."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from harmony_core import imaging
+from harmony_core.cli import main
+from harmony_core.diffusion import ddim, tiny
+from harmony_core.errors import InputError
+from harmony_core.methods.diffharmony import DiffHarmony
+from harmony_core.methods.freepih import FreePIH
+from harmony_core.methods.hspace import HSpace, scheduler_config
+from harmony_core.methods.ptl import WEIGHTS_ENV as PTL_ENV
+from harmony_core.methods.ptl import PTLMethod
+from harmony_core.model_method import ModelMethod
+from harmony_core.models.ptl_net import PTLConfig, PTLNet
+from harmony_core.registry import get_method, weighted_methods
+
+
+def test_the_methods_that_take_weights_are_the_model_methods():
+    assert set(weighted_methods()) == {"ptl", "hspace", "diffharmony", "freepih"}
+    assert all(isinstance(get_method(name), ModelMethod) for name in weighted_methods())
+    assert "reinhard" not in weighted_methods()
+
+
+@pytest.mark.parametrize("build", [lambda: DiffHarmony(stepz=3), lambda: FreePIH(n_gen=3),
+                                   lambda: HSpace(resolution=3), lambda: PTLMethod(steps=1)])
+def test_an_unknown_option_is_an_input_error_everywhere(build):
+    with pytest.raises(InputError, match="has no option"):
+        build()
+
+
+def test_bad_values_are_input_errors_and_settings_are_frozen():
+    with pytest.raises(InputError, match="resolution"):
+        DiffHarmony(resolution=100)
+    with pytest.raises(InputError, match="steps"):
+        DiffHarmony().with_settings(steps=0)
+    method = DiffHarmony(steps=2)
+    with pytest.raises(Exception):
+        method.settings.steps = 3  # frozen
+
+
+def test_with_settings_is_a_copy_sharing_the_loaded_model(tmp_path):
+    folder = tmp_path / "ptl"
+    torch.manual_seed(0)
+    PTLNet(PTLConfig(width=0.25)).save_pretrained(folder)
+    shared = HSpace.random_weights("tiny", "cpu", n_gen=7)
+    copy = shared.with_settings(n_gen=3)
+    assert shared.settings.n_gen == 7 and copy.settings.n_gen == 3  # the shared instance is unchanged
+    assert copy.unet() is shared.unet() and copy.weights_source == shared.weights_source
+    ptl = PTLMethod(weights=folder, device="cpu")
+    other = ptl.with_settings()
+    assert other.model is ptl.model  # loaded once, for both
+    ptl.set_weights(tmp_path / "nowhere")  # the organiser's override reaches the copies too
+    assert not other.available() and "does not exist" in other.available().reason
+
+
+def test_weights_source_order_argument_then_environment_then_default(tmp_path, monkeypatch):
+    monkeypatch.delenv(PTL_ENV, raising=False)
+    assert PTLMethod().source() == PTLMethod.default_weights
+    monkeypatch.setenv(PTL_ENV, str(tmp_path / "env"))
+    assert PTLMethod().source() == str(tmp_path / "env")
+    method = PTLMethod(weights=tmp_path / "arg")
+    assert method.source() == str(tmp_path / "arg")
+    method.set_weights(tmp_path / "override")
+    assert method.source() == str(tmp_path / "override")
+    method.set_weights(None)
+    assert method.source() == str(tmp_path / "env")
+    reason = method.available().reason
+    assert PTL_ENV in reason and "--weights ptl=" in reason and "train-ptl" in reason
+
+
+def test_cli_weights_flag_works_for_ptl(tmp_path, monkeypatch):
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "ptl"
+    torch.manual_seed(1)
+    PTLNet(PTLConfig(width=0.25)).save_pretrained(folder)
+    shared = get_method("ptl")
+    try:
+        code = main(["harmonize", "--composite", str(ROOT / "examples" / "cat_composite.jpg"), "--mask",
+                     str(ROOT / "examples" / "cat_mask.png"), "--method", "ptl", "--weights", f"ptl={folder}",
+                     "--out", str(tmp_path / "out")])
+        assert code == 0
+        report = json.loads((tmp_path / "out" / "results.json").read_text())
+        assert report["results"]["ptl"]["metadata"]["weights"] == str(folder)
+        assert report["results"]["ptl"]["metadata"]["parameters"]["width"] == 0.25
+    finally:
+        shared.set_weights(None)
+    assert main(["harmonize", "--composite", "c", "--mask", "m", "--method", "reinhard",
+                 "--weights", f"reinhard={folder}", "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_hspace_reads_the_beta_schedule_from_the_checkpoint(tmp_path):
+    folder = tiny.save_tiny_ddpm(tmp_path / "ddpm", seed=0)
+    config = scheduler_config(folder)
+    assert config["beta_schedule"] == "linear"
+    linear = ddim.alphas_cumprod_from_betas(ddim.linear_betas())
+    assert torch.equal(ddim.alphas_cumprod_from_config(config), linear)  # google/ddpm-*: unchanged
+    assert torch.equal(ddim.alphas_cumprod_from_config(None), linear)
+    method = HSpace(weights=folder, device="cpu", n_inv=5, n_gen=5, n_inject=5)
+    assert torch.equal(method.load().alphas_cumprod, linear)
+    scaled = {**config, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    (folder / "scheduler_config.json").write_text(json.dumps(scaled))
+    other = HSpace(weights=folder, device="cpu", n_inv=5, n_gen=5, n_inject=5)
+    from diffusers import DDPMScheduler
+
+    expected = DDPMScheduler(**{k: scaled[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")})
+    assert torch.allclose(other.load().alphas_cumprod, expected.alphas_cumprod.double(), atol=1e-6)
+    request = imaging.load_rgb(np.full((32, 32, 3), 120, np.uint8))
+    from harmony_core.types import HarmonizationRequest
+
+    mask = np.zeros((32, 32), bool)
+    mask[8:20, 8:20] = True
+    assert other.run(HarmonizationRequest(composite=request, mask=mask)).image.shape == (32, 32, 3)
