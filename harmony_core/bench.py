@@ -14,7 +14,7 @@ import threading
 import time
 import tracemalloc
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import cv2
 import numpy as np
@@ -23,6 +23,8 @@ import psutil
 from harmony_core.errors import InputError
 from harmony_core.registry import Method, get_method
 from harmony_core.types import HarmonizationRequest
+
+T = TypeVar("T")
 
 
 def synthetic_request(size: int, seed: int = 0) -> HarmonizationRequest:
@@ -40,15 +42,21 @@ def synthetic_request(size: int, seed: int = 0) -> HarmonizationRequest:
 
 def peak_memory_mb(fn: Callable[[], object], device: str = "cpu", interval: float = 0.001) -> float:
     """Peak extra memory (MB) that `fn()` needed, measured as described in the module docstring."""
+    return measure_peak(fn, device, interval)[1]
+
+
+def measure_peak(fn: Callable[[], T], device: str = "cpu", interval: float = 0.001) -> tuple[T, float]:
+    """(fn(), its peak memory in MB): the growth over the memory in use when it started, never
+    an absolute level, so the number is what the call itself needed (the studio reports the same)."""
     if device.startswith("cuda"):
         import torch
 
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
-        fn()
+        value = fn()
         torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - start) / 2**20
+        return value, (torch.cuda.max_memory_allocated() - start) / 2**20
     process = psutil.Process()
     baseline = process.memory_info().rss
     peak_rss = baseline
@@ -64,14 +72,14 @@ def peak_memory_mb(fn: Callable[[], object], device: str = "cpu", interval: floa
     sampler.start()
     tracemalloc.start()
     try:
-        fn()
+        value = fn()
         _, traced_peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
         done.set()
         sampler.join()
     peak_rss = max(peak_rss, process.memory_info().rss)
-    return max(traced_peak, peak_rss - baseline) / 2**20
+    return value, max(traced_peak, peak_rss - baseline) / 2**20
 
 
 @dataclass

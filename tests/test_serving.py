@@ -1,18 +1,131 @@
-"""Scratch folders for files the studio shows or offers: fresh each time, old ones swept."""
+"""One path for running a method (serve), and the ZeroGPU call as plain picklable data."""
 
-import os
-import time
+import importlib
+import pickle
 
+import numpy as np
+import pytest
+
+from harmony_core import registry
+from harmony_core.registry import Method, method_names
 from harmony_core.studio import serving
+from harmony_core.studio.serving import Job
+from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 
-def test_scratch_folders_are_fresh_and_old_ones_are_removed(tmp_path, monkeypatch):
-    monkeypatch.setattr(serving, "SCRATCH_ROOT", tmp_path / "scratch")
-    old = serving.scratch_folder("votes-")
-    (old / "votes.csv").write_text("x")
-    recent = serving.scratch_folder("blind-")
-    assert old != recent and old.parent == recent.parent == tmp_path / "scratch"
-    stale = time.time() - serving.SCRATCH_MAX_AGE_S - 60
-    os.utime(old, (stale, stale))
-    newest = serving.scratch_folder("votes-")
-    assert not old.exists() and recent.is_dir() and newest.is_dir()
+class Mapper(Method):
+    """Reports progress and returns a map, like ptl."""
+
+    name, family, title, summary = "test-serving-mapper", "network", "x", "x"
+
+    def harmonize(self, request, progress):
+        progress(0.5, "halfway")
+        return HarmonizationResult(request.composite.copy(), {"map": (~request.mask).astype(np.float32)},
+                                   {"prompt": request.prompt, "style": request.background is not None})
+
+
+class Exploding(Method):
+    name, family, title, summary = "test-serving-oom", "network", "x", "x"
+
+    def harmonize(self, request, progress):
+        import torch
+
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+
+class Missing(Method):
+    name, family, title, summary = "test-serving-missing", "network", "x", "x"
+
+    def available(self):
+        return Availability(False, "weights missing. Put them in weights/x; or set X")
+
+    def harmonize(self, request, progress):
+        raise AssertionError("must not run")
+
+
+@pytest.fixture
+def methods(monkeypatch):
+    for cls in (Mapper, Exploding, Missing):
+        monkeypatch.setitem(registry._FACTORIES, cls.name, cls)
+        monkeypatch.delitem(registry._INSTANCES, cls.name, raising=False)
+
+
+@pytest.fixture
+def request_(scene):
+    real, composite, mask = scene
+    return HarmonizationRequest(composite, mask, background=real, prompt="a red box", seed=3, point=(50, 40))
+
+
+def test_the_gpu_calls_inputs_and_outputs_pickle(methods, request_):
+    job = pickle.loads(pickle.dumps(Job.of(Mapper.name, request_)))
+    assert job.settings == {"seed": 3, "prompt": "a red box", "point": (50, 40)}
+    events = [pickle.loads(pickle.dumps(e)) for e in serving.job_events(job)]
+    assert events[0][:2] == ("progress", 0.0) and ("progress", 0.5, "halfway") in events
+    kind, image, maps, metadata = events[-1]
+    assert kind == "done" and isinstance(image, np.ndarray) and isinstance(maps["map"], np.ndarray)
+    assert metadata["prompt"] == "a red box" and metadata["style"] and metadata["peak_memory"].endswith(" MB")
+
+
+def test_serve_through_a_simulated_zero_gpu_boundary(methods, request_, monkeypatch):
+    """run() as on ZeroGPU: the job and every event cross a pickle boundary; progress still arrives."""
+    def worker(job):
+        for event in serving.job_events(pickle.loads(pickle.dumps(job))):
+            yield pickle.loads(pickle.dumps(event))
+
+    monkeypatch.setattr(serving, "ON_GPU", worker)
+    seen = []
+    result, row = serving.serve(Mapper.name, request_, lambda f, m: seen.append((f, m)))
+    assert row.state == "done" and row.cells()[:2] == [Mapper.name, "done"]
+    assert np.array_equal(result.image, request_.composite) and (0.5, "halfway") in seen
+    with pytest.raises(RuntimeError):  # an exception in the worker reaches the caller
+        list(serving.job_events(Job(Exploding.name, request_.composite, request_.mask)))
+
+
+def test_serve_reports_instead_of_raising(methods, request_):
+    result, row = serving.serve(Missing.name, request_, lambda f, m: None)
+    assert result is None and row.state == "not available" and row.cells()[1].startswith("not available: weights missing")
+    result, row = serving.serve(Exploding.name, request_, lambda f, m: None)
+    assert result is None and row.reason == serving.OUT_OF_MEMORY  # recognized by type
+
+
+def test_out_of_memory_is_recognized_by_type_not_name():
+    import torch
+
+    class OutOfMemoryError(Exception):  # same name, other type
+        pass
+
+    assert serving.is_out_of_memory(torch.OutOfMemoryError("x")) and serving.is_out_of_memory(MemoryError())
+    assert not serving.is_out_of_memory(OutOfMemoryError())
+
+
+def test_gpu_duration_covers_every_method(scene):
+    _, composite, mask = scene
+    small, large = Job("x", composite, mask), Job("x", np.zeros((1024, 1024, 3), np.uint8), np.eye(1024, dtype=bool))
+    assert set(method_names()) <= set(serving.GPU_COSTS)
+    for name in method_names():
+        seconds = [serving.gpu_seconds(Job(name, j.composite, j.mask)) for j in (small, large)]
+        assert all(isinstance(s, int) and 0 < s <= serving.GPU_SECONDS_MAX for s in seconds), (name, seconds)
+        assert seconds[0] <= seconds[1]
+    assert serving.gpu_seconds(Job("poisson", large.composite, large.mask)) > serving.gpu_seconds(Job("poisson", composite, mask))
+
+
+def test_availability_is_a_typed_row_with_a_one_line_reason(methods):
+    rows = {s.method: s for s in serving.method_statuses()}
+    assert rows["reinhard"].runnable is True and rows["reinhard"].reason == ""
+    assert rows[Missing.name].runnable is False and rows[Missing.name].short_reason == "weights missing"
+
+
+def test_spaces_is_installed_and_a_no_op_outside_a_space(monkeypatch):
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    spaces = importlib.import_module("spaces")
+    assert spaces.GPU(duration=serving.gpu_seconds)(serving.job_events) is serving.job_events
+    assert not serving.on_zero_gpu() and serving.ON_GPU is None and serving.preload() == []
+
+
+def test_the_app_starts_with_spaces_installed(tmp_path):
+    import spaces  # noqa: F401  (installed, as on a Space)
+    from app import build_app
+
+    demo = build_app(max_side=256, votes_dir=tmp_path)
+    assert {"compare", "export", "vote_both_good", "vote_both_bad", "study_view"} <= {
+        d.api_name for d in demo.fns.values() if d.api_name}

@@ -1,48 +1,62 @@
-"""The Compare tab: run the chosen methods one after another and report as each finishes."""
+"""The Compare tab: run the chosen methods one after another and report as each finishes; export."""
 
 from __future__ import annotations
 
+import html
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from harmony_core import imaging
-from harmony_core.errors import HarmonyError, InputError, MethodUnavailable
+from harmony_core import export, imaging
+from harmony_core.errors import InputError
 from harmony_core.metrics import ImageMetrics, image_metrics
-from harmony_core.registry import Progress, availability_table, get_method, resolve_methods
+from harmony_core.registry import Progress, get_method, resolve_methods
 from harmony_core.studio.compose import finish
-from harmony_core.studio.serving import failure_reason, run_method
+from harmony_core.studio.scratch import scratch_folder
+from harmony_core.studio.serving import STATUS_COLUMNS, MethodStatus, method_statuses, serve
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 log = logging.getLogger(__name__)
 
-STATUS_COLUMNS = ["method", "status", "seconds", "device", "resolution", "seed", "steps", "peak memory", "weights"]
 METRIC_COLUMNS = ["method", "MSE", "fMSE", "PSNR", "fPSNR", "bMSE"]
+STYLE_METHOD = "hspace"
+"""The method that takes a style image (request.background)."""
+PROMPT_METHOD = "freepih"
+"""The method that reads the text prompt."""
 
 
-def method_choices(pointed: dict[str, str] | None = None) -> tuple[list[str], list[str], str]:
-    """(all method names, the ones that can run here, a Markdown note on the ones that cannot).
+def availability_note(statuses: list[MethodStatus], pointed: dict[str, str] | None = None) -> str:
+    """Markdown: one line per method that cannot run here, its full reason folded under it.
 
     pointed: methods a client just pointed at a weights source; their note names the source but
     never says why it failed (missing or lacking files), so the reply is no probe of the server's
     disk. The server log keeps the real reason."""
-    rows = availability_table()
-    runnable = [r["method"] for r in rows if r["available"] == "yes"]
-    missing = []
-    for r in rows:
-        if r["available"] == "yes":
+    lines = []
+    for status in statuses:
+        if status.runnable:
             continue
-        source = (pointed or {}).get(r["method"])
+        source = (pointed or {}).get(status.method)
         if source:
-            log.info("weights for %s from %r cannot be used: %s", r["method"], source, r["reason"])
-            missing.append(f"- **{r['method']}**: the weights '{source}' cannot be used here (give a folder "
-                           "with the model's files, or a Hub id; the server log says why)")
+            log.info("weights for %s from %r cannot be used: %s", status.method, source, status.reason)
+            short = "the weights you gave cannot be used here"
+            detail = (f"The weights '{source}' cannot be used here (give a folder with the model's files, or a "
+                      "Hub id; the server log says why).")
         else:
-            missing.append(f"- **{r['method']}**: {r['reason']}")
-    note = ("Not available here:\n" + "\n".join(missing)) if missing else "All methods can run here."
-    return [r["method"] for r in rows], runnable, note
+            short, detail = status.short_reason, status.reason
+        lines.append(f"<details><summary><strong>{status.method}</strong> cannot run here: {html.escape(short)}"
+                     f"</summary>\n\n{detail}\n\n</details>")
+    return ("\n".join(lines)) if lines else "All methods can run here."
+
+
+def method_choices(pointed: dict[str, str] | None = None) -> tuple[list[str], list[str], str]:
+    """(all method names, the ones that can run here, the availability note)."""
+    statuses = method_statuses()
+    return ([s.method for s in statuses], [s.method for s in statuses if s.runnable],
+            availability_note(statuses, pointed))
 
 
 WEIGHTED_METHODS = ("diffharmony", "freepih", "hspace")
@@ -66,20 +80,37 @@ def set_weights(sources: dict[str, str], allowed: bool) -> tuple[list[str], str]
 
 
 def build_request(composite: Any, mask: Any, names: Sequence[str] | None, max_side: int, ground_truth: Any = None,
-                  seed: int = 0, point: tuple[int, int] | None = None) -> tuple[HarmonizationRequest, list[str], list[str]]:
+                  seed: int = 0, point: tuple[int, int] | None = None, prompt: str = "",
+                  background: np.ndarray | None = None) -> tuple[HarmonizationRequest, list[str], list[str]]:
     """(request, method names, notes) for a Compare or Explain run on what a client sent.
 
     The same server-side checks as Compose whatever the client: images decoded by harmony_core
     (one clear message for an unreadable file), the long side capped at `max_side` (with a note),
-    the mask validated, method names checked and each run once (names=None: no methods to run)."""
+    the mask validated, method names checked and each run once (names=None: no methods to run).
+    background: the one Compose placed the object on (hspace's style image); dropped with a note
+    when it no longer fits the composite."""
     if composite is None or mask is None:
         raise InputError("Compose a composite first (Compose tab).")
     names = [] if names is None else resolve_methods(list(names))
     composed = finish(imaging.load_rgb(composite, "composite"), imaging.load_mask(mask, "mask"), max_side)
     gt = None if ground_truth is None else _ground_truth(imaging.load_rgb(ground_truth, "ground truth"), composed.composite)
+    notes = composed.notes
+    if background is not None and background.shape != composed.composite.shape:
+        background = None
+        notes.append(f"The background from Compose no longer matches the composite; {STYLE_METHOD} uses the composite as its style image.")
     request = HarmonizationRequest(composite=composed.composite, mask=composed.mask, ground_truth=gt,
-                                   seed=int(seed or 0), point=point)
-    return request, names, composed.notes
+                                   seed=int(seed or 0), point=point, prompt=str(prompt or "")[:500],
+                                   background=background)
+    return request, names, notes
+
+
+def inputs_note(background: np.ndarray | None) -> str:
+    """What the Compare tab says about the inputs besides the composite."""
+    if background is not None:
+        return (f"**{STYLE_METHOD}** takes its style from the background you placed the object on in Compose "
+                "(the other methods see only the composite).")
+    return (f"**{STYLE_METHOD}** takes its style from the composite itself; place a foreground on a background in "
+            "Compose to give it that background instead.")
 
 
 def _ground_truth(gt: np.ndarray, composite: np.ndarray) -> np.ndarray:
@@ -94,6 +125,17 @@ def _ground_truth(gt: np.ndarray, composite: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class CompareRun:
+    """A finished run, kept server-side for the blind vote and the export."""
+
+    composite: np.ndarray
+    mask: np.ndarray
+    ground_truth: np.ndarray | None
+    results: dict[str, HarmonizationResult]
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
 class CompareState:
     """What the Compare tab shows; updated and yielded after each method."""
 
@@ -101,47 +143,50 @@ class CompareState:
     status: list[list[str]] = field(default_factory=list)
     metrics: list[list[object]] = field(default_factory=list)
     results: dict[str, HarmonizationResult] = field(default_factory=dict)
-
-
-def _status_row(name: str, result: HarmonizationResult) -> list[str]:
-    m = result.metadata
-    return [name, "done", f"{m['seconds']:.2f}", m["device"], m["resolution"], str(m["seed"]),
-            str(m.get("steps", "")), m.get("peak_memory", ""), str(m["weights"])]
+    before_after: tuple[np.ndarray, np.ndarray] | None = None
+    finished: CompareRun | None = None
+    """Set on the last state only: a vote or an export needs every method's result."""
 
 
 def run_methods(request: HarmonizationRequest, names: list[str], progress: Progress) -> Iterator[CompareState]:
-    """Run each method, yielding the state once per method in order (the app relies on it); a
-    failure is reported in its status row and never stops the others."""
+    """Run each method, yielding the state once per method in order; a failure is reported in its
+    status row and never stops the others. The last state carries the finished run."""
     state = CompareState()
+    values: dict[str, dict[str, float]] = {}
     for i, name in enumerate(names):
-        method = get_method(name)
-
-        def scaled(fraction: float, message: str, i: int = i) -> None:
-            progress((i + fraction) / len(names), message)
-
-        try:
-            result = run_method(method, request, scaled)
-        except MethodUnavailable as exc:
-            state.status.append([name, f"not available: {exc}", *[""] * (len(STATUS_COLUMNS) - 2)])
-            yield state
-            continue
-        except HarmonyError as exc:
-            state.status.append([name, f"failed: {exc}", *[""] * (len(STATUS_COLUMNS) - 2)])
-            yield state
-            continue
-        except Exception as exc:  # never a stack trace in the UI; the server log keeps it
-            log.exception("method %s failed", name)
-            state.status.append([name, f"failed: {failure_reason(exc)}", *[""] * (len(STATUS_COLUMNS) - 2)])
-            yield state
-            continue
-        state.results[name] = result
-        state.gallery.append((result.image, f"{name} · {result.metadata['seconds']:.2f} s · {result.metadata['device']}"))
-        state.status.append(_status_row(name, result))
-        if request.ground_truth is not None:
-            values = image_metrics(result.image, request.ground_truth, request.mask, request.composite)
-            state.metrics.append([name, *_metric_values(values)])
+        result, row = serve(name, request, lambda f, m, i=i: progress((i + f) / len(names), m))
+        state.status.append(row.cells())
+        if result is not None:
+            state.results[name] = result
+            state.gallery.append((result.image, f"{name} · {result.metadata['seconds']:.2f} s · {result.metadata['device']}"))
+            if state.before_after is None and name != "composite":
+                state.before_after = (request.composite, result.image)
+            if request.ground_truth is not None:
+                measured = image_metrics(result.image, request.ground_truth, request.mask, request.composite)
+                values[name] = measured.as_dict()
+                state.metrics.append([name, *_metric_values(measured)])
+        if i == len(names) - 1:
+            state.finished = CompareRun(request.composite, request.mask, request.ground_truth, dict(state.results), values)
         yield state
 
 
 def _metric_values(m: ImageMetrics) -> list[object]:
     return [round(m.mse, 2), round(m.fmse, 2), round(m.psnr, 2), round(m.fpsnr, 2), round(m.bmse or 0.0, 4)]
+
+
+def export_run(run: CompareRun | None, zoom: bool = True) -> tuple[Path, Path]:
+    """(figure.png, results.zip) of a finished run, written to a fresh scratch folder."""
+    if run is None or not run.results:
+        raise InputError("Run the methods in **Compare** (and let the run finish), then export.")
+    timed = {name: (r.image, float(r.metadata.get("seconds", 0.0))) for name, r in run.results.items()}
+    figure = export.figure(export.columns_of(run.composite, timed, run.ground_truth), run.mask, zoom)
+    figure_png = export.png_bytes(figure)
+    report = {"results": {name: {"image": f"{name}.png", "metadata": r.metadata, **(
+        {"metrics": run.metrics[name]} if name in run.metrics else {})} for name, r in run.results.items()},
+        "composite": "composite.png", "mask": "mask.png", "figure": "figure.png"}
+    folder = scratch_folder("export-")
+    (folder / "figure.png").write_bytes(figure_png)
+    archive = folder / "harmony-results.zip"
+    archive.write_bytes(export.results_zip(run.composite, run.mask, {n: r.image for n, r in run.results.items()},
+                                           json.loads(json.dumps(report, default=str)), figure_png))
+    return folder / "figure.png", archive

@@ -18,6 +18,8 @@ class Composed:
     composite: np.ndarray
     mask: np.ndarray
     notes: list[str]
+    background: np.ndarray | None = None
+    """The background the object was placed on (path b), at the composite's size: hspace's style image."""
 
     @property
     def overlay(self) -> np.ndarray:
@@ -37,7 +39,8 @@ class Composed:
         return "\n\n".join(lines)
 
 
-def finish(composite: np.ndarray, mask: np.ndarray, max_side: int, notes: list[str] | None = None) -> Composed:
+def finish(composite: np.ndarray, mask: np.ndarray, max_side: int, notes: list[str] | None = None,
+           background: np.ndarray | None = None) -> Composed:
     """Match the mask to the composite, cap the size, validate: the one exit of every path."""
     notes = list(notes or [])
     if mask.shape != composite.shape[:2]:
@@ -49,10 +52,11 @@ def finish(composite: np.ndarray, mask: np.ndarray, max_side: int, notes: list[s
     if max(h, w) > max_side:
         composite = imaging.cap_long_side(composite, max_side)
         mask = imaging.cap_long_side(mask, max_side)
+        background = None if background is None else imaging.cap_long_side(background, max_side)
         nh, nw = composite.shape[:2]
         notes.append(f"The image was {w}x{h}; the studio works at most {max_side} px on the long side, so it was resized to {nw}x{nh}.")
     imaging.validate_pair(composite, mask)
-    return Composed(composite, mask, notes)
+    return Composed(composite, mask, notes, background)
 
 
 def from_upload(composite, mask, max_side: int = DEFAULT_MAX_SIDE) -> Composed:
@@ -72,8 +76,9 @@ def from_layers(background, foreground, foreground_mask=None, x: float = 0.5, y:
     rgba = imaging.load_rgba(foreground, "foreground")
     if foreground_mask is None and rgba[:, :, 3].min() == 255:
         raise InputError("The foreground has no transparency: upload a PNG with an alpha channel, or its mask.")
+    background = imaging.load_rgb(background, "background")
     composite, mask = imaging.place_foreground(background, rgba, x, y, scale, foreground_mask)
-    return finish(composite, mask, max_side)
+    return finish(composite, mask, max_side, background=background)
 
 
 def from_painting(editor_value: dict | None, max_side: int = DEFAULT_MAX_SIDE) -> Composed:
@@ -98,8 +103,9 @@ def from_painting(editor_value: dict | None, max_side: int = DEFAULT_MAX_SIDE) -
     return finish(composite, mask, max_side)
 
 
-def invert(composite, mask, max_side: int = DEFAULT_MAX_SIDE) -> Composed:
+def invert(composite, mask, max_side: int = DEFAULT_MAX_SIDE, background: np.ndarray | None = None) -> Composed:
+    """The same composite with the mask inverted (a placed composite keeps its background)."""
     if composite is None or mask is None:
         raise InputError("Compose a composite and its mask first, then invert the mask.")
     return finish(imaging.load_rgb(composite, "composite"), ~imaging.load_mask(mask, "mask"), max_side,
-                  ["The mask was inverted."])
+                  ["The mask was inverted."], background)

@@ -8,7 +8,6 @@ map with the word "point", and only such methods are re-run when the user clicks
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import cv2
@@ -19,12 +18,10 @@ from matplotlib.colorbar import ColorbarBase
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from harmony_core.errors import HarmonyError
+from harmony_core.errors import InputError
 from harmony_core.registry import Progress, get_method, method_names
-from harmony_core.studio.serving import failure_reason, run_method
+from harmony_core.studio.serving import serve
 from harmony_core.types import HarmonizationRequest
-
-log = logging.getLogger(__name__)
 
 COLORMAPS = ["inferno", "viridis", "magma", "coolwarm", "gray"]
 EXPLAINER = "ptl"
@@ -115,19 +112,10 @@ def explain(request: HarmonizationRequest, names: list[str], progress: Progress)
     """Run each method and collect its maps; a method that cannot run or has no maps gets a note."""
     out = Explained()
     for i, name in enumerate(names):
-        method = get_method(name)
-        state = method.available()
-        if not state:
-            out.notes.append(f"**{name}** cannot run here: {state.reason}")
-            continue
-        try:
-            result = run_method(method, request, lambda f, m, i=i: progress((i + f) / len(names), m))
-        except HarmonyError as exc:
-            out.notes.append(f"**{name}** failed: {exc}")
-            continue
-        except Exception as exc:  # the log keeps the trace; the user gets a sentence
-            log.exception("explain: %s failed", name)
-            out.notes.append(f"**{name}** failed: {failure_reason(exc)}")
+        result, row = serve(name, request, lambda f, m, i=i: progress((i + f) / len(names), m))
+        if result is None:
+            out.notes.append(f"**{name}** " + (f"cannot run here: {row.reason}" if row.state == "not available"
+                                              else f"failed: {row.reason}"))
             continue
         if not result.maps:
             out.notes.append(f"**{name}** returns no maps.")
@@ -139,6 +127,40 @@ def explain(request: HarmonizationRequest, names: list[str], progress: Progress)
                 continue
             out.panels.append(MapPanel(name, key, unit, note))
     return out
+
+
+def explain_point(previous: Explained | None, request: HarmonizationRequest, progress: Progress) -> Explained:
+    """The maps after a click on `request.point`: only methods with a point map re-run."""
+    if previous is None:
+        raise InputError("Press **Explain** first, then click a point.")
+    rerun = previous.point_methods()
+    if not rerun:
+        return Explained(previous.panels, ["None of the chosen methods has a point map; nothing to re-run."])
+    return merge(previous, explain(request, rerun, progress), rerun)
+
+
+@dataclass
+class ExplainView:
+    """What the tab shows for a set of maps: the chosen map over the composite, every map, notes."""
+
+    main: np.ndarray
+    labels: list[str]
+    chosen: str | None
+    overlays: list[tuple[np.ndarray, str]]
+    legend: np.ndarray
+    notes: str
+
+
+def render(result: Explained, composite: np.ndarray, point: tuple[int, int] | None, colormap: str,
+           opacity: float, chosen: str | None) -> ExplainView:
+    """Lay the maps over the composite (the chosen one, else the first, as the main view)."""
+    if result.panels and result.panels[0].values.shape != composite.shape[:2]:
+        raise InputError("The composite changed since these maps were made: press **Explain** again.")
+    labels = [p.label for p in result.panels]
+    chosen = chosen if chosen in labels else (labels[0] if labels else None)
+    overlays = [(overlay_map(composite, p.values, colormap, opacity, point), p.caption) for p in result.panels]
+    main = overlays[labels.index(chosen)][0] if chosen else composite
+    return ExplainView(main, labels, chosen, overlays, legend_image(colormap), "\n".join(f"- {n}" for n in result.notes))
 
 
 def merge(previous: Explained, fresh: Explained, rerun: list[str]) -> Explained:

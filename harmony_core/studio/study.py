@@ -12,20 +12,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from harmony_core import imaging
+from harmony_core import export, imaging
 from harmony_core.errors import InputError
 from harmony_core.studio import raters
-from harmony_core.studio.serving import scratch_folder
+from harmony_core.studio.scratch import scratch_folder
 from harmony_core.study import stats
+from harmony_core.study.stats import PAIR_COLUMNS, TABLE_COLUMNS
 from harmony_core.study.studyset import (
     LETTERS, MAX_SHOWN, Round, StudySample, StudySet, next_round, sample_id, user_round,
 )
-from harmony_core.study.votes import DuplicateVote, Vote, VoteStore, ip_hash
+from harmony_core.study.votes import DuplicateVote, Vote, VoteStore, ip_hash, load_secret, start_hub_sync
 
+# LETTERS, MAX_SHOWN, PAIR_COLUMNS, TABLE_COLUMNS, StudySet, VoteStore, load_secret and start_hub_sync
+# are imported here for the app, which reaches harmony_core.study only through this module.
 CANT_DECIDE = "Can't decide"
+TIES = {"Both good": "both_good", "Both bad": "both_bad"}
+"""Pairwise mode's ties (button label -> the kind stored in the vote's flags as tie=KIND)."""
+CROWD_AFTER = 10
+"""Votes after which a rater sees their own picks against everyone's."""
 MODE_LABELS = {"Best of all (A-D)": "best_of_n", "Pairwise (A/B)": "pairwise"}
 FAST_VOTE_MS = 1000
 """Votes quicker than this get the flag `fast` (an organizer may want to look at them)."""
@@ -58,8 +66,14 @@ class RoundState:
     rater_id: str
     files: list[str]
     """The shown images in letter order, under random names (see `blind_copies`)."""
+    zoomed: list[str]
+    """The same object crop of each (one box for all, `export.object_box`), also blind copies."""
+    composite: np.ndarray
+    box: tuple[int, int, int, int]
     shown_at: float
     voted: bool = False
+    differences: list[str] | None = None
+    """|image - composite| of each, made on the first request after the vote."""
 
 
 @dataclass
@@ -68,6 +82,8 @@ class RoundView:
     """MAX_SHOWN slots: an image path, or None for an unused slot."""
     captions: list[str]
     message: str
+    ties: bool = False
+    """Whether "Both good" / "Both bad" apply (a pairwise round)."""
 
 
 QUESTION = f"Which looks most natural, as if the object had been photographed in this scene? Pick one, or *{CANT_DECIDE}*."
@@ -111,11 +127,44 @@ def blind_copies(images: list[bytes]) -> list[str]:
 
 
 def _view(state: RoundState, captions: list[str], message: str) -> RoundView:
-    return RoundView(state.files + [None] * (MAX_SHOWN - len(state.files)), captions, message)
+    images = list(state.files)
+    return RoundView(images + [None] * (MAX_SHOWN - len(images)), captions, message, state.round.mode == "pairwise")
 
 
-def _begin(rnd: Round, rater_id: str, images: dict[str, bytes], message: str) -> tuple[RoundState, RoundView]:
-    state = RoundState(rnd, rater_id, blind_copies([images[m] for m in rnd.shown]), time.monotonic())
+def round_images(state: RoundState, zoom: bool, difference: bool) -> list[str]:
+    """The round's images as the rater asked to see them: whole or zoomed on the object, and after
+    the vote optionally as the difference from the composite (never before: it would hint at
+    which image is the unchanged composite)."""
+    if difference and state.voted:
+        if state.differences is None:
+            diffs = [difference_image(imaging.load_rgb(path, "study image"), state.composite) for path in state.files]
+            state.differences = blind_copies([png_bytes(d) for d in diffs])
+        files = state.differences
+    else:
+        files = state.files
+    if not zoom:
+        return list(files)
+    if files is state.files:
+        return list(state.zoomed)
+    return blind_copies([png_bytes(export.crop(imaging.load_rgb(path, "study image"), state.box)) for path in files])
+
+
+DIFFERENCE_GAIN = 4
+"""|image - composite| is multiplied by this, so colour shifts of a few levels show."""
+
+
+def difference_image(image: np.ndarray, composite: np.ndarray) -> np.ndarray:
+    """Where and how much an output changed the composite (black: unchanged)."""
+    change = np.abs(image.astype(np.int16) - composite.astype(np.int16)) * DIFFERENCE_GAIN
+    return np.clip(change, 0, 255).astype(np.uint8)
+
+
+def _begin(rnd: Round, rater_id: str, images: dict[str, bytes], composite: np.ndarray, mask: np.ndarray,
+           message: str) -> tuple[RoundState, RoundView]:
+    encoded = [images[m] for m in rnd.shown]
+    box = export.object_box(mask)
+    crops = [png_bytes(export.crop(imaging.load_rgb(data, "study image"), box)) for data in encoded]
+    state = RoundState(rnd, rater_id, blind_copies(encoded), blind_copies(crops), composite, box, time.monotonic())
     return state, _view(state, list(LETTERS), message)
 
 
@@ -126,7 +175,10 @@ def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: st
     if rnd is None:
         return None, RoundView([None] * MAX_SHOWN, list(LETTERS),
                                f"Thank you: you have voted on all {len(study.samples)} images in this mode.")
-    return _begin(rnd, rater_id, {m: rnd.sample.outputs[m].read_bytes() for m in rnd.shown}, QUESTION)
+    composite = imaging.load_rgb(rnd.sample.composite, "study composite")
+    mask = imaging.load_mask(rnd.sample.mask, "study mask")
+    return _begin(rnd, rater_id, {m: rnd.sample.outputs[m].read_bytes() for m in rnd.shown}, composite, mask,
+                  QUESTION)
 
 
 def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outputs: dict[str, np.ndarray] | None,
@@ -143,13 +195,15 @@ def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outp
     if sid in store.voted_samples(rater_id, mode, source="user"):
         raise InputError("You have already voted on this composite in this mode.")
     rnd = user_round(StudySample(sid, "your composite", Path(), Path(), dict.fromkeys(outputs, Path())), mode)
-    return _begin(rnd, rater_id, {m: png_bytes(outputs[m]) for m in rnd.shown}, f"Your composite. {QUESTION}")
+    return _begin(rnd, rater_id, {m: png_bytes(outputs[m]) for m in rnd.shown}, composite, mask,
+                  f"Your composite. {QUESTION}")
 
 
 def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id: str, session_hash: str,
               client_ip: str | None, secret: bytes, limiter: raters.RateLimiter) -> RoundView:
     """Record the vote (exactly once, by the round's own signed rater, within the rate limits)
-    and reveal which method was behind each letter."""
+    and reveal which method was behind each letter. choice: a letter, CANT_DECIDE, or in a
+    pairwise round one of TIES (stored with its kind)."""
     if state is None:
         raise InputError("Start a round first (press **Next image**).")
     if raters.verified_rater_id(rater_id, secret) != state.rater_id:
@@ -157,14 +211,17 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
     if state.voted:
         raise InputError("This round's vote is already recorded; press **Next image**.")
     rnd = state.round
-    if choice == CANT_DECIDE:
+    tie = TIES.get(choice)
+    if tie and rnd.mode != "pairwise":
+        raise InputError(f"'{choice}' is for pairwise rounds; pick one image or *{CANT_DECIDE}*.")
+    if choice == CANT_DECIDE or tie:
         position = None
     elif choice in rnd.labels:
         position = rnd.labels.index(choice)
     else:
         raise InputError(f"'{choice}' is not one of the images shown.")
     latency = round(1000 * (time.monotonic() - state.shown_at))
-    flags = [f"seed={rnd.seed}"] + (["fast"] if latency < FAST_VOTE_MS else [])
+    flags = [f"seed={rnd.seed}"] + ([f"{stats.TIE_FLAG}{tie}"] if tie else []) + (["fast"] if latency < FAST_VOTE_MS else [])
     hashed_ip = ip_hash(client_ip, secret)
     limiter.take(state.rater_id, hashed_ip)
     try:
@@ -180,8 +237,37 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
     captions = [f"{letter} · {method}" + (" ✓ your pick" if i == position else "")
                 for i, (letter, method) in enumerate(zip(rnd.labels, rnd.shown))]
     captions += list(LETTERS[len(captions):])
-    picked = "you could not decide" if position is None else f"you picked {rnd.labels[position]} ({rnd.shown[position]})"
-    return _view(state, captions, f"Recorded: {picked}. Press **Next image** for another.")
+    if tie:
+        picked = f"you found both {tie.split('_')[1]}"
+    else:
+        picked = "you could not decide" if position is None else f"you picked {rnd.labels[position]} ({rnd.shown[position]})"
+    message = f"Recorded: {picked}. Press **Next image** for another."
+    crowd = rater_vs_crowd(store, state.rater_id)
+    return _view(state, captions, message + (f"\n\n{crowd}" if crowd else ""))
+
+
+def restyle_round(state: RoundState | None, zoom: bool, difference: bool) -> list[str | None]:
+    """The slots' images for the zoom / difference toggles (letters and captions unchanged)."""
+    if state is None:
+        return [None] * MAX_SHOWN
+    images = round_images(state, zoom, difference)
+    return images + [None] * (MAX_SHOWN - len(images))
+
+
+def rater_vs_crowd(store: VoteStore, rater_id: str, after: int = CROWD_AFTER) -> str:
+    """Markdown: after `after` votes, this rater's win share per method next to everyone's
+    (ties as half wins), so a rater sees where their taste differs; '' before that."""
+    votes = store.frame()
+    votes = votes[votes["sample_source"] == "study"]
+    mine = votes[votes["rater_id"] == rater_id]
+    if len(mine) < after:
+        return ""
+    own, crowd = stats.leaderboard(mine, n_boot=0).table, stats.leaderboard(votes, n_boot=0).table
+    shares = dict(zip(crowd["method"], crowd["win share %"]))
+    lines = [f"**Your picks against the crowd** ({len(mine)} of your votes, {len(votes)} in all; ties count half):",
+             "", "| method | your win share | everyone's |", "|---|---|---|"]
+    lines += [f"| {m} | {a:.0f}% | {shares.get(m, float('nan')):.0f}% |" for m, a in zip(own["method"], own["win share %"])]
+    return "\n".join(lines)
 
 
 MODE_FILTERS = {"All votes": None, "Best of all": "best_of_n", "Pairwise": "pairwise"}
@@ -219,19 +305,30 @@ def export_csv(store: VoteStore) -> Path:
     return path
 
 
-def board(store: VoteStore, mode_filter: str = "All votes",
-          source_filter: str = "Study set") -> tuple[str, stats.Leaderboard, Figure | None]:
-    """(headline Markdown, the statistics, the heatmap) for the chosen votes."""
+def _filtered(store: VoteStore, mode_filter: str, source_filter: str) -> tuple[pd.DataFrame, int]:
+    """(the votes the filters keep, the number of votes in all)."""
     every = votes = store.frame()
     for column, value in (("mode", MODE_FILTERS.get(mode_filter)), ("sample_source", SOURCE_FILTERS.get(source_filter))):
         if value is not None:
             votes = votes[votes[column] == value]
+    return votes, len(every)
+
+
+def board(store: VoteStore, mode_filter: str = "All votes",
+          source_filter: str = "Study set") -> tuple[str, stats.Leaderboard, Figure | None]:
+    """(headline Markdown, the statistics, the heatmap) for the chosen votes."""
+    votes, total = _filtered(store, mode_filter, source_filter)
     result = stats.leaderboard(votes)
     if not result.methods:
-        note = "No votes match these filters yet." if len(every) else "No votes yet: vote in the **Blind study** tab."
+        note = "No votes match these filters yet." if total else "No votes yet: vote in the **Blind study** tab."
         return note, result, None
     lines = [result.headline,
              f"{result.votes} vote(s) from {result.raters} rater(s). Scores: Bradley-Terry log-strength (mean 0) "
-             f"with a 95% bootstrap interval over raters; *provisional* = fewer than {stats.PROVISIONAL_BELOW} "
-             "decided votes showed the method."]
+             f"with a 95% bootstrap interval over raters; *rank* is a range where those intervals overlap; "
+             f"*provisional* = fewer than {stats.PROVISIONAL_BELOW} votes showed the method."]
     return "\n\n".join(lines), result, heatmap(result.methods, result.rates)
+
+
+def pair_board(store: VoteStore, mode_filter: str = "All votes", source_filter: str = "Study set") -> pd.DataFrame:
+    """Per pair of methods: comparisons, win rate, and how many more votes would separate them."""
+    return stats.leaderboard(_filtered(store, mode_filter, source_filter)[0], n_boot=0).pairs

@@ -2,7 +2,13 @@
 
 How votes become comparisons: a best-of-n vote for W among the shown methods S counts as
 "W beats L" for every other L in S (n - 1 comparisons); a pairwise vote is one comparison;
-"can't decide" gives none (it is counted, and excluded from shares and scores). When every
+"can't decide" gives none (it is counted, and excluded from shares and scores).
+
+Ties ("Both good" / "Both bad" in pairwise mode, stored as the flag `tie=both_good` or
+`tie=both_bad`) count as half a win for each of the two methods (the "half wins" convention, as
+in chess and the Chatbot Arena's Elo): half a comparison each way in the win matrix and the
+Bradley-Terry fit, and half a win in the win share. The headline counts them apart; its
+binomial test uses outright decisions only. When every
 vote shows the same set of methods, the Bradley-Terry fit of these comparisons recovers exactly
 the strengths of Luce's choice model (P(choose i) = s_i / sum s), so the scores are the
 log-strengths of that model.
@@ -10,7 +16,7 @@ log-strengths of that model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -32,9 +38,33 @@ def wilson_interval(wins: np.ndarray | int, n: np.ndarray | int, z: float = Z95)
     return np.where(n > 0, lo, 0.0), np.where(n > 0, hi, 1.0)
 
 
+TIE_FLAG = "tie="
+TIE_KINDS = ("both_good", "both_bad")
+
+
+def tie_kind(flags: object) -> str:
+    """"both_good" / "both_bad" for a tie vote's flags, "" otherwise."""
+    for flag in str(flags or "").split(";"):
+        if flag.startswith(TIE_FLAG) and flag[len(TIE_FLAG):] in TIE_KINDS:
+            return flag[len(TIE_FLAG):]
+    return ""
+
+
+def ties_of(votes: pd.DataFrame) -> pd.Series:
+    """Each vote's tie kind ("" for none); votes without a flags column have no ties."""
+    if "flags" not in votes.columns:
+        return pd.Series("", index=votes.index)
+    return votes["flags"].map(tie_kind)
+
+
 def decided(votes: pd.DataFrame) -> pd.DataFrame:
-    """Votes with a winner (not "can't decide")."""
+    """Votes with a winner (not a tie, not "can't decide")."""
     return votes[votes["winner_method"].astype(str) != ""]
+
+
+def judged(votes: pd.DataFrame) -> pd.DataFrame:
+    """Votes with a winner or a tie: every vote that says something about the methods."""
+    return votes[(votes["winner_method"].astype(str) != "") | (ties_of(votes) != "")]
 
 
 def shown_lists(votes: pd.DataFrame) -> list[list[str]]:
@@ -47,20 +77,26 @@ def methods_of(votes: pd.DataFrame) -> list[str]:
 
 
 def comparisons(votes: pd.DataFrame) -> pd.DataFrame:
-    """One row (winner, loser, rater_id) per pairwise comparison implied by the decided votes."""
+    """One row (winner, loser, rater_id, weight) per pairwise comparison implied by the votes:
+    weight 1 for a decided one, 0.5 each way for a tie."""
+    chosen = decided(votes)
     rows = [
-        (winner, loser, rater)
-        for winner, shown, rater in zip(decided(votes)["winner_method"], shown_lists(decided(votes)), decided(votes)["rater_id"])
+        (winner, loser, rater, 1.0)
+        for winner, shown, rater in zip(chosen["winner_method"], shown_lists(chosen), chosen["rater_id"])
         for loser in shown if loser != winner
     ]
-    return pd.DataFrame(rows, columns=["winner", "loser", "rater_id"])
+    tied = votes[ties_of(votes) != ""]
+    rows += [(a, b, rater, 0.5) for shown, rater in zip(shown_lists(tied), tied["rater_id"])
+             for a in shown for b in shown if a != b]
+    return pd.DataFrame(rows, columns=["winner", "loser", "rater_id", "weight"])
 
 
 def win_matrix(pairs: pd.DataFrame, methods: list[str]) -> np.ndarray:
-    """wins[i, j] = how often methods[i] beat methods[j]."""
+    """wins[i, j] = how often methods[i] beat methods[j] (a tie adds half each way)."""
     index = {m: i for i, m in enumerate(methods)}
     wins = np.zeros((len(methods), len(methods)))
-    np.add.at(wins, (pairs["winner"].map(index).to_numpy(int), pairs["loser"].map(index).to_numpy(int)), 1)
+    weights = pairs["weight"].to_numpy(float) if "weight" in pairs.columns else 1.0
+    np.add.at(wins, (pairs["winner"].map(index).to_numpy(int), pairs["loser"].map(index).to_numpy(int)), weights)
     return wins
 
 
@@ -91,7 +127,7 @@ def bootstrap_bradley_terry(pairs: pd.DataFrame, methods: list[str], n_boot: int
     """Percentile interval of the scores, resampling raters (not votes): a rater's votes are
     correlated, so resampling votes would understate the uncertainty."""
     raters = sorted(pairs["rater_id"].unique())
-    if len(raters) == 0:
+    if len(raters) == 0 or n_boot == 0:
         return np.full(len(methods), np.nan), np.full(len(methods), np.nan)
     per_rater = np.stack([win_matrix(pairs[pairs["rater_id"] == r], methods) for r in raters])
     rng = np.random.default_rng(seed)
@@ -112,6 +148,52 @@ def win_rates(wins: np.ndarray) -> np.ndarray:
     return rate
 
 
+def rank_ranges(lo: np.ndarray, hi: np.ndarray) -> list[str]:
+    """Each method's rank as a range where the score intervals overlap ("1-2"): its best rank is
+    1 + the methods whose interval lies wholly above its own, its worst the count of methods
+    whose interval does not lie wholly below it."""
+    ranks = []
+    for i in range(len(lo)):
+        if not (np.isfinite(lo[i]) and np.isfinite(hi[i])):
+            ranks.append("")
+            continue
+        best = 1 + int(np.sum(lo > hi[i]))
+        worst = len(lo) - int(np.sum(hi < lo[i]))
+        ranks.append(str(best) if best == worst else f"{best}-{worst}")
+    return ranks
+
+
+def votes_to_separate(wins: np.ndarray, z: float = Z95) -> np.ndarray:
+    """more[i, j]: further i-vs-j comparisons that, at the current win rate p of i over j, would
+    make the normal 95% interval of p exclude 1/2 (z^2 p (1 - p) / (p - 1/2)^2 in all, minus
+    those held); 0 when already apart, inf when p is exactly 1/2 or the pair was never compared."""
+    games = wins + wins.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(games > 0, wins / games, 0.5)
+        needed = z * z * p * (1 - p) / (p - 0.5) ** 2
+    more = np.where(np.isfinite(needed), np.maximum(0, np.ceil(needed - games)), np.inf)
+    np.fill_diagonal(more, np.nan)
+    return more
+
+
+PAIR_COLUMNS = ["pair", "comparisons", "win rate of the first", "more votes to separate"]
+
+
+def pair_table(methods: list[str], wins: np.ndarray) -> pd.DataFrame:
+    """Per pair of methods: comparisons so far, the first's win rate, and `votes_to_separate`."""
+    more = votes_to_separate(wins)
+    rows = []
+    for i in range(len(methods)):
+        for j in range(i + 1, len(methods)):
+            games = wins[i, j] + wins[j, i]
+            a, b = (i, j) if wins[i, j] >= wins[j, i] else (j, i)
+            rate = f"{100 * wins[a, b] / games:.0f}%" if games else ""
+            need = more[a, b]
+            rows.append([f"{methods[a]} vs {methods[b]}", round(float(games), 1), rate,
+                         "separated" if need == 0 else ("no difference yet" if not np.isfinite(need) else int(need))])
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+
+
 @dataclass
 class Leaderboard:
     table: pd.DataFrame
@@ -121,6 +203,8 @@ class Leaderboard:
     headline: str
     votes: int
     raters: int
+    pairs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PAIR_COLUMNS))
+    """Per pair: comparisons, win rate, and how many more votes would separate them."""
 
 
 def leaderboard(votes: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> Leaderboard:
@@ -130,10 +214,11 @@ def leaderboard(votes: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> Leader
     if not methods:
         empty = pd.DataFrame(columns=TABLE_COLUMNS)
         return Leaderboard(empty, [], np.zeros((0, 0)), "No votes yet.", 0, 0)
-    chosen = decided(votes)
+    chosen, tied = judged(votes), votes[ties_of(votes) != ""]
     shown = shown_lists(chosen)
     appearances = np.array([sum(m in s for s in shown) for m in methods])
-    wins_total = np.array([(chosen["winner_method"] == m).sum() for m in methods])
+    tie_shown = [str(s).split(";") for s in tied["shown_order"]]
+    wins_total = np.array([(chosen["winner_method"] == m).sum() + 0.5 * sum(m in s for s in tie_shown) for m in methods])
     expected = np.array([sum(1 / len(s) for s in shown if m in s) for m in methods])
     lo, hi = wilson_interval(wins_total, appearances)
     pairs = comparisons(votes)
@@ -151,32 +236,47 @@ def leaderboard(votes: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> Leader
         "chance %": np.round(100 * expected / np.maximum(appearances, 1), 1),
         "BT score": np.round(score, 3),
         "BT 95% CI": [f"{a:.2f} – {b:.2f}" for a, b in zip(bt_lo, bt_hi)],
+        "rank": rank_ranges(bt_lo, bt_hi),
         "badge": ["provisional" if n < PROVISIONAL_BELOW else "" for n in appearances],
     }).sort_values("BT score", ascending=False, kind="stable").reset_index(drop=True)
-    return Leaderboard(table, methods, win_rates(wins), _headline(votes, methods, wins_total, appearances, expected), len(votes), raters)
+    headline = _headline(votes, methods, wins_total, appearances, expected)
+    return Leaderboard(table, methods, win_rates(wins), headline, len(votes), raters, pair_table(methods, wins))
 
 
-TABLE_COLUMNS = ["method", "shown", "wins", "win share %", "Wilson 95% CI %", "chance %", "BT score", "BT 95% CI", "badge"]
+TABLE_COLUMNS = ["method", "shown", "wins", "win share %", "Wilson 95% CI %", "chance %", "BT score", "BT 95% CI",
+                 "rank", "badge"]
 
 
 def _headline(votes: pd.DataFrame, methods: list[str], wins: np.ndarray, shown: np.ndarray, expected: np.ndarray) -> str:
-    """'X% of N votes from M raters preferred Y' for the most-chosen method, with its test."""
-    undecided = int((votes["winner_method"].astype(str) == "").sum())
-    tail = f" ({undecided} more were \"can't decide\".)" if undecided else ""
+    """'X% of N votes from M raters preferred Y' for the most-chosen method (ties as half wins),
+    with a binomial test on its outright decisions, and the ties and "can't decide" counted."""
+    kinds = ties_of(votes)
+    undecided = int(((votes["winner_method"].astype(str) == "") & (kinds == "")).sum())
+    tail = ""
+    if (kinds != "").any():
+        good, bad = int((kinds == "both_good").sum()), int((kinds == "both_bad").sum())
+        tail += f" {good + bad} tie(s), counted as half a win each: {good} \"both good\", {bad} \"both bad\"."
+    if undecided:
+        tail += f" ({undecided} more were \"can't decide\".)"
     if wins.sum() == 0:
         return "No decided votes yet." + tail
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(shown > 0, wins / np.maximum(shown, 1), -1)
     best = int(np.argmax(share))
     name, n = methods[best], int(shown[best])
-    chance = expected[best] / n
-    chosen = decided(votes)
-    raters = chosen[[methods[best] in s for s in shown_lists(chosen)]]["rater_id"].nunique()
-    p_binom = sps.binomtest(int(wins[best]), n, chance).pvalue
+    chosen = judged(votes)
+    showing = chosen[[name in s for s in shown_lists(chosen)]]
+    raters = showing["rater_id"].nunique()
+    outright = decided(showing)
+    outright_wins = int((outright["winner_method"] == name).sum())
+    chance = sum(1 / len(s) for s in shown_lists(outright)) / max(len(outright), 1)
     text = (
         f"**{100 * wins[best] / n:.0f}% of {n} votes from {raters} rater{'s' if raters != 1 else ''} preferred "
-        f"{name}** (chance: {100 * chance:.0f}%; two-sided binomial p = {p_binom:.2g})."
+        f"{name}** (chance: {100 * expected[best] / n:.0f}%"
     )
+    if len(outright):
+        text += f"; two-sided binomial p = {sps.binomtest(outright_wins, len(outright), chance).pvalue:.2g}"
+    text += ")."
     compared = shown > 0
     if compared.sum() >= 2:
         chi = sps.chisquare(wins[compared], expected[compared])
