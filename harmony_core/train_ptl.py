@@ -8,6 +8,13 @@ Without a checkpoint, `--init FOLDER` starts from exported weights (e.g. weights
 a random network, with a fresh optimizer and step count; a folder holding another output head
 (`--head`) gives everything but the head, which starts at its identity initialization.
 
+Data parallel: under `accelerate launch --multi_gpu --num_processes N -m harmony_core train-ptl`
+(or torchrun) each of the N processes takes batch_size / N consecutive samples of every global
+batch, so each sample is still seen once per step; DDP averages the gradients (the mean loss over
+the global batch); BatchNorm is synchronized on CUDA (on the CPU, gloo has no SyncBatchNorm, so
+each process normalizes its own part). Only the main process validates, writes the curve and
+checkpoints, and exports.
+
 Determinism: sample i of the run is synthetic sample i of SyntheticComposites(train photos, seed)
 (a pure function of seed and i) and batches take consecutive samples, so a run and a resumed run
 see the same data; weights start from torch.manual_seed(seed). On one machine with the same
@@ -26,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -34,6 +42,7 @@ from harmony_core.data import SyntheticComposites, list_photos, select_split
 from harmony_core.errors import InputError
 from harmony_core.metrics import psnr_from_mse
 from harmony_core.data.synth import TensorComposites
+from harmony_core.evaluate import Shard, current_shard
 from harmony_core.methods.classical import poisson_affine
 from harmony_core.models.ptl_net import AFFINE_PARAMS, PTLConfig, PTLNet, foreground_mse_loss
 
@@ -139,14 +148,38 @@ def learning_rate(args: argparse.Namespace, step: int) -> float:
     return args.lr * (0.1 if step >= math.floor(args.lr_drop * args.steps) else 1.0)
 
 
+def shard_indices(step: int, length: int, batch_size: int, shard: Shard) -> range | list[int]:
+    """The samples this process trains on from `step` on: its batch_size / world consecutive
+    samples of every global batch (all of them in a single process)."""
+    if shard.world == 1:
+        return range(step * batch_size, length)
+    if batch_size % shard.world:
+        raise InputError(f"--batch-size {batch_size} must be a multiple of the {shard.world} processes.")
+    part = batch_size // shard.world
+    return [first + shard.rank * part + i for first in range(step * batch_size, length, batch_size) for i in range(part)]
+
+
+def all_agree(flag: bool, shard: Shard, device: str) -> bool:
+    """True on every process when it is true on any (so all of them stop at the same step)."""
+    if shard.world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value)
+    return bool(value.item() > 0)
+
+
 def train(args: argparse.Namespace) -> Path:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    shard = current_shard()
+    if shard.main:
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if shard.world > 1 and args.device.startswith("cuda"):
+        args.device = str(shard.state.device)
     config = PTLConfig(width=args.width, ptl_write=args.ptl_write, head=args.head, prior=args.prior)
     model = PTLNet(config).to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
@@ -168,21 +201,27 @@ def train(args: argparse.Namespace) -> Path:
         print(f"starting from the weights in {args.init} (fresh optimizer, step 0"
               + (f"; new head layers: {', '.join(fresh)})" if fresh else ")"))
     train_set, val_set = datasets(args.data, args.seed, args.steps * args.batch_size, args.val_samples)
-    loader_options = {"batch_size": args.batch_size, "num_workers": args.workers,
+    loader_options = {"batch_size": args.batch_size // shard.world, "num_workers": args.workers,
                       "persistent_workers": args.workers > 0}
     batches = DataLoader(Subset(WithPrior(train_set.torch_dataset(), config.prior),
-                                range(step * args.batch_size, len(train_set))), **loader_options)
+                                shard_indices(step, len(train_set), args.batch_size, shard)), **loader_options)
+    network = model
+    if shard.world > 1:
+        if args.device.startswith("cuda"):
+            network = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        network = nn.parallel.DistributedDataParallel(network, device_ids=[torch.device(args.device).index]
+                                                      if args.device.startswith("cuda") else None)
     val_loader = DataLoader(WithPrior(val_set.torch_dataset(), config.prior), batch_size=8)
     started = time.perf_counter()
     elapsed_before = rows[-1]["seconds"] if rows else 0.0
     running: list[float] = []
     model.train()
-    progress = tqdm(total=args.steps, initial=step, desc="train-ptl", unit="step")
+    progress = tqdm(total=args.steps, initial=step, desc="train-ptl", unit="step", disable=not shard.main)
     for composite, mask, real, prior in batches:
         composite, mask, real, prior = (t.to(args.device) for t in (composite, mask, real, prior))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, step)
-        loss = foreground_mse_loss(model(composite, mask, prior).image, real, mask)
+        loss = foreground_mse_loss(network(composite, mask, prior).image, real, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -190,8 +229,9 @@ def train(args: argparse.Namespace) -> Path:
         running.append(loss.item())
         progress.update()
         progress.set_postfix(loss=f"{np.mean(running[-50:]):.0f}")
-        out_of_time = args.max_minutes is not None and time.perf_counter() - started > 60 * args.max_minutes
-        if step % args.val_every == 0 or step == args.steps or out_of_time:
+        out_of_time = all_agree(args.max_minutes is not None
+                                and time.perf_counter() - started > 60 * args.max_minutes, shard, args.device)
+        if shard.main and (step % args.val_every == 0 or step == args.steps or out_of_time):
             row = {"step": step, "samples": step * args.batch_size, "lr": learning_rate(args, step - 1),
                    "train_loss": float(np.mean(running)), **validate(model, val_loader, args.device),
                    "seconds": elapsed_before + time.perf_counter() - started}
@@ -203,8 +243,9 @@ def train(args: argparse.Namespace) -> Path:
         if out_of_time:
             break
     progress.close()
-    if args.export:
+    if shard.main and args.export:
         export(model, rows, args)
+    shard.wait()
     return checkpoint
 
 

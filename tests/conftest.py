@@ -21,6 +21,13 @@ for name in ("HARMONY_ALLOW_DOWNLOAD", "HARMONY_PTL_WEIGHTS", "HARMONY_HSPACE_WE
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
 
+def free_port() -> int:
+    """A port nothing listens on now, for a server or process group a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(autouse=True)
 def local_network_only(monkeypatch):
     """Connections to this machine (the app under test) are fine; anything else fails the test."""

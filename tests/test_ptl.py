@@ -421,3 +421,38 @@ def test_affine_training_starts_from_residual_weights_and_learns(tmp_path) -> No
     assert loaded.model.config.head == "affine" and loaded.model.config.prior == "poisson"
     result = loaded.run(_cat_request())
     assert set(result.maps) == set(MAP_NAMES)
+
+
+def test_shards_see_each_sample_once_per_step() -> None:
+    from harmony_core.evaluate import Shard
+    from harmony_core.train_ptl import shard_indices
+
+    parts = [shard_indices(3, 40, 8, Shard(rank, 2)) for rank in range(2)]
+    for step in range(3, 5):
+        seen = sorted(i for part in parts for i in part[(step - 3) * 4:(step - 2) * 4])
+        assert seen == list(range(step * 8, step * 8 + 8))
+    assert shard_indices(3, 40, 8, Shard()) == range(24, 40)
+    with pytest.raises(InputError, match="multiple"):
+        shard_indices(0, 40, 3, Shard(0, 2))
+
+
+def test_data_parallel_training_in_two_processes(tmp_path) -> None:
+    """`accelerate launch` with 2 CPU processes (gloo): one checkpoint and curve, from the main process."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    _photos(tmp_path / "photos")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), "-m", "harmony_core", "train-ptl",
+               "--data", str(tmp_path / "photos"), "--out", str(tmp_path / "ddp"), "--steps", "2",
+               "--batch-size", "4", "--width", "0.25", "--workers", "0", "--val-every", "2", "--val-samples", "2",
+               "--threads", "1", "--device", "cpu", "--export", str(tmp_path / "w")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2 and [row["step"] for row in state["curve"]] == [2]
+    assert math.isfinite(state["curve"][0]["train_loss"])
+    assert PTLMethod(weights=tmp_path / "w").available()
