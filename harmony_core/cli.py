@@ -59,7 +59,7 @@ def apply_weights(args: argparse.Namespace) -> None:
 
 def build_request(args: argparse.Namespace) -> HarmonizationRequest:
     """A request from --composite/--mask, or from --background/--foreground placed at x/y/scale."""
-    background = foreground = None
+    background = None
     if args.composite:
         if args.background and args.foreground:
             raise InputError("Give either --composite and --mask, or --background and --foreground, not both.")
@@ -76,8 +76,8 @@ def build_request(args: argparse.Namespace) -> HarmonizationRequest:
         raise InputError("Give --composite and --mask, or --background and --foreground (RGBA, or with --mask).")
     ground_truth = imaging.load_rgb(args.ground_truth, f"ground truth '{args.ground_truth}'") if args.ground_truth else None
     return HarmonizationRequest(
-        composite=composite, mask=mask, background=background, foreground=foreground,
-        prompt=args.prompt, ground_truth=ground_truth, seed=args.seed,
+        composite=composite, mask=mask, background=background, prompt=args.prompt,
+        ground_truth=ground_truth, seed=args.seed,
     )
 
 

@@ -42,7 +42,6 @@ SUMMARY = "summary.md"
 SHARD_DIR = "shards"
 COLUMNS = ["subset", "image", "method", "MSE", "fMSE", "PSNR", "fPSNR", "bMSE", "fg_ratio", "bucket",
            "width", "height", "seconds"]
-TIMING_COLUMNS = ("seconds",)
 Row = dict[str, str]
 Key = tuple[str, str, str]
 

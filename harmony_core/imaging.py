@@ -28,7 +28,7 @@ MASK_THRESHOLD = 0.5
 
 __all__ = [
     "InputError", "MAX_PIXELS", "open_image", "load_array", "load_rgb", "load_mask", "load_rgba",
-    "validate_pair", "check_same_size", "alpha_to_mask",
+    "validate_pair", "check_same_size",
     "place_foreground", "paste_back", "resize_rgb", "resize_mask", "cap_long_side",
     "save_image", "mask_to_image", "mask_overlay",
 ]
@@ -183,13 +183,6 @@ def load_mask(source: ImageSource, what: str = "mask", threshold: float = MASK_T
         raise InputError(f"{what} must be an HxW image, got shape {array.shape}")
     _check_dimensions(array.shape[1], array.shape[0], what)
     return array > threshold * 255
-
-
-def alpha_to_mask(rgba: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.ndarray:
-    """The object mask of an RGBA foreground: alpha above `threshold`."""
-    if rgba.ndim != 3 or rgba.shape[2] != 4:
-        raise InputError("The foreground has no alpha channel; supply a mask for it.")
-    return rgba[:, :, 3] > threshold * 255
 
 
 def check_same_size(reference: np.ndarray, other: np.ndarray, what: str) -> None:

@@ -19,7 +19,8 @@ from harmony_core.imaging import check_same_size, resize_mask, resize_rgb
 PROTOCOL_SIZE = 256
 PEAK = 255.0
 MSE_FLOOR = 1e-10
-"""Identical images would give an infinite PSNR; the MSE is floored here (100 dB) instead."""
+"""Identical images would give an infinite PSNR; the MSE is floored here instead, which caps the
+PSNR at 10 log10(255^2 / 1e-10) ~ 148.1 dB."""
 BUCKETS: tuple[tuple[str, float, float], ...] = (
     ("0-5%", 0.0, 0.05),
     ("5-15%", 0.05, 0.15),

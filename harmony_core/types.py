@@ -27,8 +27,8 @@ class HarmonizationRequest:
     """A composite to harmonize.
 
     composite: HxWx3 uint8 RGB. mask: HxW bool, True on the pasted object.
-    background / foreground: the parts the composite was made from, when known (HxWx3 RGB and
-    hxwx4 RGBA). ground_truth: the real photo, for metrics. point: an (x, y) pixel of interest
+    background: the photo the object was pasted into, when known (HxWx3 RGB; hspace takes its
+    style from it). ground_truth: the real photo, for metrics. point: an (x, y) pixel of interest
     for methods that explain themselves per location (ptl's contribution map for that point).
     The constructor validates once so that every method can trust its input.
     """
@@ -36,7 +36,6 @@ class HarmonizationRequest:
     composite: np.ndarray
     mask: np.ndarray
     background: np.ndarray | None = None
-    foreground: np.ndarray | None = None
     prompt: str = ""
     ground_truth: np.ndarray | None = None
     seed: int = 0

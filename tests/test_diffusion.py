@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from harmony_core.diffusion import components, ddim, hooks, tiny, unet_parts
+from tests.support import ddim_sample, ddpm_like_unet, match_modules
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +79,12 @@ def test_ddim_sample_matches_diffusers_scheduler(unet):
     for t in scheduler.timesteps:
         x = scheduler.step(unet(x, t).sample, t, x).prev_sample
     ac = ddim.alphas_cumprod_from_scheduler(scheduler)
-    ours = ddim.ddim_sample(x_T, lambda x, t: unet(x, t).sample, ddim.evenly_spaced(10, kind="leading"), ac)
+    ours = ddim_sample(x_T, lambda x, t: unet(x, t).sample, ddim.evenly_spaced(10, kind="leading"), ac)
     assert torch.allclose(ours, x, atol=1e-4)
 
 
 def test_inversion_then_generation_reconstructs():
-    unet = tiny.ddpm_like_unet(seed=0)  # a random UNet's inversion is ill-posed; see ddpm_like_unet
+    unet = ddpm_like_unet(seed=0)  # a random UNet's inversion is ill-posed; see ddpm_like_unet
     image = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(2)),
                                             size=32, mode="bilinear") * 2 - 1
     ac = ddim.alphas_cumprod_from_betas(ddim.linear_betas())
@@ -92,14 +93,14 @@ def test_inversion_then_generation_reconstructs():
     x_T = ddim.ddim_invert(image, lambda x, t: unet(x, t).sample, steps, ac, callback=lambda i, t, x: seen.append(t))
     assert seen == steps[1:]
     assert (x_T - image).abs().mean() > 0.3  # it really went to noise
-    back = ddim.ddim_sample(x_T, lambda x, t: unet(x, t).sample, steps, ac)
+    back = ddim_sample(x_T, lambda x, t: unet(x, t).sample, steps, ac)
     assert (back - image).abs().mean() < 0.02  # 0.0074 measured, in [-1, 1] units
 
 
 # --- hooks -----------------------------------------------------------------------------------
 
 def test_hooks_capture_differentiable_features_and_are_removed_after_an_error(unet):
-    names = hooks.match_modules(unet, ["mid_block", "up_blocks.0.attentions.?"])
+    names = match_modules(unet, ["mid_block", "up_blocks.0.attentions.?"])
     assert names == ["up_blocks.0.attentions.0", "up_blocks.0.attentions.1", "mid_block"]  # model order
     x = torch.randn(1, 3, 32, 32, requires_grad=True)
     with hooks.capture(unet, names) as feats:

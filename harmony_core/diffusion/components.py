@@ -250,12 +250,13 @@ def _from_pretrained(cls: type, folder: Path, subfolder: str | None, dtype: torc
 
 
 def cache_size() -> int:
-    """Number of shared models and tokenizers held (the tests check sharing with it)."""
+    """Test support: number of shared models and tokenizers held (the tests check sharing with it)."""
     with _LOCK:
         return len(_MODELS)
 
 
 def clear_cache() -> None:
-    """Drop every shared model, so the next `load` reads the files again (tests use it between cases)."""
+    """Test support: drop every shared model, so the next `load` reads the files again (the
+    library never calls it; tests use it between cases)."""
     with _LOCK:
         _MODELS.clear()

@@ -97,10 +97,11 @@ def step_pairs(timesteps: Sequence[int]) -> list[tuple[int, int]]:
 def noise_level_to_timestep(noise_level: float, timesteps: Sequence[int]) -> tuple[int, list[int]]:
     """SDEdit / img2img start: the last round(noise_level * n) steps of an n-step schedule.
 
-    Returns (start timestep, the descending timesteps to denoise). Same rule as diffusers'
-    img2img `strength`: 0.2 on the 50-step "leading" schedule (0, 20, ..., 980) keeps the last 10
-    steps 180, 160, ..., 0, so the latent is noised to t = 180 (181 with SD's steps_offset 1),
-    i.e. t ~ 0.2 T.
+    Returns (start timestep, the descending timesteps to denoise). Like diffusers' img2img
+    `strength`, except that we round the number of kept steps (at least 1) where diffusers
+    truncates (int(strength * n)); the two agree whenever noise_level * n is whole, e.g. 0.2 on
+    the 50-step "leading" schedule (0, 20, ..., 980) keeps the last 10 steps 180, 160, ..., 0, so
+    the latent is noised to t = 180 (181 with SD's steps_offset 1), i.e. t ~ 0.2 T.
     """
     if not 0.0 < noise_level <= 1.0:
         raise ValueError(f"noise_level must be in (0, 1], got {noise_level}")
@@ -172,25 +173,4 @@ def ddim_invert(
         x = ddim_step(x, eps, alpha_at(alphas_cumprod, t), alpha_at(alphas_cumprod, t_next))
         if callback is not None:
             callback(i, t_next, x)
-    return x
-
-
-def ddim_sample(
-    x_T: torch.Tensor,
-    eps_fn: EpsFn,
-    timesteps: Sequence[int],
-    alphas_cumprod: torch.Tensor,
-    *,
-    eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    callback: StepCallback | None = None,
-) -> torch.Tensor:
-    """Plain DDIM generation from x at max(timesteps) down to t = -1 (the clean sample)."""
-    x = x_T
-    for i, (t, t_prev) in enumerate(step_pairs(timesteps)):
-        eps = eps_fn(x, t)
-        x = ddim_step(x, eps, alpha_at(alphas_cumprod, t), alpha_at(alphas_cumprod, t_prev),
-                      eta=eta, generator=generator)
-        if callback is not None:
-            callback(i, t, x)
     return x

@@ -8,7 +8,6 @@ leaves a shared model (components.load returns shared instances) with stray hook
 
 from __future__ import annotations
 
-import fnmatch
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -27,16 +26,11 @@ def _first_tensor(output: Any) -> torch.Tensor:
     raise TypeError(f"cannot find a tensor in a {type(output).__name__} output")
 
 
-def match_modules(model: torch.nn.Module, patterns: Sequence[str]) -> list[str]:
-    """Names of submodules matching any glob pattern, in model order (e.g. 'up_blocks.*.attentions.?')."""
-    return [name for name, _ in model.named_modules() if name and any(fnmatch.fnmatchcase(name, p) for p in patterns)]
-
-
 @contextmanager
 def capture(model: torch.nn.Module, names: Sequence[str], detach: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Within the block, `features[name]` is the latest output of each named submodule.
 
-    Names are exact `named_modules()` names (use `match_modules` for globs); an unknown name raises
+    Names are exact `named_modules()` names; an unknown name raises
     KeyError listing close ones before any hook is attached. A module called several times keeps
     its last output.
     """

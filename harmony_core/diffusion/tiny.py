@@ -1,5 +1,8 @@
 """Random-weight models: tiny ones for tests, full-size architectures for benchmarks (all offline).
 
+The model builders serve `random_weights` (bench --random-weights, device-check, --tiny); the
+`save_tiny_*` folder writers at the end are test support only (tests/support.py holds the rest).
+
 Tests need the real diffusers/transformers classes (so the code paths are the production ones) but
 cannot download weights; benchmarks need the real architectures' cost without the real weights.
 Full-size configs are written from the published config.json files (facts, checked by parameter
@@ -128,41 +131,6 @@ def ddpm_unet(scale: Scale = "tiny", seed: int = 0, device: str | torch.device |
     return seeded(lambda: UNet2DModel(**config), seed, device, dtype)
 
 
-def ddpm_like_unet(seed: int = 0, residual_scale: float = 0.05) -> torch.nn.Module:
-    """A tiny UNet2DModel that behaves like a trained DDPM where tests need it: eps ~ x_t / rms(x_t).
-
-    A random network's eps changes erratically with t, so DDIM inversion of it cannot be undone
-    (at t ~ 999 the image survives only as a 0.6% component of x_t). A trained DDPM predicts
-    eps ~ x_t there. This model gets that property by setting weights: conv_in writes (x, -x) into
-    channel pairs, the last up block's shortcut carries them to the output GroupNorm (whose pairs
-    then hold x / rms(x)) and conv_out reads them back; every other weight keeps its random value
-    times `residual_scale`, so h, the skips, attention and the time embedding all still change eps.
-    """
-    model = ddpm_unet("tiny", seed)
-    channels = model.conv_in.out_channels
-    with torch.no_grad():
-        model.conv_in.weight.mul_(residual_scale)
-        model.conv_in.bias.zero_()
-        last = model.up_blocks[-1].resnets[-1]
-        last.conv2.weight.mul_(residual_scale)
-        last.conv2.bias.zero_()
-        last.conv_shortcut.weight.mul_(residual_scale)
-        last.conv_shortcut.bias.zero_()
-        sample_channels = last.conv_shortcut.in_channels - channels  # concat order: sample, then skip
-        model.conv_norm_out.weight.fill_(1.0)
-        model.conv_norm_out.bias.zero_()
-        model.conv_out.weight.mul_(residual_scale)
-        model.conv_out.bias.zero_()
-        for c in range(3):
-            for k, sign in ((2 * c, 1.0), (2 * c + 1, -1.0)):
-                model.conv_in.weight[k, c, 1, 1] += sign
-                last.conv_shortcut.weight[k, sample_channels + k] += 1.0
-                model.conv_norm_out.bias[k] = 10.0  # SiLU(10 + v) ~ 10 + v: linear on these channels
-                model.conv_out.weight[:, k] = 0.0
-                model.conv_out.weight[c, k, 1, 1] = 0.5 * sign
-    return model
-
-
 def sd_unet(scale: Scale = "tiny", in_channels: int = 4, seed: int = 0, device: str | torch.device | None = None,
             dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """UNet2DConditionModel with `in_channels` 4 (text-to-image, freepih) or 9 (inpainting, diffharmony)."""
@@ -265,6 +233,8 @@ def euler_ancestral_scheduler() -> Any:
     keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "steps_offset", "prediction_type")
     return EulerAncestralDiscreteScheduler(**{k: SD_SCHEDULER[k] for k in keep})
 
+
+# --- test support: folders on disk for the tests (the library, the CLI and the studio never call these) ---
 
 def save_tiny_ddpm(folder: str | os.PathLike, seed: int = 0) -> Path:
     """A google/ddpm-*-256-style folder (config.json + weights + scheduler_config.json at the root), tiny."""

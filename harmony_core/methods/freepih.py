@@ -189,7 +189,7 @@ def denoising_timesteps(settings: FreePIHSettings, num_train_timesteps: int = 10
     """The descending timesteps that are re-run; the first is the one the composite is noised to.
 
     diffusers' DDIM "leading" spacing plus SD's steps_offset: 50 steps at noise level 0.2 keep the
-    last 10 steps, 181, 161, ..., 1 (img2img's `strength` rule).
+    last 10 steps, 181, 161, ..., 1 (as img2img's `strength`, see `ddim.noise_level_to_timestep`).
     """
     schedule = ddim.evenly_spaced(settings.num_inference_steps, num_train_timesteps, "leading")
     _, kept = ddim.noise_level_to_timestep(settings.noise_level, [t + steps_offset for t in schedule])
