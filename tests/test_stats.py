@@ -32,6 +32,17 @@ def test_wilson_matches_known_values():
     assert stats.wilson_interval(0, 0) == (0.0, 1.0)
 
 
+def test_wilson_is_the_closed_form_score_interval():
+    """scipy's Wilson interval gives the same numbers as the textbook formula (no continuity correction)."""
+    wins, n = np.array([0, 1, 3, 7, 10, 49, 50]), np.array([10, 10, 4, 50, 10, 50, 50])
+    z, p = stats.Z95, wins / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    lo, hi = stats.wilson_interval(wins, n)
+    np.testing.assert_allclose(lo, np.clip(centre - half, 0, 1), atol=1e-12)
+    np.testing.assert_allclose(hi, np.clip(centre + half, 0, 1), atol=1e-12)
+
+
 def test_wilson_covers_at_the_nominal_rate():
     rng = np.random.default_rng(1)
     coverage = []

@@ -28,14 +28,17 @@ PROVISIONAL_BELOW = 30
 
 
 def wilson_interval(wins: np.ndarray | int, n: np.ndarray | int, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a binomial proportion: sane at 0 and n, unlike the Wald interval."""
-    wins, n = np.asarray(wins, float), np.asarray(n, float)
-    safe = np.maximum(n, 1.0)
-    p = wins / safe
-    centre = (p + z * z / (2 * safe)) / (1 + z * z / safe)
-    half = z * np.sqrt(p * (1 - p) / safe + z * z / (4 * safe * safe)) / (1 + z * z / safe)
-    lo, hi = np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
-    return np.where(n > 0, lo, 0.0), np.where(n > 0, hi, 1.0)
+    """Wilson score interval of a binomial proportion (sane at 0 and n, unlike the Wald interval),
+    from scipy's `binomtest(...).proportion_ci(method="wilson")`; (0, 1) where n is 0."""
+    wins, n = np.broadcast_arrays(np.asarray(wins, float), np.asarray(n, float))
+    level = 2.0 * sps.norm.cdf(z) - 1.0
+    pairs = np.stack([wins.ravel(), n.ravel()], axis=1)
+    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)  # one scipy call per distinct (wins, n)
+    bounds = np.array([(0.0, 1.0) if total <= 0 else
+                       tuple(sps.binomtest(int(k), int(total)).proportion_ci(level, method="wilson"))
+                       for k, total in unique]).reshape(-1, 2)
+    lo, hi = (np.clip(bounds[inverse.ravel(), i], 0.0, 1.0).reshape(wins.shape) for i in (0, 1))
+    return (lo[()], hi[()]) if lo.ndim == 0 else (lo, hi)
 
 
 TIE_FLAG = "tie="
