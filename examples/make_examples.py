@@ -1,4 +1,6 @@
-"""Rebuild the example images from scikit-image's public-domain / CC0 samples and our own painting.
+"""Rebuild the example images from scikit-image's public-domain / CC0 samples and our own painting,
+and the composites of the blind-study set (examples/study-inputs/; scripts/build-study-set.sh
+turns them into examples/study/).
 
 Needs `pip install scikit-image` (not a runtime dependency). Run from the repository root:
     PYTHONPATH=. python examples/make_examples.py
@@ -14,6 +16,19 @@ from PIL import Image
 from harmony_core import imaging
 
 HERE = Path(__file__).parent
+STUDY_INPUTS = HERE / "study-inputs"
+STUDY_SIDE = 512
+"""Long side of the study composites (the study is shown at this size)."""
+RECOLOURED = {
+    # name: (scikit-image sample, ellipse centre (x, y) and axes at STUDY_SIDE, RGB gain, RGB offset)
+    "astronaut_face": ("astronaut", (222, 116), (42, 56), (0.85, 1.12, 0.9), (0, 8, 0)),
+    "shuttle": ("astronaut", (410, 128), (30, 118), (1.25, 1.0, 0.7), (10, 0, 0)),
+    "coffee_cup": ("coffee", (250, 95), (95, 75), (0.7, 0.9, 1.3), (0, 0, 15)),
+    "rocket": ("rocket", (256, 205), (13, 100), (1.3, 0.95, 0.6), (20, 5, 0)),
+    "camera_coat": ("camera", (100, 330), (80, 150), (1.2, 1.0, 0.75), (12, 4, 0)),
+    "retina_disc": ("retina", (88, 232), (40, 44), (0.6, 1.1, 1.25), (0, 10, 25)),
+}
+"""Real photos with one region recoloured (iHarmony4-style): the harmonized result should undo it."""
 
 
 def ellipse_mask(shape: tuple[int, int], centre: tuple[int, int], axes: tuple[int, int]) -> np.ndarray:
@@ -55,6 +70,30 @@ def brush_painting(width: int = 512, height: int = 384, seed: int = 0) -> np.nda
     return np.clip(canvas + weave[..., None], 0, 255).astype(np.uint8)
 
 
+def recolour(photo: np.ndarray, centre: tuple[int, int], axes: tuple[int, int], gain: tuple[float, ...],
+               offset: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(composite, mask): the photo with a colour transform applied inside an ellipse."""
+    mask = ellipse_mask(photo.shape[:2], centre, axes) > 0
+    values = photo.astype(np.float32)
+    values[mask] = values[mask] * np.array(gain) + np.array(offset)
+    return np.clip(np.round(values), 0, 255).astype(np.uint8), mask
+
+
+def sample_photo(name: str) -> np.ndarray:
+    """A scikit-image sample as RGB with the long side STUDY_SIDE."""
+    photo = getattr(skimage.data, name)()
+    if photo.ndim == 2:
+        photo = np.stack([photo] * 3, axis=-1)
+    return imaging.cap_long_side(photo[..., :3], STUDY_SIDE)
+
+
+def save_study_input(name: str, composite: np.ndarray, mask: np.ndarray) -> None:
+    STUDY_INPUTS.mkdir(exist_ok=True)
+    Image.fromarray(imaging.cap_long_side(composite, STUDY_SIDE)).save(STUDY_INPUTS / f"{name}_composite.jpg", quality=92)
+    Image.fromarray(imaging.mask_to_image(imaging.cap_long_side(mask, STUDY_SIDE))).save(
+        STUDY_INPUTS / f"{name}_mask.png", optimize=True)
+
+
 def main() -> None:
     # 1. A warm espresso cup cut out of a CC0 photo and placed in a public-domain twilight scene.
     coffee = skimage.data.coffee()
@@ -84,6 +123,12 @@ def main() -> None:
     composite, mask = imaging.place_foreground(painting, cup, x=0.3, y=0.8, scale=0.4)
     Image.fromarray(composite).save(HERE / "cup_painting_composite.jpg", quality=90)
     Image.fromarray(imaging.mask_to_image(mask)).save(HERE / "cup_painting_mask.png", optimize=True)
+
+    # 4. The blind-study composites: the three above and six recoloured real photos.
+    for name in ("cup_rocket", "cat", "cup_painting"):
+        save_study_input(name, imaging.load_rgb(HERE / f"{name}_composite.jpg"), imaging.load_mask(HERE / f"{name}_mask.png"))
+    for name, (source, centre, axes, gain, offset) in RECOLOURED.items():
+        save_study_input(name, *recolour(sample_photo(source), centre, axes, gain, offset))
 
 
 if __name__ == "__main__":
