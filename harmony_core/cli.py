@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from tqdm import tqdm
 
-from harmony_core import __version__, atomic, imaging
+from harmony_core import __version__, atomic, export, imaging
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.metrics import image_metrics
 from harmony_core.registry import availability_table, get_method, resolve_methods, weighted_methods
@@ -97,6 +98,7 @@ def out_folder(out: str | os.PathLike) -> Path:
 
 
 RUN_REPORT = "results.json"
+FIGURE = "figure.png"
 
 
 def harmonize_folder(out: str | os.PathLike, names: Sequence[str], inputs: Sequence[str | None], overwrite: bool) -> Path:
@@ -107,7 +109,7 @@ def harmonize_folder(out: str | os.PathLike, names: Sequence[str], inputs: Seque
     another run is refused unless --overwrite, which first removes that run's files, so no
     result of the old run is left beside the new ones."""
     path = Path(out)
-    planned = {"composite.png", "mask.png", RUN_REPORT, *(f"{n}.png" for n in names)}
+    planned = {"composite.png", "mask.png", RUN_REPORT, FIGURE, *(f"{n}.png" for n in names)}
     prefixes = tuple(f"{n}_" for n in names)
     for source in filter(None, inputs):
         source_path = Path(source).resolve()
@@ -126,7 +128,7 @@ def harmonize_folder(out: str | os.PathLike, names: Sequence[str], inputs: Seque
             old = json.loads(previous.read_text()).get("results", {})
         except (OSError, ValueError, AttributeError):
             old = {}
-        stale = {"composite.png", "mask.png", RUN_REPORT}
+        stale = {"composite.png", "mask.png", RUN_REPORT, FIGURE}
         for entry in old.values() if isinstance(old, dict) else []:
             if isinstance(entry, dict):
                 stale |= {str(entry.get("image", ""))} | {str(v) for v in (entry.get("maps") or {}).values()}
@@ -146,6 +148,7 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
     imaging.save_image(request.mask, out / "mask.png")
     report: dict[str, object] = {"version": __version__, "inputs": vars(args) | {"func": None}, "results": {}}
     failures = 0
+    finished: dict[str, tuple[np.ndarray, float]] = {}
     for name in names:
         method = get_method(name)
         with tqdm(total=100, desc=name, unit="%", leave=False) as bar:
@@ -168,7 +171,11 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
         if request.ground_truth is not None:
             entry["metrics"] = image_metrics(result.image, request.ground_truth, request.mask, request.composite).as_dict()
         report["results"][name] = entry
+        finished[name] = (result.image, result.metadata["seconds"])
         print(f"{name}: {result.metadata['seconds']:.3f} s -> {path}")
+    if args.figure and finished:
+        columns = export.columns_of(request.composite, finished, request.ground_truth)
+        print(f"figure -> {imaging.save_image(export.figure(columns, request.mask), out / FIGURE)}")
     atomic.write_text(out / RUN_REPORT, json.dumps(report, indent=2, default=str))
     return 1 if failures == len(names) else 0
 
@@ -238,7 +245,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_prepare_study(args: argparse.Namespace) -> int:
     from harmony_core.data.datasets import read_dataset
-    from harmony_core.study.studyset import StudySet, prepare_study
+    from harmony_core.study.prepare import prepare_study
+    from harmony_core.study.studyset import StudySet
 
     methods = [n.strip() for n in args.methods.split(",") if n.strip()]
     total = len(read_dataset(Path(args.inputs))) * len(dict.fromkeys(methods))
@@ -292,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (images + results.json); never one holding the inputs")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are removed first)")
+    p.add_argument("--figure", action="store_true",
+                   help=f"also write {FIGURE}: the composite, each result and the ground truth in one row, with a zoomed crop")
     add_method_choice(p)
     add_weights_option(p)
     p.set_defaults(func=cmd_harmonize)

@@ -37,6 +37,7 @@ COLUMNS = (
 )
 SCHEMA_VERSION = "1"
 MODES = ("best_of_n", "pairwise")
+"""How a round shows its outputs (best of up to 4, or a pair): the one list for votes and rounds."""
 SOURCES = ("study", "user")
 VOTES_FILE = "votes.csv"
 SECRET_FILE = ".ip_hash_secret"
