@@ -10,10 +10,12 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence, TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -21,7 +23,7 @@ from tqdm import tqdm
 from harmony_core import __version__, atomic, export, imaging
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.metrics import image_metrics
-from harmony_core.registry import availability_table, get_method, resolve_methods, weighted_methods
+from harmony_core.registry import Progress, availability_table, get_method, resolve_methods, weighted_methods
 from harmony_core.types import HarmonizationRequest
 
 
@@ -138,6 +140,49 @@ def harmonize_folder(out: str | os.PathLike, names: Sequence[str], inputs: Seque
     return path
 
 
+def map_file_names(method: str, maps: dict[str, object]) -> dict[str, str]:
+    """File name of each map: METHOD_MAP.png with the map's name as a slug (letters, digits and
+    dashes, e.g. "ltl attention" -> ptl_ltl-attention.png); the result keeps the map's own name."""
+    names: dict[str, str] = {}
+    for map_name in maps:
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", map_name).strip("-") or "map"
+        candidate, n = f"{method}_{slug}.png", 2
+        while candidate in names.values():
+            candidate, n = f"{method}_{slug}-{n}.png", n + 1
+        names[map_name] = candidate
+    return names
+
+
+PLAIN_STEP = 0.1
+"""Without a terminal, a progress line at every tenth of a run (and at its start and end)."""
+
+
+@contextmanager
+def method_progress(name: str, stream: TextIO | None = None) -> Iterator[Progress]:
+    """A method's progress callback: a bar (percent done and the current step, no rate) when
+    `stream` (stderr) is a terminal, else plain "NAME: 40% step 20/50" lines, so a log or a pipe
+    reads well."""
+    stream = stream or sys.stderr
+    if stream.isatty():
+        with tqdm(total=100, desc=name, leave=False, file=stream,
+                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
+            def on_bar(fraction: float, message: str) -> None:
+                bar.n = round(100 * min(max(fraction, 0.0), 1.0))
+                bar.set_postfix_str(message, refresh=True)
+
+            yield on_bar
+        return
+    last = -1.0
+
+    def on_line(fraction: float, message: str) -> None:
+        nonlocal last
+        if fraction in (0.0, 1.0) or fraction >= last + PLAIN_STEP:
+            last = fraction
+            print(f"{name}: {round(100 * fraction):3d}% {message.removeprefix(name + ': ')}", file=stream, flush=True)
+
+    yield on_line
+
+
 def cmd_harmonize(args: argparse.Namespace) -> int:
     apply_weights(args)
     names = _selected_methods(args)
@@ -151,11 +196,7 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
     finished: dict[str, tuple[np.ndarray, float]] = {}
     for name in names:
         method = get_method(name)
-        with tqdm(total=100, desc=name, unit="%", leave=False) as bar:
-            def progress(fraction: float, message: str) -> None:
-                bar.n = round(100 * fraction)
-                bar.set_postfix_str(message, refresh=True)
-
+        with method_progress(name) as progress:
             try:
                 result = method.run(request, progress)
             except HarmonyError as exc:
@@ -165,8 +206,9 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
                 continue
         path = imaging.save_image(result.image, out / f"{name}.png")
         entry: dict[str, object] = {"image": path.name, "metadata": result.metadata}
-        for map_name, values in result.maps.items():
-            map_path = imaging.save_image((values * 255).round().astype("uint8"), out / f"{name}_{map_name}.png")
+        for map_name, file_name in map_file_names(name, result.maps).items():
+            values = result.maps[map_name]
+            map_path = imaging.save_image((values * 255).round().astype("uint8"), out / file_name)
             entry.setdefault("maps", {})[map_name] = map_path.name
         if request.ground_truth is not None:
             entry["metrics"] = image_metrics(result.image, request.ground_truth, request.mask, request.composite).as_dict()

@@ -150,3 +150,35 @@ def test_sixteen_bit_images_scale_by_bit_depth(tmp_path):
     Image.fromarray(values).save(tmp_path / "dark16.png")
     assert Image.open(tmp_path / "dark16.png").mode == "I;16"
     assert imaging.load_rgb(tmp_path / "dark16.png").max() <= 1
+
+
+def test_progress_is_a_bar_in_a_terminal_and_plain_lines_otherwise():
+    import io
+
+    from harmony_core.cli import method_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream in (io.StringIO(), Terminal()):
+        with method_progress("hspace", stream) as progress:
+            for i in range(101):
+                progress(i / 100, f"hspace: step {i}/100")
+        text = stream.getvalue()
+        assert "/s" not in text and "hspace" in text  # no rate (a pipe showed "162948.87%/s")
+    lines = io.StringIO()
+    with method_progress("hspace", lines) as progress:
+        for i in range(101):
+            progress(i / 100, f"step {i}")
+    plain = lines.getvalue().splitlines()
+    assert plain[0] == "hspace:   0% step 0" and plain[-1] == "hspace: 100% step 100" and len(plain) <= 12
+
+
+def test_map_files_are_named_without_spaces():
+    from harmony_core.cli import map_file_names
+
+    names = map_file_names("ptl", {"ltl attention": 0, "ptl point contribution": 0})
+    assert names == {"ltl attention": "ptl_ltl-attention.png", "ptl point contribution": "ptl_ptl-point-contribution.png"}
+    assert map_file_names("hspace", {"hspace |h~-h|": 0, "hspace injection mask": 0})["hspace |h~-h|"] == "hspace_hspace-h-h.png"
+    assert len(set(map_file_names("x", {"a b": 0, "a-b": 0}).values())) == 2
