@@ -3,7 +3,7 @@
 Each method runs on every sample at the dataset's native resolution; metrics follow the 256-px
 protocol of harmony_core.metrics. The per-image CSV is the run's state: rows are appended and
 flushed one by one, and a rerun skips the (subset, image, method) rows already there (a torn
-last line from a crash is dropped), so an interrupted run resumes where it stopped.
+last line from a crash is skipped and set aside to per_image.torn, the rule of atomic.py), so an interrupted run resumes where it stopped.
 
 Data parallel: under a distributed launcher (accelerate launch --multi_gpu --num_processes N,
 or torchrun --nproc_per_node N; both work on CPU-only machines) process r of N takes the samples
@@ -119,13 +119,10 @@ def key_of(row: Row) -> Key:
 
 
 def read_rows(path: Path) -> list[Row]:
-    """Complete rows of a per-image CSV; a last line without its newline is a torn write, dropped."""
+    """Complete rows of a per-image CSV; a torn last line is skipped (atomic.complete_lines)."""
     if not path.is_file():
         return []
-    text = path.read_text()
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines.pop()
+    lines = atomic.complete_lines(path.read_bytes(), path).decode().splitlines(keepends=True)
     reader = csv.DictReader(lines)
     if lines and reader.fieldnames != COLUMNS:
         raise InputError(f"{path} has other columns than this version writes; choose a new --out folder.")
@@ -133,12 +130,10 @@ def read_rows(path: Path) -> list[Row]:
 
 
 def _open_for_append(path: Path) -> TextIO:
-    """Append handle positioned after the last complete line, with the header on a new file."""
+    """Append handle after the last complete line (a torn one is set aside to PATH.torn, the rule
+    of atomic.repair_torn_tail), with the header on a new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file():
-        with open(path, "rb+") as raw:
-            data = raw.read()
-            raw.truncate(data.rfind(b"\n") + 1)
+    atomic.repair_torn_tail(path)
     handle = open(path, "a", newline="")
     if handle.tell() == 0:
         csv.writer(handle).writerow(COLUMNS)

@@ -4,7 +4,8 @@ Every append takes a file lock, re-reads what other processes appended since (so
 caught across processes), writes the whole row in one `write`, then flushes and fsyncs before
 the lock is released. A crash can at worst leave one torn last line: readers skip it with a
 warning, and the next append moves its bytes to `<votes>.torn` (nothing is thrown away) and cuts
-the CSV back to its last complete line, so no new row is ever glued onto a torn one.
+the CSV back to its last complete line, so no new row is ever glued onto a torn one (the one
+rule of atomic.py, which evaluate's per-image CSV follows too).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock
 
-from harmony_core import __version__
+from harmony_core import __version__, atomic
 from harmony_core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class VoteStore:
     def __init__(self, folder: str | os.PathLike, lock_timeout: float = 60.0) -> None:
         self.folder = Path(folder)
         self.path = self.folder / VOTES_FILE
-        self.torn_path = self.path.with_suffix(".torn")
+        self.torn_path = self.path.with_suffix(atomic.TORN_SUFFIX)
         self._file_lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout)
         self._thread_lock = threading.Lock()
         self._offset = 0
@@ -243,21 +244,14 @@ class VoteStore:
         with open(self.path, "rb") as handle:
             handle.seek(self._offset)
             chunk = handle.read(size - self._offset)
-        complete = chunk[: chunk.rfind(b"\n") + 1]
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # the torn tail, if any, is set aside below
         if self._offset == 0 and complete and not complete.startswith(_encode(COLUMNS)):
             raise InputError(f"{self.path} is not a votes file of this version (other columns); move it away.")
         rows, _ = _parse(complete, str(self.path))
         self._keys.update(_key(r) for r in rows)
         self._offset += len(complete)
-        tail = chunk[len(complete):]
-        if tail:
-            log.warning("%s: a torn last line (%d bytes, from an interrupted write) moved to %s",
-                        self.path, len(tail), self.torn_path)
-            with open(self.torn_path, "ab") as torn:
-                torn.write(tail + b"\n")
-                torn.flush()
-                os.fsync(torn.fileno())
-            os.truncate(self.path, self._offset)
+        if len(complete) < len(chunk):
+            atomic.set_aside_torn_tail(self.path, self._offset)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -267,10 +261,7 @@ class VoteStore:
             return b""
         with self._thread_lock, self._file_lock:
             data = self.path.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) < len(data):
-            log.warning("%s: a torn last line (%d bytes) skipped", self.path, len(data) - len(complete))
-        return complete
+        return atomic.complete_lines(data, self.path)
 
     def rows(self) -> list[dict[str, str]]:
         """Every well-formed vote; torn or malformed lines are skipped with a warning."""
