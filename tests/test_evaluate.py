@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from harmony_core.data import SyntheticComposites, list_photos, write_iharmony
 from harmony_core.evaluate import PER_IMAGE, SUMMARY, evaluate
 from harmony_core.metrics import image_metrics
 from harmony_core.registry import get_method
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -99,12 +99,6 @@ def test_interrupted_run_resumes_from_the_csv(datasets, tmp_path, monkeypatch):
     assert len(calls) == sum(1 for r in complete[5:] if r["method"] == "reinhard")
     assert read_csv(out / PER_IMAGE) == complete
     assert (out / "per_image.torn").read_text() == lines[6][:20] + "\n"  # set aside, as votes.py does
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_under_accelerate_merge_to_the_single_process_report(datasets, tmp_path):
