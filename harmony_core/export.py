@@ -105,16 +105,22 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def output_name(method: str) -> str:
+    """Where a method's output lies in the ZIP."""
+    return f"outputs/{method}.png"
+
+
 def results_zip(composite: np.ndarray, mask: np.ndarray, images: dict[str, np.ndarray],
                 report: dict[str, Any], figure_png: bytes | None = None) -> bytes:
-    """A ZIP with composite.png, mask.png, METHOD.png for every output at full resolution,
-    figure.png when given, and results.json (the report, with the file of each result)."""
+    """A ZIP with composite.png, mask.png, outputs/METHOD.png for every output at full resolution
+    (a folder of its own: the "composite" method's output is a result too), figure.png when
+    given, and results.json (the report, with the file of each result)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
         archive.writestr("composite.png", png_bytes(composite))
         archive.writestr("mask.png", png_bytes(imaging.mask_to_image(mask)))
         for name, image in images.items():
-            archive.writestr(f"{name}.png", png_bytes(image))
+            archive.writestr(output_name(name), png_bytes(image))
         if figure_png is not None:
             archive.writestr("figure.png", figure_png)
         archive.writestr("results.json", json.dumps({"version": __version__, **report}, indent=2, default=str))

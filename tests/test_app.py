@@ -266,3 +266,65 @@ def test_weights_replies_never_tell_whether_a_path_exists(client, tmp_path):
     finally:
         client.predict("", "", "", api_name="/set_weights")
     assert len(set(notes)) == 1 and "cannot be used here" in notes[0]
+
+
+def test_one_error_policy_for_plain_and_generator_handlers():
+    import gradio as gr
+
+    from app import user_errors
+    from harmony_core.errors import InputError
+
+    @user_errors
+    def streams():
+        yield 1
+        raise InputError("bad input")
+
+    @user_errors
+    def crashes():
+        raise KeyError("internal detail")
+
+    stream = streams()
+    assert next(stream) == 1
+    with pytest.raises(gr.Error, match="bad input"):
+        next(stream)
+    with pytest.raises(gr.Error) as caught:
+        crashes()
+    assert "internal detail" not in str(caught.value) and "went wrong" in str(caught.value)
+
+
+def test_compare_shows_its_input_and_export_gives_a_figure_and_a_zip(client):
+    import json
+    import zipfile
+
+    composite, mask, _, _ = client.predict(
+        handle_file(str(EXAMPLES / "cat_composite.jpg")), handle_file(str(EXAMPLES / "cat_mask.png")),
+        api_name="/compose_upload",
+    )
+    client.predict(handle_file(composite), handle_file(mask), handle_file(str(EXAMPLES / "cat_real.jpg")),
+                   ["composite", "reinhard"], 0, "a cat", api_name="/compare")
+    figure, files = client.predict(True, api_name="/export")
+    h, w = load(composite).shape[:2]
+    assert load(figure).shape[1] == 3 * w + 4 * 8  # composite, reinhard, ground truth at full resolution
+    archive = next(f for f in files if f.endswith(".zip"))
+    with zipfile.ZipFile(archive) as z:
+        assert {"composite.png", "mask.png", "outputs/reinhard.png", "results.json"} <= set(z.namelist())
+        assert json.loads(z.read("results.json"))["results"]["reinhard"]["metadata"]["method"] == "reinhard"
+
+
+def test_pairwise_ties_and_the_object_zoom_through_the_api(client, votes_dir):
+    rater = new_rater(client)
+    out = client.predict("Pairwise (A/B)", rater, api_name="/study_next")
+    shown = [s["value"] for s in out[2:4]]
+    zoomed = client.predict(True, False, api_name="/study_view")
+    assert all(z and Path(z).name not in {Path(s).name for s in shown} for z in zoomed[:2])
+    assert load(zoomed[0]).shape == load(zoomed[1]).shape  # the same crop for both
+    revealed = client.predict(rater, api_name="/vote_both_good")
+    assert "both good" in revealed[4] and all(" · " in s["label"] for s in revealed[:2])
+    (row,) = [r for r in VoteStore(votes_dir).rows() if r["rater_id"] == rater]
+    assert "tie=both_good" in row["flags"] and row["winner_method"] == ""
+    client.predict("Best of all (A-D)", rater, api_name="/study_next")
+    with pytest.raises(AppError, match="pairwise"):
+        client.predict(rater, api_name="/vote_both_bad")
+    _, pairs = client.predict("Pairwise", "All images", api_name="/leaderboard"), client.predict(
+        "Pairwise", "All images", api_name="/leaderboard_pairs")
+    assert pairs["headers"] == ["pair", "comparisons", "win rate of the first", "more votes to separate"]

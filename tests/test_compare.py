@@ -35,3 +35,59 @@ def test_unavailable_method_raises_with_reason(scene):
     _, composite, mask = scene
     with pytest.raises(MethodUnavailable, match="weights missing"):
         NeedsWeights().run(HarmonizationRequest(composite, mask))
+
+
+class Styled(Method):
+    """Records what hspace and freepih would read: the style image and the prompt."""
+
+    name, family, title, summary = "test-styled", "diffusion", "x", "x"
+
+    def harmonize(self, request, progress):
+        from harmony_core.types import HarmonizationResult
+
+        return HarmonizationResult(request.composite.copy(), metadata={
+            "prompt": request.prompt, "style_is_background": request.background is not None})
+
+
+def test_compose_background_and_prompt_reach_the_method(scene, monkeypatch, tmp_path):
+    from PIL import Image
+
+    from harmony_core.studio.compare import build_request, inputs_note
+
+    real, composite, mask = scene
+    monkeypatch.setitem(registry._FACTORIES, Styled.name, Styled)
+    monkeypatch.delitem(registry._INSTANCES, Styled.name, raising=False)
+    Image.fromarray(composite).save(tmp_path / "c.png")
+    Image.fromarray(mask.astype("uint8") * 255).save(tmp_path / "m.png")
+    request, names, notes = build_request(tmp_path / "c.png", tmp_path / "m.png", [Styled.name], 1024,
+                                          prompt="a red box", background=real)
+    *_, last = run_methods(request, names, lambda f, m: None)
+    metadata = last.finished.results[Styled.name].metadata
+    assert metadata["prompt"] == "a red box" and metadata["style_is_background"] and not notes
+    assert "background you placed" in inputs_note(real) and "composite itself" in inputs_note(None)
+    request, _, notes = build_request(tmp_path / "c.png", tmp_path / "m.png", [Styled.name], 1024, background=real[:50])
+    assert request.background is None and "no longer matches" in notes[0]
+
+
+def test_the_last_state_carries_the_finished_run(scene):
+    real, composite, mask = scene
+    seen = [(state.finished, state.before_after) for state in run_methods(
+        HarmonizationRequest(composite, mask, ground_truth=real), ["composite", "reinhard"], lambda f, m: None)]
+    assert seen[0] == (None, None)  # not finished; the unchanged composite is no "after"
+    final, before_after = seen[-1]
+    assert list(final.results) == ["composite", "reinhard"] and set(final.metrics) == {"composite", "reinhard"}
+    assert before_after[1] is final.results["reinhard"].image
+
+
+def test_availability_collapses_to_one_line_per_method_with_details_on_demand(monkeypatch):
+    from harmony_core.studio.compare import availability_note
+    from harmony_core.studio.serving import MethodStatus
+
+    long_reason = "weights missing. Download them from the authors' page (a long explanation), then set X"
+    note = availability_note([MethodStatus("reinhard", "classical", True), MethodStatus("x", "network", False, long_reason)])
+    summary, details = note.split("</summary>")
+    assert summary.count("\n") == 0 and "<strong>x</strong> cannot run here: weights missing" in summary
+    assert long_reason in details and "reinhard" not in note
+    pointed = availability_note([MethodStatus("x", "network", False, long_reason)], {"x": "/some/folder"})
+    assert "/some/folder" in pointed and "Download" not in pointed  # never why (no probe of the disk)
+    assert availability_note([MethodStatus("reinhard", "classical", True)]) == "All methods can run here."

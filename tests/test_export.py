@@ -36,12 +36,12 @@ def test_figure_has_a_full_resolution_column_per_image_and_a_zoom_row(scene):
 
 def test_zip_holds_every_output_the_mask_and_the_report(scene):
     real, composite, mask = scene
-    data = export.results_zip(composite, mask, {"reinhard": real}, {"results": {"reinhard": {"image": "reinhard.png"}}})
+    data = export.results_zip(composite, mask, {"reinhard": real}, {"results": {"reinhard": {"image": "outputs/reinhard.png"}}})
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        assert set(archive.namelist()) == {"composite.png", "mask.png", "reinhard.png", "results.json"}
-        assert np.array_equal(np.asarray(Image.open(archive.open("reinhard.png"))), real)
+        assert set(archive.namelist()) == {"composite.png", "mask.png", "outputs/reinhard.png", "results.json"}
+        assert np.array_equal(np.asarray(Image.open(archive.open("outputs/reinhard.png"))), real)
         assert (np.asarray(Image.open(archive.open("mask.png"))) > 127).tolist() == mask.tolist()
-        assert json.loads(archive.read("results.json"))["results"]["reinhard"]["image"] == "reinhard.png"
+        assert json.loads(archive.read("results.json"))["results"]["reinhard"]["image"] == "outputs/reinhard.png"
 
 
 def test_studio_export_of_a_finished_run(scene, tmp_path, monkeypatch):
@@ -55,7 +55,7 @@ def test_studio_export_of_a_finished_run(scene, tmp_path, monkeypatch):
     assert Image.open(figure).size[0] == 3 * 128 + 4 * export.GAP
     with zipfile.ZipFile(archive) as z:
         report = json.loads(z.read("results.json"))
-        assert {"composite.png", "reinhard.png", "mask.png", "figure.png"} <= set(z.namelist())
+        assert {"composite.png", "outputs/reinhard.png", "mask.png", "figure.png"} <= set(z.namelist())
         assert report["results"]["reinhard"]["metrics"]["fMSE"] >= 0
 
 

@@ -115,3 +115,39 @@ def test_headline_p_value_is_a_binomial_test_against_chance():
 def test_no_votes():
     empty = pd.DataFrame(columns=["mode", "shown_order", "winner_method", "rater_id"])
     assert stats.leaderboard(empty).headline == "No votes yet."
+
+
+def tie_votes(good: int, bad: int, a_wins: int) -> pd.DataFrame:
+    rows = [{"mode": "pairwise", "shown_order": "a;b", "winner_method": "a", "rater_id": "r1", "flags": "seed=1"}] * a_wins
+    rows += [{"mode": "pairwise", "shown_order": "a;b", "winner_method": "", "rater_id": "r2", "flags": "seed=2;tie=both_good"}] * good
+    rows += [{"mode": "pairwise", "shown_order": "b;a", "winner_method": "", "rater_id": "r3", "flags": "seed=3;tie=both_bad"}] * bad
+    return pd.DataFrame(rows)
+
+
+def test_ties_count_as_half_a_win_each_way():
+    votes = tie_votes(good=2, bad=2, a_wins=4)
+    wins = stats.win_matrix(stats.comparisons(votes), ["a", "b"])
+    assert wins.tolist() == [[0.0, 6.0], [2.0, 0.0]]  # a over b: 4 + 4 halves; b over a: 4 halves
+    board = stats.leaderboard(votes, n_boot=20)
+    table = board.table.set_index("method")
+    assert table.loc["a", "shown"] == 8 and table.loc["a", "wins"] == 6 and table.loc["b", "wins"] == 2
+    assert table.loc["a", "win share %"] == 75.0
+    assert "4 tie(s)" in board.headline and '2 "both good", 2 "both bad"' in board.headline
+    assert "can't decide" not in board.headline  # ties are not undecided votes
+    assert stats.tie_kind("seed=1;tie=both_bad") == "both_bad" and stats.tie_kind("tie=maybe") == ""
+
+
+def test_ranks_tie_where_intervals_overlap():
+    lo, hi = np.array([1.0, 0.5, -2.0]), np.array([2.0, 1.5, -1.0])
+    assert stats.rank_ranges(lo, hi) == ["1-2", "1-2", "3"]
+    assert stats.rank_ranges(np.array([np.nan]), np.array([np.nan])) == [""]
+
+
+def test_votes_to_separate_at_the_current_rate():
+    wins = np.array([[0.0, 6.0], [4.0, 0.0]])  # p = 0.6 after 10: 1.96^2 * 0.24 / 0.01 = 92.2 in all
+    more = stats.votes_to_separate(wins)
+    assert more[0, 1] == 83 and more[1, 0] == 83
+    assert stats.votes_to_separate(np.array([[0.0, 30.0], [0.0, 0.0]]))[0, 1] == 0  # already apart
+    assert np.isinf(stats.votes_to_separate(np.array([[0.0, 5.0], [5.0, 0.0]]))[0, 1])  # even: never
+    table = stats.pair_table(["x", "y"], wins)
+    assert table.iloc[0].tolist() == ["x vs y", 10.0, "60%", 83]

@@ -181,7 +181,7 @@ def export_run(run: CompareRun | None, zoom: bool = True) -> tuple[Path, Path]:
     timed = {name: (r.image, float(r.metadata.get("seconds", 0.0))) for name, r in run.results.items()}
     figure = export.figure(export.columns_of(run.composite, timed, run.ground_truth), run.mask, zoom)
     figure_png = export.png_bytes(figure)
-    report = {"results": {name: {"image": f"{name}.png", "metadata": r.metadata, **(
+    report = {"results": {name: {"image": export.output_name(name), "metadata": r.metadata, **(
         {"metrics": run.metrics[name]} if name in run.metrics else {})} for name, r in run.results.items()},
         "composite": "composite.png", "mask": "mask.png", "figure": "figure.png"}
     folder = scratch_folder("export-")
