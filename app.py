@@ -234,7 +234,8 @@ def _compare_controls(server: Server, all_methods: list[str], runnable: list[str
     c["availability"] = gr.Markdown(note, elem_id="compare-availability")
     with gr.Accordion("Model weights (a local folder or a Hub id; empty = the default)", open=False,
                       visible=server.allow_weight_changes):
-        c["weight_boxes"] = [gr.Textbox(label=name, placeholder="default", max_lines=1) for name in compare.WEIGHTED_METHODS]
+        c["weight_boxes"] = [gr.Textbox(label=name, value="", placeholder="default", max_lines=1)
+                             for name in compare.WEIGHTED_METHODS]
         c["weights_button"] = gr.Button("Use these weights (for everyone on this server)")
     return c
 

@@ -129,3 +129,13 @@ def test_the_app_starts_with_spaces_installed(tmp_path):
     demo = build_app(max_side=256, votes_dir=tmp_path)
     assert {"compare", "export", "vote_both_good", "vote_both_bad", "study_view"} <= {
         d.api_name for d in demo.fns.values() if d.api_name}
+
+
+def test_on_zero_gpu_the_available_models_load_at_start_up(monkeypatch):
+    """preload() as on ZeroGPU: every available model-backed method loads now (ptl's shipped
+    weights here; the others have no weights on this machine and stay unloaded)."""
+    monkeypatch.setattr(serving, "on_zero_gpu", lambda: True)
+    loaded = serving.preload()
+    assert "ptl" in loaded and registry.get_method("ptl").loaded() is not None
+    assert set(loaded) <= set(registry.weighted_methods())
+    assert all(registry.get_method(n).available() for n in loaded)

@@ -14,7 +14,7 @@ import numpy as np
 from harmony_core import export, imaging
 from harmony_core.errors import InputError
 from harmony_core.metrics import ImageMetrics, image_metrics
-from harmony_core.registry import Progress, get_method, resolve_methods
+from harmony_core.registry import Progress, get_method, resolve_methods, weighted_methods
 from harmony_core.studio.compose import finish
 from harmony_core.studio.scratch import scratch_folder
 from harmony_core.studio.serving import STATUS_COLUMNS, MethodStatus, method_statuses, serve
@@ -59,8 +59,9 @@ def method_choices(pointed: dict[str, str] | None = None) -> tuple[list[str], li
             availability_note(statuses, pointed))
 
 
-WEIGHTED_METHODS = ("diffharmony", "freepih", "hspace")
-"""Methods whose weights the studio can point elsewhere (a local folder or a Hub id)."""
+WEIGHTED_METHODS = tuple(sorted(weighted_methods()))
+"""Methods whose weights the studio can point elsewhere (a local folder or a Hub id), in the
+order of the /set_weights inputs (alphabetical, so a method added later comes in its place)."""
 WEIGHTS_FLAG = "--allow-weight-changes"
 WEIGHTS_OFF = (f"Changing model weights is off on this server. The organiser enables it by starting the app with "
                f"`{WEIGHTS_FLAG}` (or HARMONY_ALLOW_WEIGHT_CHANGES=1), on a server only they can reach.")

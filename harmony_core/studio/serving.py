@@ -25,7 +25,7 @@ import numpy as np
 
 from harmony_core.bench import measure_peak
 from harmony_core.errors import HarmonyError
-from harmony_core.registry import Progress, get_method, method_names
+from harmony_core.registry import Progress, get_method, method_names, weighted_methods
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 log = logging.getLogger(__name__)
@@ -67,26 +67,22 @@ def method_statuses() -> list[MethodStatus]:
     return rows
 
 
-MODEL_LOADERS = {"ptl": "model", "hspace": "unet", "freepih": "parts", "diffharmony": "load"}
-"""The call that loads each model-backed method's weights (until registry.py derives them)."""
-
-
 def preload() -> list[str]:
-    """On ZeroGPU, load the available methods' models now, on the CPU and outside any GPU function
-    (ZeroGPU moves them to the GPU inside each call); elsewhere do nothing (lazy load on first
-    use). Returns the methods loaded; one that fails to load is logged and left lazy."""
+    """On ZeroGPU, load the available model-backed methods' models now, on the CPU and outside any
+    GPU function (ZeroGPU moves them to the GPU inside each call); elsewhere do nothing (lazy load
+    on first use). Returns the methods loaded; one that fails to load is logged and left lazy."""
     if not on_zero_gpu():
         return []
     loaded = []
-    for status in method_statuses():
-        loader = MODEL_LOADERS.get(status.method)
-        if loader is None or not status.runnable:
+    for name in weighted_methods():
+        method = get_method(name)
+        if not method.available():
             continue
         try:
-            getattr(get_method(status.method), loader)()
-            loaded.append(status.method)
+            method.load()
+            loaded.append(name)
         except Exception:
-            log.exception("preloading %s failed; it will load on first use", status.method)
+            log.exception("preloading %s failed; it will load on first use", name)
     return loaded
 
 
