@@ -1,8 +1,12 @@
-"""One real click-through in Debian's chromium (Playwright): compose -> compare -> vote -> leaderboard."""
+"""One real click-through in Debian's chromium (Playwright): compose -> compare (with a prompt) ->
+export download -> a blind vote -> a pairwise tie with the object zoom -> leaderboard.
+
+Screenshots of each step are saved to outputs/screenshots/ (ignored by git) for a person to look at."""
 
 import json
 import shutil
 import socket
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,9 @@ import pytest
 from harmony_core.study.studyset import StudySet
 
 CHROMIUM = "/usr/bin/chromium"
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+SHOTS = ROOT / "outputs" / "screenshots"
 METHODS = StudySet.load(EXAMPLES / "study").methods
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
@@ -38,6 +44,7 @@ def url(tmp_path_factory):
 
 
 def test_click_through_in_chromium(url, tmp_path):
+    SHOTS.mkdir(parents=True, exist_ok=True)
     executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
@@ -58,11 +65,28 @@ def test_click_through_in_chromium(url, tmp_path):
             page.locator("#compose-use").click()
             sync_api.expect(page.locator("#compose-notice")).to_contain_text("Ready")
 
-            # Compare: every runnable method streams into the gallery.
+            # Compare: it shows the composite it will run on; a prompt; every runnable method streams in.
             page.get_by_role("tab", name="Compare").click()
+            page.locator("#compare-input img").first.wait_for()
+            page.locator("#compare-prompt textarea").fill("a cat's face")
             page.locator("#compare-run").click()
             sync_api.expect(page.locator("#compare-status")).to_contain_text("poisson", timeout=120_000)
             sync_api.expect(page.locator("#compare-gallery").get_by_text("poisson ·").first).to_be_visible()
+            sync_api.expect(page.locator("#compare-gallery").get_by_text("ptl ·").first).to_be_visible(timeout=120_000)
+
+            # Export: a figure and a ZIP to download.
+            page.get_by_text("Export: a paper-style figure").click()
+            page.locator("#export-run").click()
+            link = page.locator("#export-files a[download$='.zip']").first
+            link.wait_for(timeout=120_000)
+            with page.expect_download() as download:
+                link.click()
+            saved = tmp_path / download.value.suggested_filename
+            download.value.save_as(saved)
+            with zipfile.ZipFile(saved) as archive:
+                assert "results.json" in archive.namelist() and "outputs/poisson.png" in archive.namelist()
+                assert "a cat's face" in archive.read("results.json").decode() or "freepih" not in archive.read("results.json").decode()
+            page.screenshot(path=str(SHOTS / "compare-export.png"), full_page=True)
 
             # Blind study: letters only, then the names after the vote.
             page.get_by_role("tab", name="Blind study").click()
@@ -81,13 +105,37 @@ def test_click_through_in_chromium(url, tmp_path):
             sync_api.expect(page.locator("#study-message")).to_contain_text("Recorded")
             sync_api.expect(page.locator("#vote-A")).to_be_disabled()
             sync_api.expect(page.locator("#slot-B")).to_contain_text("your pick")
-            page.screenshot(path=str(tmp_path / "study.png"), full_page=True)
+            page.screenshot(path=str(SHOTS / "study.png"), full_page=True)
+
+            # Pairwise with the object zoom: the two images become the same crop, then a tie.
+            page.get_by_text("Pairwise (A/B)").click()
+            page.locator("#study-next").click()
+            sync_api.expect(page.locator("#vote-both-good")).to_be_enabled()
+            whole = page.locator("#slot-A img").first.get_attribute("src")
+            page.locator("#study-zoom input").check()
+            sync_api.expect(page.locator("#slot-A img").first).not_to_have_attribute("src", whole)
+            sizes = page.evaluate("""() => ['A', 'B'].map(l => {
+                const img = document.querySelector(`#slot-${l} img`); return [img.naturalWidth, img.naturalHeight]; })""")
+            assert sizes[0] == sizes[1] and sizes[0][0] == sizes[0][1]  # the same square crop in both
+            page.screenshot(path=str(SHOTS / "study-zoom.png"), full_page=True)
+            page.locator("#vote-both-good").click()
+            sync_api.expect(page.locator("#study-message")).to_contain_text("both good")
+            sync_api.expect(page.locator("#vote-both-bad")).to_be_disabled()
+            sync_api.expect(page.locator("#slot-A")).to_contain_text(" · ")  # names revealed
+            zoomed = page.locator("#slot-A img").first.get_attribute("src")
+            page.locator("#study-difference input").check()
+            sync_api.expect(page.locator("#slot-A img").first).not_to_have_attribute("src", zoomed)
+            page.locator("#slot-B img").first.wait_for()
+            page.wait_for_function("() => [...document.querySelectorAll('[id^=slot-] img')].every(i => i.complete)")
+            page.screenshot(path=str(SHOTS / "study-tie-difference.png"), full_page=True)
 
             # Leaderboard: the vote is counted.
             page.get_by_role("tab", name="Leaderboard").click()
             sync_api.expect(page.locator("#board-headline")).to_contain_text("preferred", timeout=60_000)
             sync_api.expect(page.locator("#board-table")).to_contain_text("poisson")
+            sync_api.expect(page.locator("#board-headline")).to_contain_text("both good")
+            sync_api.expect(page.locator("#board-pairs")).to_contain_text(" vs ")
         finally:
-            page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
+            page.screenshot(path=str(SHOTS / "studio.png"), full_page=True)
             browser.close()
-    assert (tmp_path / "studio.png").stat().st_size > 10_000
+    assert (SHOTS / "studio.png").stat().st_size > 10_000
