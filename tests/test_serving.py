@@ -139,3 +139,26 @@ def test_on_zero_gpu_the_available_models_load_at_start_up(monkeypatch):
     assert "ptl" in loaded and registry.get_method("ptl").loaded() is not None
     assert set(loaded) <= set(registry.weighted_methods())
     assert all(registry.get_method(n).available() for n in loaded)
+
+
+def test_serving_is_imported_before_torch():
+    """On ZeroGPU `spaces` must come before anything that may initialize CUDA: app.py imports
+    serving first, and serving itself never imports torch."""
+    import subprocess
+    import sys
+
+    code = "import sys; from harmony_core.studio import serving; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=serving.__file__.rsplit("/harmony_core/", 1)[0])
+    first = next(line for line in open(serving.__file__.replace("harmony_core/studio/serving.py", "app.py"))
+                 if line.startswith(("import ", "from ")) and "__future__" not in line)
+    assert first.startswith("from harmony_core.studio import serving")
+
+
+def test_app_is_wiring_no_function_over_80_lines():
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(serving.__file__).parents[2] / "app.py").read_text())
+    long = {f.name: f.end_lineno - f.lineno + 1 for f in ast.walk(tree)
+            if isinstance(f, ast.FunctionDef) and f.end_lineno - f.lineno + 1 > 80}
+    assert not long, long
