@@ -90,3 +90,22 @@ def test_unavailable_explainer_is_explained(scene, monkeypatch):
     monkeypatch.setitem(registry._FACTORIES, Missing.name, Missing)
     result = explain.explain(HarmonizationRequest(composite, mask), ["missing-weights"], lambda f, m: None)
     assert result.notes == ["**missing-weights** cannot run here: weights missing: download them to weights/x"]
+
+
+def test_a_click_reruns_only_point_methods_and_render_picks_the_map(scene, mapper):
+    from harmony_core.errors import InputError
+
+    _, composite, mask = scene
+    with pytest.raises(InputError, match="Explain"):
+        explain.explain_point(None, HarmonizationRequest(composite, mask, point=(60, 50)), lambda f, m: None)
+    first = explain.explain(HarmonizationRequest(composite, mask), [Mapper.name, "reinhard"], lambda f, m: None)
+    runs = Mapper.runs
+    clicked = explain.explain_point(first, HarmonizationRequest(composite, mask, point=(60, 50)), lambda f, m: None)
+    assert Mapper.runs == runs + 1 and "point contribution" in [p.key for p in clicked.panels]
+    view = explain.render(clicked, composite, (60, 50), "viridis", 0.5, "nonexistent")
+    assert view.chosen == view.labels[0] and len(view.overlays) == len(clicked.panels)
+    assert view.main.shape == composite.shape and "returns no maps" not in view.notes
+    with pytest.raises(InputError, match="changed"):
+        explain.render(clicked, composite[:50], None, "viridis", 0.5, None)
+    none = explain.explain_point(explain.Explained(), HarmonizationRequest(composite, mask, point=(1, 1)), lambda f, m: None)
+    assert none.notes == ["None of the chosen methods has a point map; nothing to re-run."]
