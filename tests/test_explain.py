@@ -98,7 +98,8 @@ def test_a_click_reruns_only_point_methods_and_render_picks_the_map(scene, mappe
     _, composite, mask = scene
     with pytest.raises(InputError, match="Explain"):
         explain.explain_point(None, HarmonizationRequest(composite, mask, point=(60, 50)), lambda f, m: None)
-    first = explain.explain(HarmonizationRequest(composite, mask), [Mapper.name, "reinhard"], lambda f, m: None)
+    first = explain.explain(HarmonizationRequest(composite, mask, point=(40, 35)), [Mapper.name, "reinhard"],
+                            lambda f, m: None)
     runs = Mapper.runs
     clicked = explain.explain_point(first, HarmonizationRequest(composite, mask, point=(60, 50)), lambda f, m: None)
     assert Mapper.runs == runs + 1 and "point contribution" in [p.key for p in clicked.panels]
