@@ -3,7 +3,6 @@ object zoom, the difference view, and a rater's picks against the crowd."""
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from harmony_core import export, imaging

@@ -17,7 +17,7 @@ from harmony_core.metrics import ImageMetrics, image_metrics
 from harmony_core.registry import Progress, get_method, resolve_methods, weighted_methods
 from harmony_core.studio.compose import finish
 from harmony_core.studio.scratch import scratch_folder
-from harmony_core.studio.serving import STATUS_COLUMNS, MethodStatus, method_statuses, serve
+from harmony_core.studio.serving import MethodStatus, method_statuses, serve
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import struct
 import time
 import uuid
@@ -14,18 +13,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from PIL import Image
 
 from harmony_core import export, imaging
 from harmony_core.errors import InputError
 from harmony_core.studio import raters
 from harmony_core.studio.scratch import scratch_folder
 from harmony_core.study import stats
-from harmony_core.study.stats import PAIR_COLUMNS, TABLE_COLUMNS
+from harmony_core.study.stats import PAIR_COLUMNS, TABLE_COLUMNS  # noqa: F401 (for the app)
 from harmony_core.study.studyset import (
     LETTERS, MAX_SHOWN, Round, StudySample, StudySet, next_round, sample_id, user_round,
 )
-from harmony_core.study.votes import DuplicateVote, Vote, VoteStore, ip_hash, load_secret, start_hub_sync
+from harmony_core.study.votes import (  # noqa: F401 (load_secret, start_hub_sync: for the app)
+    DuplicateVote, Vote, VoteStore, ip_hash, load_secret, start_hub_sync,
+)
 
 # LETTERS, MAX_SHOWN, PAIR_COLUMNS, TABLE_COLUMNS, StudySet, VoteStore, load_secret and start_hub_sync
 # are imported here for the app, which reaches harmony_core.study only through this module.
@@ -103,13 +103,7 @@ def with_nonce(data: bytes) -> tuple[bytes, str]:
         return data[:33] + chunk + data[33:], ".png"
     if data.startswith(JPEG_SOI):  # a COM segment right after SOI
         return JPEG_SOI + b"\xff\xfe" + struct.pack(">H", len(nonce) + 2) + nonce + data[2:], ".jpg"
-    return with_nonce(png_bytes(imaging.load_rgb(data, "study image")))[0], ".png"
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return with_nonce(export.png_bytes(imaging.load_rgb(data, "study image")))[0], ".png"
 
 
 def blind_copies(images: list[bytes]) -> list[str]:
@@ -138,7 +132,7 @@ def round_images(state: RoundState, zoom: bool, difference: bool) -> list[str]:
     if difference and state.voted:
         if state.differences is None:
             diffs = [difference_image(imaging.load_rgb(path, "study image"), state.composite) for path in state.files]
-            state.differences = blind_copies([png_bytes(d) for d in diffs])
+            state.differences = blind_copies([export.png_bytes(d) for d in diffs])
         files = state.differences
     else:
         files = state.files
@@ -146,7 +140,7 @@ def round_images(state: RoundState, zoom: bool, difference: bool) -> list[str]:
         return list(files)
     if files is state.files:
         return list(state.zoomed)
-    return blind_copies([png_bytes(export.crop(imaging.load_rgb(path, "study image"), state.box)) for path in files])
+    return blind_copies([export.png_bytes(export.crop(imaging.load_rgb(path, "study image"), state.box)) for path in files])
 
 
 DIFFERENCE_GAIN = 4
@@ -163,7 +157,7 @@ def _begin(rnd: Round, rater_id: str, images: dict[str, bytes], composite: np.nd
            message: str) -> tuple[RoundState, RoundView]:
     encoded = [images[m] for m in rnd.shown]
     box = export.object_box(mask)
-    crops = [png_bytes(export.crop(imaging.load_rgb(data, "study image"), box)) for data in encoded]
+    crops = [export.png_bytes(export.crop(imaging.load_rgb(data, "study image"), box)) for data in encoded]
     state = RoundState(rnd, rater_id, blind_copies(encoded), blind_copies(crops), composite, box, time.monotonic())
     return state, _view(state, list(LETTERS), message)
 
@@ -195,7 +189,7 @@ def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outp
     if sid in store.voted_samples(rater_id, mode, source="user"):
         raise InputError("You have already voted on this composite in this mode.")
     rnd = user_round(StudySample(sid, "your composite", Path(), Path(), dict.fromkeys(outputs, Path())), mode)
-    return _begin(rnd, rater_id, {m: png_bytes(outputs[m]) for m in rnd.shown}, composite, mask,
+    return _begin(rnd, rater_id, {m: export.png_bytes(outputs[m]) for m in rnd.shown}, composite, mask,
                   f"Your composite. {QUESTION}")
 
 
