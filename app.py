@@ -265,6 +265,7 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
     results = gr.State(None)
     image_in = server.image_in
 
+    @user_errors
     def show_inputs(composite, background):
         return image_in(composite, "composite"), compare.inputs_note(background)
 
@@ -413,6 +414,7 @@ def study_tab(server: Server, rater: gr.BrowserState, demo: gr.Blocks) -> StudyT
     state = gr.State(None)
     rounds = [state, *slots, *vote_buttons, cant_decide, *tie_buttons, message]
 
+    @user_errors
     def known_rater(rater_id: str | None) -> tuple[str, str]:
         rater_id = study.browser_rater(rater_id, server.secret)
         return rater_id, study.rater_note(rater_id)

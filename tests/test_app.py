@@ -328,3 +328,11 @@ def test_pairwise_ties_and_the_object_zoom_through_the_api(client, votes_dir):
     _, pairs = client.predict("Pairwise", "All images", api_name="/leaderboard"), client.predict(
         "Pairwise", "All images", api_name="/leaderboard_pairs")
     assert pairs["headers"] == ["pair", "comparisons", "win rate of the first", "more votes to separate"]
+
+
+def test_every_handler_of_the_app_runs_under_the_one_error_policy(tmp_path):
+    from app import build_app
+
+    demo = build_app(max_side=256, votes_dir=tmp_path)
+    ours = [d.fn for d in demo.fns.values() if d.fn is not None and d.fn.__module__ != "gradio.helpers"]
+    assert len(ours) > 20 and all(hasattr(fn, "__wrapped__") for fn in ours)  # functools.wraps of user_errors
