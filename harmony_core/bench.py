@@ -1,9 +1,11 @@
 """Latency and peak-memory benchmark of the registered methods on a synthetic composite.
 
 Timings: median of N runs after one warm-up run (which also loads models). Memory: a separate,
-untimed run; on CUDA the allocator's peak; on the CPU the larger of the peak of traced
-Python/NumPy allocations (tracemalloc) and the sampled growth of the process's resident memory
-(which also sees OpenCV's and PyTorch's native buffers).
+untimed run, as the growth over the memory in use when it started (never an absolute level; the
+studio's "peak memory" is the same number, `measure_peak`): on CUDA the allocator's peak above
+what was allocated before; on the CPU the larger of the peak of traced Python/NumPy allocations
+(tracemalloc) and the sampled growth of the process's resident memory (which also sees
+OpenCV's and PyTorch's native buffers).
 """
 
 from __future__ import annotations
