@@ -118,3 +118,33 @@ def test_hspace_reads_the_beta_schedule_from_the_checkpoint(tmp_path):
     mask = np.zeros((32, 32), bool)
     mask[8:20, 8:20] = True
     assert other.run(HarmonizationRequest(composite=request, mask=mask)).image.shape == (32, 32, 3)
+
+
+def test_ptlnet_saves_and_loads_like_diffusers_models(tmp_path):
+    from dataclasses import asdict
+
+    from diffusers import ConfigMixin, ModelMixin
+    from safetensors.torch import load_file, save_file
+
+    from harmony_core.methods.ptl import SHIPPED_WEIGHTS
+
+    shipped = PTLNet.from_pretrained(SHIPPED_WEIGHTS)  # its config.json predates head / prior
+    assert isinstance(shipped, ModelMixin) and isinstance(shipped, ConfigMixin)
+    assert shipped.config == PTLConfig(width=0.5, head="residual", prior="none") and not shipped.training
+    shipped.save_pretrained(tmp_path / "new")
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["config.json", "model.safetensors"]
+    saved = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert saved["_class_name"] == "PTLNet" and {k: saved[k] for k in asdict(shipped.config)} == asdict(shipped.config)
+    assert {v.dtype for v in load_file(tmp_path / "new" / "model.safetensors").values()} <= {torch.float16, torch.int64}
+    again = PTLNet.from_pretrained(tmp_path / "new")
+    assert again.config == shipped.config
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), shipped.state_dict().values()))
+    # A folder written by the save_pretrained before this one: plain json of every PTLConfig field.
+    torch.manual_seed(2)
+    net = PTLNet(PTLConfig(width=0.25))
+    (tmp_path / "old").mkdir()
+    save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, tmp_path / "old" / "model.safetensors")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(asdict(net.config), indent=2))
+    old = PTLNet.from_pretrained(tmp_path / "old")
+    assert old.config == PTLConfig(width=0.25) and old.config.head == "affine" and old.config.prior == "poisson"
+    assert PTLNet.from_config(saved).config == shipped.config

@@ -21,12 +21,14 @@ without state on a model that every request shares.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,6 +36,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 AFFINE_PARAMS = 12
 """A 3x4 colour transform per location, stored as (A - I) row-major (9) then the offset b (3)."""
 
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
 Head = Literal["residual", "affine"]
 Prior = Literal["none", "poisson"]
 
@@ -253,14 +257,34 @@ def compose_affine(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     return torch.cat([matrix.reshape(b, 9, h, w), offset.reshape(b, 3, h, w)], dim=1)
 
 
-class PTLNet(nn.Module):
-    """The whole network. forward(image in [0,1], mask in {0,1}) -> PTLOutput."""
+LEGACY_CONFIG = {"head": "residual", "prior": "none"}
+"""What a config.json without these keys means: it was saved before the affine head existed, so it
+holds the paper's residual network (the shipped weights/ptl folder)."""
+
+
+def config_from_dict(values: dict[str, Any]) -> PTLConfig:
+    """A PTLConfig from a saved config (ours, or diffusers' with `_class_name` etc.: other keys are
+    ignored); missing head / prior mean LEGACY_CONFIG."""
+    known = {f.name for f in fields(PTLConfig)}
+    return PTLConfig(**{**LEGACY_CONFIG, **{k: v for k, v in dict(values).items() if k in known}})
+
+
+class PTLNet(ModelMixin, ConfigMixin):
+    """The whole network. forward(image in [0,1], mask in {0,1}) -> PTLOutput.
+
+    A diffusers ModelMixin / ConfigMixin: the PTLConfig fields are its registered config (written
+    as config.json by `save_config`), and `config` is the PTLConfig itself. Weights are saved as
+    fp16 `model.safetensors` (the name the shipped folder and train-ptl's exports use).
+    """
+
+    config_name = CONFIG_NAME
 
     def __init__(self, config: PTLConfig = PTLConfig()) -> None:
         super().__init__()
         if config.image_size != 256:
             raise ValueError("The encoder-decoder is defined for 256 px inputs (its bottleneck is 1x1).")
-        self.config = config
+        self.register_to_config(**asdict(config))
+        self._ptl_config = config
         ch = config.channels
         widths = [ch(64), ch(64), ch(128), ch(128), ch(256), ch(256), ch(512)]
         cin = 4
@@ -322,11 +346,15 @@ class PTLNet(nn.Module):
         out = image + (apply_affine(transform, image) - image) * mask
         return PTLOutput(image=out, transform=transform, **attentions)
 
+    @property
+    def config(self) -> PTLConfig:  # type: ignore[override]
+        """The architecture (diffusers' registered dict holds the same values)."""
+        return self._ptl_config
+
     # -- loading and saving, diffusers-style: a folder with config.json + model.safetensors -----
 
-    def save_pretrained(self, folder: str | Path, dtype: torch.dtype = torch.float16) -> None:
-        import json
-
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype = torch.float16) -> None:  # type: ignore[override]
+        """config.json (ConfigMixin.save_config) and the weights in `dtype` as model.safetensors."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
@@ -334,26 +362,26 @@ class PTLNet(nn.Module):
         state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                  for k, v in self.state_dict().items()}
         save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-        (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        self.save_config(folder)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32) -> PTLNet:
-        import json
+    def from_config(cls, config: dict[str, Any] | None = None, **kwargs: Any) -> PTLNet:  # type: ignore[override]
+        """A randomly initialized network from a config dict (a saved config.json's values)."""
+        return cls(config_from_dict({**dict(config or {}), **kwargs}))
 
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",  # type: ignore[override]
+                        dtype: torch.dtype = torch.float32) -> PTLNet:
+        """The network saved in `folder` (config.json + model.safetensors, fp16 or fp32), in eval mode."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        # Folders saved before the affine head existed hold the paper's residual network.
-        config = PTLConfig(**{"head": "residual", "prior": "none", **json.loads((folder / CONFIG_NAME).read_text())})
-        model = cls(config)
+        model = cls.from_config(cls.load_config(folder))
         state = load_file(str(folder / WEIGHTS_NAME))
         model.load_state_dict({k: v.float() for k, v in state.items()})
-        return model.to(device=device, dtype=dtype).eval()
+        # nn.Module.to: diffusers' ModelMixin.to warns about fp32 modules whenever a dtype is given.
+        return nn.Module.to(model, device=device, dtype=dtype).eval()
 
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 def foreground_mse_loss(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, min_area: float = 100.0) -> torch.Tensor:
