@@ -1,6 +1,5 @@
 """The studio driven through gradio_client against an in-process launch (classical methods)."""
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +13,9 @@ from harmony_core.registry import Method
 from harmony_core.study.studyset import StudySet
 from harmony_core.study.votes import VoteStore
 from harmony_core.types import HarmonizationResult
+from tests.conftest import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Mapper(Method):

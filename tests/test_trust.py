@@ -21,7 +21,7 @@ from harmony_core.studio import raters
 from harmony_core.studio.raters import RateLimiter, RateLimits
 from harmony_core.study.studyset import StudySet
 from harmony_core.study.votes import COLUMNS, VoteStore
-from test_app import free_port
+from tests.conftest import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 METHODS = StudySet.load(EXAMPLES / "study").methods
