@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import os
 import threading
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -164,7 +165,7 @@ class ModelMethod(Method):
             return found  # not fetched yet: the files are checked when they are loaded
         return self._check(components.resolve(source), found)
 
-    def _check(self, folder: Any, found: Availability) -> Availability:
+    def _check(self, folder: Path, found: Availability) -> Availability:
         """More checks of a folder that has the required files (e.g. a model's shape); default none."""
         return found
 
