@@ -35,14 +35,14 @@ def _table(rows: list[dict[str, str]], columns: Sequence[str]) -> str:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    rows = availability_table()
+    rows = [{**row, "available": "yes" if row["available"] else "no"} for row in availability_table()]
     print(_table(rows, ("method", "family", "available", "reason")))
     return 0
 
 
 def _selected_methods(args: argparse.Namespace) -> list[str]:
     if args.all:
-        return [row["method"] for row in availability_table() if row["available"] == "yes"]
+        return [row["method"] for row in availability_table() if row["available"]]
     if not args.method:
         raise InputError("Choose methods with --method NAME (repeatable, or comma-separated) or --all.")
     return resolve_methods([n.strip() for item in args.method for n in item.split(",") if n.strip()])

@@ -157,14 +157,14 @@ def resolve_methods(names: list[str] | tuple[str, ...], require_available: bool 
     return names
 
 
-def availability_table() -> list[dict[str, str]]:
-    """One row per method: name, family, whether it runs here, and why not."""
+def availability_table() -> list[dict[str, Any]]:
+    """One row per method: name, family, whether it runs here (a bool), and why not."""
     rows = []
     for name in method_names():
         method = get_method(name)
         state = method.available()
         rows.append({
-            "method": name, "family": method.family, "available": "yes" if state else "no",
+            "method": name, "family": method.family, "available": bool(state),
             "reason": state.reason, "summary": method.summary,
         })
     return rows

@@ -5,13 +5,13 @@ Screenshots of each step are saved to outputs/screenshots/ (ignored by git) for 
 
 import json
 import shutil
-import socket
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from harmony_core.study.studyset import StudySet
+from tests.conftest import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,11 +23,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
     pytest.skip(f"chromium is not installed ({CHROMIUM}); .ci/run installs it with apt-get", allow_module_level=True)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ CLASSICAL = ["composite", "reinhard", "histogram", "poisson"]
 def test_registry_lists_classical_methods():
     assert set(CLASSICAL) <= set(method_names())
     rows = {r["method"]: r for r in availability_table()}
-    assert all(rows[n]["available"] == "yes" and rows[n]["family"] == "classical" for n in CLASSICAL)
+    assert all(rows[n]["available"] is True and rows[n]["family"] == "classical" for n in CLASSICAL)
     assert get_method("reinhard") is get_method("reinhard")  # one shared instance
     with pytest.raises(KeyError, match="Unknown method"):
         get_method("nope")

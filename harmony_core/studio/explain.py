@@ -19,7 +19,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from harmony_core.errors import InputError
-from harmony_core.registry import Progress, get_method, method_names
+from harmony_core.registry import Progress, get_method
 from harmony_core.studio.serving import serve
 from harmony_core.types import HarmonizationRequest
 
@@ -97,13 +97,11 @@ class Explained:
 
 
 def default_methods() -> list[str]:
-    return [EXPLAINER] if EXPLAINER in method_names() else []
+    return [EXPLAINER]
 
 
 def availability_note() -> str:
     """Why the tab's main method cannot run here, or '' when it can."""
-    if EXPLAINER not in method_names():
-        return f"**{EXPLAINER}** is not part of this build yet (harmony_core/methods/{EXPLAINER}.py); maps of other methods still show."
     state = get_method(EXPLAINER).available()
     return "" if state else f"**{EXPLAINER}** cannot run here: {state.reason}"
 
