@@ -195,7 +195,7 @@ def train(args: argparse.Namespace) -> Path:
         print(f"resuming from step {step}")
     elif args.init:
         start = PTLNet.from_pretrained(args.init)
-        if replace(start.config, head=config.head, prior=config.prior) != config:
+        if replace(start.config, head=config.head, prior=config.prior, correction_scale=1.0) != config:
             raise InputError(f"{args.init} holds a network with {asdict(start.config)}; match --width and --ptl-write.")
         fresh = model.load_state_dict(start.state_dict(), strict=False).missing_keys
         print(f"starting from the weights in {args.init} (fresh optimizer, step 0"

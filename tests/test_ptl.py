@@ -332,20 +332,45 @@ def test_point_map_follows_the_point(untrained: PTLMethod) -> None:
         assert np.array_equal(first[name], second[name]), name
 
 
-def test_full_resolution_keeps_detail(shipped: PTLMethod) -> None:
-    """The change is the upsampled 256-px residual: smooth, so the object's fine texture survives."""
+def _textured_request() -> HarmonizationRequest:
     rng = np.random.default_rng(0)
     composite = np.full((768, 1024, 3), 120, np.uint8)
     composite[:, :512] = (60, 110, 170)
     mask = np.zeros((768, 1024), bool)
     mask[200:600, 300:800] = True
     composite[mask] = rng.integers(100, 220, size=(int(mask.sum()), 3), dtype=np.uint8)  # pixel noise
-    result = shipped.run(HarmonizationRequest(composite=composite, mask=mask)).image
+    return HarmonizationRequest(composite=composite, mask=mask)
+
+
+def test_full_resolution_keeps_detail(tmp_path) -> None:
+    """Residual head: the change is the upsampled 256-px residual, smooth, so the texture survives."""
+    torch.manual_seed(10)
+    model = PTLNet(PTLConfig(width=0.25, head="residual", prior="none"))
+    torch.nn.init.normal_(model.to_rgb.weight, std=0.05)
+    model.save_pretrained(tmp_path)
+    request = _textured_request()
+    result = PTLMethod(weights=tmp_path).run(request).image
+    composite = request.composite
     change = result.astype(np.float32) - composite.astype(np.float32)
     inner = change[210:590, 310:790]
+    assert np.abs(inner).mean() > 0.5  # it does change the object
     # Neighbouring pixels change by almost the same amount, whereas the texture differs wildly.
     assert np.abs(np.diff(inner, axis=1)).mean() < 1.0
     assert np.abs(np.diff(composite[210:590, 310:790].astype(np.float32), axis=1)).mean() > 30
+
+
+def test_shipped_affine_head_maps_full_resolution_colours(shipped: PTLMethod) -> None:
+    """Affine head: every output pixel is a smoothly varying 3x4 map of its own input colour, so the
+    object's pixel texture survives exactly up to that map (one global fit explains the inner
+    region to within a few grey levels) and keeps its contrast."""
+    request = _textured_request()
+    result = shipped.run(request).image.astype(np.float64)[210:590, 310:790].reshape(-1, 3)
+    source = request.composite.astype(np.float64)[210:590, 310:790].reshape(-1, 3)
+    design = np.c_[source, np.ones(len(source))]
+    fitted = design @ np.linalg.lstsq(design, result, rcond=None)[0]
+    assert np.sqrt(((fitted - result) ** 2).mean()) < 3.0
+    assert result.std(axis=0).min() > 0.5 * source.std(axis=0).min()
+    assert np.abs(result - source).mean() > 0.5  # it does change the object
 
 
 def test_missing_weights_say_what_to_do(tmp_path) -> None:

@@ -68,6 +68,10 @@ class PTLConfig:
     """"poisson" (ours, affine head only): the network corrects a global 3x4 colour map fitted to
     the Poisson blend at 256 px (`classical.poisson_affine`), which alone beats the Poisson blend on
     the training split; "none": it starts from the identity."""
+    correction_scale: float = 1.0
+    """Affine head: the learned correction of the prior is multiplied by this (ours). Shrinking it
+    towards the prior trades accuracy on the training recipes for robustness to other ones
+    (measured on training photos; see weights/ptl/README.md)."""
     eps: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -342,6 +346,7 @@ class PTLNet(ModelMixin, ConfigMixin):
             prior = image.new_zeros(image.shape[0], AFFINE_PARAMS)
         pooled = (features * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp_min(1.0)
         correction = self.to_params(features) + self.global_params(torch.cat([pooled, prior], dim=1))[:, :, None, None]
+        correction = correction * self.config.correction_scale
         transform = compose_affine(correction, prior)
         out = image + (apply_affine(transform, image) - image) * mask
         return PTLOutput(image=out, transform=transform, **attentions)
