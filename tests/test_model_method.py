@@ -128,9 +128,16 @@ def test_ptlnet_saves_and_loads_like_diffusers_models(tmp_path):
 
     from harmony_core.methods.ptl import SHIPPED_WEIGHTS
 
-    shipped = PTLNet.from_pretrained(SHIPPED_WEIGHTS)  # its config.json predates head / prior
+    shipped = PTLNet.from_pretrained(SHIPPED_WEIGHTS)
     assert isinstance(shipped, ModelMixin) and isinstance(shipped, ConfigMixin)
-    assert shipped.config == PTLConfig(width=0.5, head="residual", prior="none") and not shipped.training
+    assert shipped.config == PTLConfig(correction_scale=0.5) and not shipped.training
+    # A folder whose config.json predates head / prior (the weights shipped before the affine head).
+    (tmp_path / "legacy").mkdir()
+    legacy = {k: v for k, v in asdict(PTLConfig()).items() if k not in ("head", "prior", "correction_scale")}
+    (tmp_path / "legacy" / "config.json").write_text(json.dumps(legacy))
+    residual = PTLNet(PTLConfig(head="residual", prior="none"))
+    save_file({k: v.half().contiguous() for k, v in residual.state_dict().items()}, tmp_path / "legacy" / "model.safetensors")
+    assert PTLNet.from_pretrained(tmp_path / "legacy").config == PTLConfig(width=0.5, head="residual", prior="none")
     shipped.save_pretrained(tmp_path / "new")
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["config.json", "model.safetensors"]
     saved = json.loads((tmp_path / "new" / "config.json").read_text())
