@@ -170,12 +170,12 @@ def test_availability_names_what_is_missing(tmp_path, monkeypatch):
 
     calls = []
     import huggingface_hub
-
-    real = huggingface_hub.snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     def spy(*args, **kwargs):
+        """A Hub lookup that answers like an empty local cache: nothing reaches the Hub client."""
         calls.append(kwargs)
-        return real(*args, **kwargs)
+        raise LocalEntryNotFoundError("not in the local cache (test double)")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", spy)
     state = components.check("harmony-studio-test/not-a-cached-repo", required, how)
