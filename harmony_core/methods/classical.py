@@ -190,10 +190,10 @@ def _solve_membrane(inside: np.ndarray, unknown: np.ndarray, known: np.ndarray, 
         rows.append(p[q_unknown])
         cols.append(index[qy[q_unknown], qx[q_unknown]])
         q_known = inside[qy, qx] & ~q_unknown
-        np.add.at(rhs, p[q_known], known[qy[q_known], qx[q_known]])
+        rhs += _sum_rows(p[q_known], known[qy[q_known], qx[q_known]], n)
         q_out = ~inside[qy, qx]
         po = p[q_out]
-        np.add.at(rhs, po, crossing(ys[po], xs[po], qy[q_out], qx[q_out]))
+        rhs += _sum_rows(po, crossing(ys[po], xs[po], qy[q_out], qx[q_out]), n)
     rows_all, cols_all = np.concatenate(rows), np.concatenate(cols)
     matrix = coo_matrix(
         (np.concatenate([diagonal, -np.ones(rows_all.size)]),
@@ -201,6 +201,11 @@ def _solve_membrane(inside: np.ndarray, unknown: np.ndarray, known: np.ndarray, 
         shape=(n, n),
     ).tocsc()
     return splu(matrix).solve(rhs)
+
+
+def _sum_rows(index: np.ndarray, values: np.ndarray, length: int) -> np.ndarray:
+    """length x C sums of `values` rows by `index` (np.add.at, but with bincount's speed)."""
+    return np.stack([np.bincount(index, values[:, i], minlength=length) for i in range(values.shape[1])], axis=1)
 
 
 def _image_crossing(image: np.ndarray) -> Crossing:
@@ -211,21 +216,21 @@ def _seam_values(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
     """(sum of g_q - g_p over inside neighbours p, their count) for every pixel q outside."""
     total = np.zeros_like(image)
     count = np.zeros(mask.shape)
-    ys, xs = np.nonzero(mask)
     h, w = mask.shape
-    for dy, dx in _NEIGHBOURS:
-        qy, qx = ys + dy, xs + dx
-        keep = (qy >= 0) & (qy < h) & (qx >= 0) & (qx < w)
-        py, px, qy, qx = ys[keep], xs[keep], qy[keep], qx[keep]
-        out = ~mask[qy, qx]
-        py, px, qy, qx = py[out], px[out], qy[out], qx[out]
-        np.add.at(total, (qy, qx), image[qy, qx] - image[py, px])
-        np.add.at(count, (qy, qx), 1)
+    padded = np.pad(mask, 1)
+    for dy, dx in _NEIGHBOURS:  # q outside with its neighbour p = q + (dy, dx) inside: one p per q
+        qy, qx = np.nonzero(padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] & ~mask)
+        total[qy, qx] += image[qy, qx] - image[qy + dy, qx + dx]
+        count[qy, qx] += 1
     return total, count
 
 
-def poisson_offset(image: np.ndarray, mask: np.ndarray, max_unknowns: int) -> np.ndarray:
-    """The additive change (HxWx3, zero outside the mask) that Poisson blending applies."""
+def poisson_offset(image: np.ndarray, mask: np.ndarray, max_unknowns: int,
+                   border_band: bool = True) -> np.ndarray:
+    """The additive change (HxWx3, zero outside the mask) that Poisson blending applies.
+
+    border_band=False keeps the coarse solution everywhere (objects larger than max_unknowns
+    only): smooth, without the exact band along the seam, at a fraction of the time."""
     offset = np.zeros_like(image)
     count = int(mask.sum())
     if count <= max_unknowns:
@@ -253,6 +258,9 @@ def poisson_offset(image: np.ndarray, mask: np.ndarray, max_unknowns: int) -> np
     weight = cv2.resize(small_mask.astype(np.float64), (w, h), interpolation=cv2.INTER_LINEAR)
     coarse = cv2.resize(small_offset * small_mask[:, :, None], (w, h), interpolation=cv2.INTER_LINEAR)
     coarse /= np.maximum(weight, 1e-6)[:, :, None]
+    if not border_band:
+        offset[mask] = coarse[mask]
+        return offset
     band_width = 2 * int(np.ceil(1 / factor)) + 2
     distance = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
     band = mask & ((distance <= band_width) | (weight < 0.999))
@@ -261,13 +269,15 @@ def poisson_offset(image: np.ndarray, mask: np.ndarray, max_unknowns: int) -> np
     return offset
 
 
-POISSON_AFFINE_UNKNOWNS = 4_000
-"""Coarse-grid threshold for the prior's Poisson solve: on the training split at 256 px, 4,000
-unknowns give the same fitted map as the exact solve within 1% fMSE at less than half the time."""
+POISSON_AFFINE_UNKNOWNS = 1_000
+"""Coarse-grid size of the prior's Poisson solve, which skips the exact border band. Measured on
+300 training-split composites at 256 px with the shipped ptl network: foreground MSE 254.0 (our
+recipes) / 97.9 (other recipes) against 251.2 / 99.1 with 4,000 unknowns and the band, at about
+half the time (15 vs 30 ms)."""
 
 
 def poisson_affine(image: np.ndarray, mask: np.ndarray, max_unknowns: int = POISSON_AFFINE_UNKNOWNS,
-                   ridge: float = 1e-3) -> np.ndarray:
+                   ridge: float = 1e-3, border_band: bool = False) -> np.ndarray:
     """The Poisson blend's change of the object as one global 3x4 colour map, 12 float32 numbers
     (A - I row-major, then b) acting on RGB in [0, 1].
 
@@ -278,7 +288,7 @@ def poisson_affine(image: np.ndarray, mask: np.ndarray, max_unknowns: int = POIS
     if not mask.any() or mask.all():
         return np.zeros(12, np.float32)
     pixels = image.astype(np.float64)
-    offset = poisson_offset(pixels, mask, max_unknowns)[mask] / 255.0
+    offset = poisson_offset(pixels, mask, max_unknowns, border_band)[mask] / 255.0
     x = np.c_[pixels[mask] / 255.0, np.ones(int(mask.sum()))]
     gram = x.T @ x + ridge * len(x) * np.eye(4)
     delta = np.linalg.solve(gram, x.T @ offset)  # 4 x 3: the change of [A^T; b]
