@@ -13,9 +13,10 @@ import torch.nn.functional as F
 
 from harmony_core import imaging
 from harmony_core.errors import InputError
-from harmony_core.methods.ptl import MAP_NAMES, SHIPPED_WEIGHTS, PTLMethod, spread_blocks
-from harmony_core.methods.classical import poisson_affine
-from harmony_core.models.ptl_net import LTL, PTL, PTLConfig, PTLNet, apply_affine, compose_affine, foreground_mse_loss
+from harmony_core.methods.ptl import MAP_NAMES, SHIPPED_WEIGHTS, PTLMethod, resize_window, spread_blocks
+from harmony_core.methods.classical import _seam_values, poisson_affine, poisson_offset
+from harmony_core.models.ptl_net import (LTL, PTL, PTLConfig, PTLNet, apply_affine, block_means, compose_affine,
+                                         foreground_mse_loss)
 from harmony_core.types import HarmonizationRequest
 
 
@@ -239,6 +240,42 @@ def test_poisson_affine_takes_the_border_colour_and_keeps_texture() -> None:
     assert np.abs(fixed.mean(axis=0) * 255 - real[mask].mean(axis=0)).max() < 6  # was 40
     assert 0.7 < np.diag(matrix).mean() < 1.3  # the texture's contrast is kept, not flattened
     assert not poisson_affine(composite.astype(np.uint8), np.zeros((64, 64), bool)).any()
+
+
+def test_seam_values_match_a_loop_over_neighbours() -> None:
+    rng = np.random.default_rng(2)
+    image, mask = rng.normal(size=(9, 11, 3)), rng.random((9, 11)) > 0.6
+    total, count = np.zeros_like(image), np.zeros(mask.shape)
+    for y, x in zip(*np.nonzero(~mask)):
+        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            if 0 <= y + dy < 9 and 0 <= x + dx < 11 and mask[y + dy, x + dx]:
+                total[y, x] += image[y, x] - image[y + dy, x + dx]
+                count[y, x] += 1
+    got_total, got_count = _seam_values(image, mask)
+    np.testing.assert_allclose(got_total, total)
+    np.testing.assert_array_equal(got_count, count)
+
+
+def test_coarse_poisson_offset_stays_close_to_the_banded_one() -> None:
+    """The prior's solve (coarse grid, no exact border band) against the banded one on a smooth
+    scene: the same offset inside the object up to a few grey levels."""
+    yy, xx = np.mgrid[0:96, 0:96] / 96.0
+    image = np.stack([80 + 60 * yy, 120 + 40 * xx, 150 - 50 * yy * xx], axis=-1)
+    mask = (yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.12
+    image[mask] += 35
+    banded, coarse = poisson_offset(image, mask, 400), poisson_offset(image, mask, 400, border_band=False)
+    assert mask.sum() > 400 and not coarse[~mask].any()
+    assert np.abs(coarse[mask] - banded[mask]).mean() < 2.0 and abs(banded[mask].mean() + 35) < 8
+
+
+def test_block_means_and_window_resize_match_torch() -> None:
+    torch.manual_seed(3)
+    x = torch.randn(2, 5, 32, 32)
+    torch.testing.assert_close(block_means(x, 8, 4), F.avg_pool2d(x, 8, 4))
+    torch.testing.assert_close(block_means(x, 6, 4), F.avg_pool2d(x, 6, 4))  # sizes without cells
+    grid = torch.randn(12, 16, 16)
+    full = F.interpolate(grid[None], size=(70, 45), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(resize_window(grid, (70, 45), slice(5, 61), slice(0, 30)), full[:, 5:61, :30])
 
 
 def test_foreground_loss_formula() -> None:
