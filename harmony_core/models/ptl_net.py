@@ -218,7 +218,7 @@ class PTL(nn.Module):
             index = foreground[i].nonzero().squeeze(1)
             # Softmax over the usable blocks only (the same weights as masking the rest out).
             blocks = valid[i].nonzero().squeeze(1)
-            weights = flat.new_zeros(index.numel(), 0)
+            weights = flat.new_zeros(index.numel(), blocks.numel())
             if index.numel() and blocks.numel():
                 tokens = flat[i, index]  # L_f x C
                 mean_f = tokens.mean(dim=0, keepdim=True)
