@@ -113,8 +113,8 @@ class PTLMethod(ModelMethod):
     name = "ptl"
     family = "network"
     title = "Regional reference network (LTL + PTL)"
-    summary = ("Each object location takes its colour statistics from content-related background regions "
-               "(the shipped weights are undertrained: see weights/ptl/README.md).")
+    summary = ("A colour map per object location, from content-related background regions, that corrects "
+               "one fitted to the Poisson blend (model card: weights/ptl/README.md).")
     weights_env = WEIGHTS_ENV
     default_weights = str(SHIPPED_WEIGHTS)
     required_files = (CONFIG_NAME, WEIGHTS_NAME)
