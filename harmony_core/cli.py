@@ -406,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output head: the paper's RGB residual or per-location 3x4 colour transforms (ours, default)")
     p.add_argument("--prior", choices=["none", "poisson"], default="poisson",
                    help="affine head only: correct a global colour map fitted to the Poisson blend (ours, default)")
+    p.add_argument("--recipes", help="comma-separated recolouring recipes of the training composites "
+                   "(default: the specification's six; harmony_core/data/synth.py lists them and ours)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="data-synthesis worker processes")
     p.add_argument("--val-every", type=int, default=250, help="validate and checkpoint every N steps")

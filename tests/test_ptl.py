@@ -435,7 +435,7 @@ def _photos(root) -> None:
 def _train_args(data, out, steps: int, **extra) -> argparse.Namespace:
     options = dict(data=str(data), out=str(out), steps=steps, batch_size=2, lr=1e-3, lr_drop=0.5, width=0.25,
                    seed=0, workers=0, val_every=2, val_samples=2, max_minutes=None, export=None, device="cpu",
-                   threads=None, ptl_write="add", init=None, head="residual", prior="none")
+                   threads=None, ptl_write="add", init=None, head="residual", prior="none", recipes=None)
     options.update(extra)
     return argparse.Namespace(**options)
 
@@ -473,10 +473,12 @@ def test_affine_training_starts_from_residual_weights_and_learns(tmp_path) -> No
     _photos(tmp_path / "photos")
     train(_train_args(tmp_path / "photos", tmp_path / "r", 2, export=str(tmp_path / "residual")))
     state = torch.load(train(_train_args(tmp_path / "photos", tmp_path / "a", 3, head="affine", prior="poisson",
-                                         init=str(tmp_path / "residual"), export=str(tmp_path / "affine"))),
+                                         init=str(tmp_path / "residual"), export=str(tmp_path / "affine"),
+                                         recipes="edit,channel_mix")),
                        weights_only=False)
     residual = PTLNet.from_pretrained(tmp_path / "residual").state_dict()
     assert state["config"]["head"] == "affine" and state["config"]["prior"] == "poisson"
+    assert state["args"]["recipes"] == "edit,channel_mix"
     assert state["model"]["to_params.weight"].abs().sum() > 0  # trained away from zero
     assert "to_rgb.weight" not in state["model"] and "encoder.0.0.weight" in residual
     loaded = PTLMethod(weights=tmp_path / "affine")

@@ -76,6 +76,19 @@ def test_every_transform_recolours(photos, name):
     assert np.abs(s.composite.astype(int) - s.real.astype(int))[s.mask].mean() > 1.0
 
 
+def test_validation_recipes_are_the_specifications_and_channel_mix_is_affine():
+    from harmony_core.data.synth import SPEC_TRANSFORMS, channel_mix
+
+    assert SynthConfig().transforms == SPEC_TRANSFORMS == ("reinhard", "cdf", "covariance", "tone_curve", "lut3d", "edit")
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, (500, 3)).astype(np.uint8)
+    out = channel_mix(np.random.default_rng(5), pixels, lambda: pixels)
+    design = np.c_[pixels, np.ones(len(pixels))]
+    fit = design @ np.linalg.lstsq(design, out, rcond=None)[0]
+    np.testing.assert_allclose(fit, out, atol=1e-6)  # one 3x4 map of the colours
+    assert np.abs(out - pixels).mean() > 3
+
+
 def test_covariance_map_reaches_target_mean_and_covariance():
     rng = np.random.default_rng(0)
     source = rng.normal(size=(5000, 3)) @ np.array([[30, 5, 0], [0, 20, 3], [0, 0, 10]]) + 80

@@ -11,6 +11,12 @@ by one transform drawn at random (shared/specs/metrics-and-data.md):
   edit        1-3 photo edits: exposure +-1 EV, white balance 0.8-1.25, gamma 0.7-1.4,
               contrast 0.7-1.3, saturation 0.5-1.5
 
+Those six are the specification's (`SPEC_TRANSFORMS`, the default, which defines the validation
+set). Training may add ours (`train-ptl --recipes`), to see more kinds of colour change:
+
+  channel_mix a random 3x3 colour matrix + offset: hue rotation about the grey axis +-40 deg,
+              saturation 0.6-1.4, per-channel gains 0.8-1.25, offsets +-10 levels
+
 The change is applied inside the mask only, faded over ~1 px at the mask's edge (inside it, so
 that the composite's background equals the real photo's exactly, as in iHarmony4). A draw whose
 fMSE against the real photo (metric protocol) is outside [min_fmse, max_fmse] is invisible or
@@ -175,10 +181,24 @@ def edit(rng: np.random.Generator, pixels: np.ndarray, donor: Donor) -> np.ndarr
     return x * 255.0
 
 
+def channel_mix(rng: np.random.Generator, pixels: np.ndarray, donor: Donor) -> np.ndarray:
+    """Gains x saturation x a hue rotation about the grey axis (Rodrigues' formula), plus an offset."""
+    axis = np.ones(3) / math.sqrt(3.0)
+    cross = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    angle = math.radians(rng.uniform(-40.0, 40.0))
+    rotation = np.eye(3) + math.sin(angle) * cross + (1.0 - math.cos(angle)) * cross @ cross
+    grey = np.outer(axis, axis)
+    saturation = grey + rng.uniform(0.6, 1.4) * (np.eye(3) - grey)
+    gains = np.diag(np.exp(rng.uniform(math.log(0.8), math.log(1.25), 3)))
+    return pixels @ (gains @ saturation @ rotation).T + rng.uniform(-10.0, 10.0, 3)
+
+
 TRANSFORMS: dict[str, Transform] = {
     "reinhard": reinhard, "cdf": cdf, "covariance": covariance,
-    "tone_curve": tone_curve, "lut3d": lut3d, "edit": edit,
+    "tone_curve": tone_curve, "lut3d": lut3d, "edit": edit, "channel_mix": channel_mix,
 }
+SPEC_TRANSFORMS = ("reinhard", "cdf", "covariance", "tone_curve", "lut3d", "edit")
+"""The specification's recipes: the default everywhere, and what `make-dataset` writes."""
 
 
 # --- compositing ------------------------------------------------------------------------------
@@ -206,7 +226,7 @@ class SynthConfig:
     max_fmse: float = 3000.0
     max_attempts: int = 12
     edge_sigma: float = 1.0
-    transforms: tuple[str, ...] = tuple(TRANSFORMS)
+    transforms: tuple[str, ...] = SPEC_TRANSFORMS
     crop_scale: tuple[float, float] = (0.5, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     min_crop_object: float = 0.01

@@ -97,8 +97,7 @@ def block_means(x: torch.Tensor, block: int, stride: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     if block % stride or h % stride or w % stride:
         return F.avg_pool2d(x, block, stride)
-    cells = x.unflatten(-1, (w // stride, stride)).unflatten(-3, (h // stride, stride)).mean(dim=(-1, -3))
-    return F.avg_pool2d(cells, block // stride, 1)
+    return F.avg_pool2d(F.avg_pool2d(x, stride, stride), block // stride, 1)
 
 
 @dataclass
@@ -189,20 +188,21 @@ class PTL(nn.Module):
         """Per block: mu, sigma (B x C x K), background coverage (B x K), content tokens (B x K x C)."""
         b, c = features.shape[:2]
         k, s = self.block, self.stride
-        stacked = torch.cat([background, features * background, features * features * background], dim=1)
-        pooled = block_means(stacked, k, s).flatten(2)  # B x (1+2C) x K
-        coverage, total = pooled[:, 0], pooled[:, :1].clamp_min(1e-8)
-        mu = pooled[:, 1:c + 1] / total
-        var = (pooled[:, c + 1:] / total - mu * mu).clamp_min(0.0)
+        masked = features * background
+        means = lambda x: block_means(x, k, s).flatten(2)  # noqa: E731  (B x ch x K)
+        coverage = means(background)
+        total = coverage.clamp_min(1e-8)
+        mu = means(masked) / total
+        var = (means(masked * features) / total - mu * mu).clamp_min(0.0)
         sigma = torch.sqrt(var + self.eps)
         # The blocks as strided views copied once (F.unfold's im2col and its backward are ~2x slower).
-        blocks = stacked[:, 1:c + 1].unfold(2, k, s).unfold(3, k, s).reshape(b, c, -1, k * k)  # B x C x K x kk
+        blocks = masked.unfold(2, k, s).unfold(3, k, s).reshape(b, c, -1, k * k)  # B x C x K x kk
         masks = background.unfold(2, k, s).unfold(3, k, s).reshape(b, -1, k * k)  # B x K x kk
         weight = self.project.weight.view(-1, c, k * k).permute(1, 2, 0)  # C x kk x C_out
         values = blocks @ weight  # B x C x K x C_out
         ones = (masks @ weight.transpose(0, 1).reshape(k * k, -1)).view(b, -1, c, weight.shape[-1]).transpose(1, 2)
         tokens = ((values - mu[..., None] * ones) / sigma[..., None]).sum(dim=1) + self.project.bias  # B x K x C_out
-        return mu, sigma, coverage, tokens
+        return mu, sigma, coverage.squeeze(1), tokens
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor,
                 output_attention: bool = False) -> tuple[torch.Tensor, list[RowAttention] | None]:
@@ -212,6 +212,7 @@ class PTL(nn.Module):
         foreground = (soft > 0.5).flatten(1)  # B x L
         mu, sigma, coverage, content_b = self.block_statistics(features, 1.0 - soft)
         valid = coverage >= self.min_coverage  # B x K
+        appearance = torch.cat([sigma, mu], dim=1)  # B x 2C x K: one product gives W sigma and W mu
         flat = features.flatten(2).transpose(1, 2)  # B x L x C
         rows, attention = [], []
         for i in range(b):
@@ -224,8 +225,9 @@ class PTL(nn.Module):
                 mean_f = tokens.mean(dim=0, keepdim=True)
                 std_f = torch.sqrt(tokens.var(dim=0, unbiased=False, keepdim=True) + self.eps)
                 content_f = (tokens - mean_f) / std_f
-                weights = torch.softmax(content_f @ content_b[i, blocks].T / math.sqrt(c), dim=-1)  # L_f x K_valid
-                translated = content_f * (weights @ sigma[i, :, blocks].T) + weights @ mu[i, :, blocks].T
+                weights = torch.softmax((content_f / math.sqrt(c)) @ content_b[i, blocks].T, dim=-1)  # L_f x K_valid
+                mixed = weights @ appearance[i, :, blocks].T  # L_f x 2C
+                translated = content_f * mixed[:, :c] + mixed[:, c:]
                 if self.add:
                     translated = translated + tokens
                 rows.append(flat[i].index_put((index,), translated))
