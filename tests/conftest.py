@@ -1,6 +1,9 @@
+import atexit
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Tests never download (the Hub is not reachable from CI either): methods that need weights are
 # tested with tiny models built in the test, and any other connection attempt fails the test.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# An empty Hub cache of their own (processes the tests start inherit it), so no test can pick up
+# weights this machine happens to hold.
+_HUB_HOME = tempfile.mkdtemp(prefix="harmony-tests-hf-")
+os.environ["HF_HOME"] = _HUB_HOME
+os.environ["HF_HUB_CACHE"] = os.path.join(_HUB_HOME, "hub")
+atexit.register(shutil.rmtree, _HUB_HOME, True)
 for name in ("HARMONY_ALLOW_DOWNLOAD", "HARMONY_PTL_WEIGHTS", "HARMONY_HSPACE_WEIGHTS",
              "HARMONY_DIFFHARMONY_WEIGHTS", "HARMONY_FREEPIH_WEIGHTS"):
     os.environ.pop(name, None)
@@ -39,6 +48,21 @@ def local_network_only(monkeypatch):
         return connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(autouse=True)
+def no_hub(monkeypatch):
+    """Every Hub lookup answers like an empty local cache, so huggingface_hub's client is never
+    reached: methods with Hub ids report their weights missing, and models come from tiny local
+    folders that the tests build."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def empty_cache(*args, **kwargs):
+        raise LocalEntryNotFoundError("not in the local cache (tests never use the Hub)")
+
+    for name in ("snapshot_download", "hf_hub_download"):
+        monkeypatch.setattr(huggingface_hub, name, empty_cache)
 
 
 @pytest.fixture
