@@ -103,6 +103,17 @@ REQUIRED_FILES = (
     "scheduler/scheduler_config.json",
 )
 """An SD-1.5 text-to-image pipeline folder (diffusers layout); checked before anything loads."""
+HUB_FILES = (
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
+    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
+)
+"""What `load_parts` reads from SD-1.5's repo: the fp16 safetensors of the UNet, VAE and text encoder
+(loaded with variant="fp16", cast to the run's dtype), the tokenizer and the scheduler config;
+never the .ckpt files, the non-EMA or fp32 copies or the safety checker."""
 
 
 @dataclass(frozen=True)
@@ -427,6 +438,7 @@ class FreePIH(ModelMethod):
     weights_env = WEIGHTS_ENV
     default_weights = DEFAULT_WEIGHTS
     required_files = REQUIRED_FILES
+    hub_files = HUB_FILES
     how_to_set = HOW_TO_SET
     settings_class = FreePIHSettings
 

@@ -45,6 +45,8 @@ KNOWN_WEIGHTS: tuple[str, ...] = tuple(
 HOW_TO_SET = (f"the env var {WEIGHTS_ENV}, `--weights hspace=SOURCE` or HSpace(weights=...) "
               f"(known Hub ids: {', '.join(KNOWN_WEIGHTS[:2])}, ...)")
 REQUIRED_FILES = ("config.json|unet/config.json", "*.safetensors|*.bin|unet/*.safetensors|unet/*.bin")
+HUB_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json")
+"""What `_load` reads from a google/ddpm-*-256 repo: the UNet's config and weights, the betas."""
 CACHE_ENTRIES = 8
 
 
@@ -172,6 +174,7 @@ class HSpace(ModelMethod):
     weights_env = WEIGHTS_ENV
     default_weights = DEFAULT_WEIGHTS
     required_files = REQUIRED_FILES
+    hub_files = HUB_FILES
     how_to_set = HOW_TO_SET
     settings_class = HSpaceSettings
 
