@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="a branch, tag or commit of the repo (default: main)")
     p.set_defaults(func=cmd_fetch_weights)
 
-    p = sub.add_parser("device-check", help="every model-backed method on one GPU, all resident in fp16, in one run")
+    p = sub.add_parser("device-check", help="every model-backed method on one GPU, all resident, each in the dtype it runs in, in one run")
     p.add_argument("--out", required=True, help="report folder: device_check.json + device_check.md")
     p.add_argument("--tiny", action="store_true", help="the same code path with tiny test models on the CPU")
     p.add_argument("--minutes", type=float, default=8.5, help="stop cleanly, keeping what was measured, after this long")

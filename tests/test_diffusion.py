@@ -1,8 +1,10 @@
 """The shared diffusion toolkit: UNet parts, DDIM math, hooks, the shared loader, random models."""
 
 import math
+from pathlib import Path
 
 import pytest
+
 import torch
 
 from harmony_core.diffusion import components, ddim, hooks, tiny, unet_parts
@@ -223,7 +225,7 @@ def test_tiny_models_are_seeded_and_leave_the_global_rng_alone():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
-def test_fingerprint_reads_samples_not_whole_files_and_uses_hub_etags(tmp_path):
+def test_fingerprint_reads_samples_not_whole_files_and_uses_hub_etags(tmp_path, monkeypatch):
     big = tmp_path / "a" / "model.safetensors"
     big.parent.mkdir()
     data = bytearray(range(256)) * (8 * 4096)  # 8 MiB
@@ -243,11 +245,16 @@ def test_fingerprint_reads_samples_not_whole_files_and_uses_hub_etags(tmp_path):
     snapshot = tmp_path / "hub" / "snapshots" / "main"
     snapshot.mkdir(parents=True)
     (snapshot / "model.safetensors").symlink_to(blob)
-    blob.chmod(0)
-    try:
-        assert components.fingerprint(snapshot)
-    finally:
-        blob.chmod(0o644)
+    import builtins
+
+    real_open = builtins.open
+
+    def guarded(file, *args, **kwargs):
+        assert Path(file).resolve() != blob, "the blob was read"
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    assert components.fingerprint(snapshot) != components.fingerprint(big.parent)
 
 
 def test_fp16_variant_folders_load_with_the_variant(tmp_path):
