@@ -283,7 +283,7 @@ def stages(metadata: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The report as the README shows it: environment, resident memory, latency and training tables."""
+    """The report as docs/benchmarks.md shows it: environment, resident memory, latency and training tables."""
     env, tiny = report["environment"], report["tiny"]
     number = lambda v, f=".1f": "-" if v is None else format(v, f)  # noqa: E731
     kind = "tiny test models on the CPU (a smoke test, not a benchmark)" if tiny else "full-size architectures, random weights"

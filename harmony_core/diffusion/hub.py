@@ -51,12 +51,12 @@ def fetch_hint(repo_id: str, files: Sequence[str], method: str | None = None) ->
 
 def method_files() -> dict[str, tuple[str, tuple[str, ...]]]:
     """{method name: (default Hub repo, the files it loads)} for every registered method that
-    loads from the Hub, in registration order."""
+    loads from the Hub, by name (the card lists them in that order)."""
     from harmony_core.model_method import ModelMethod
     from harmony_core.registry import get_method, method_names
 
     listing = {}
-    for name in method_names():
+    for name in sorted(method_names()):
         method = get_method(name)
         if isinstance(method, ModelMethod) and method.hub_files and method.default_weights:
             listing[name] = (method.default_weights, tuple(method.hub_files))

@@ -6,7 +6,7 @@ layout) and, with the empty prompt and no guidance, denoises pure noise in 5 Eul
 steps into the harmonized image. Stage 2 (optional, `refinement/`) repairs the VAE's
 reconstruction loss at 256 px with a residual UNet; the optional Harmony-VAE (`condition_vae/`,
 DiffHarmony++) decodes with the composite and mask as extra input. Every detail of the math is
-in ../shared/specs/methods.md, section 1; the weights layout is the authors' archive.
+in docs/methods.md ("DiffHarmony: paper vs our defaults"); the weights layout is the authors' archive.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ not layout) and denoised again. Before every DDIM step the foreground latent is 
 L-BFGS so that UNet decoder features inside the object have the background's Gram statistics
 (style), the VAE-encoder features of the predicted image keep the object's content, and the
 predicted clean latent does not drift (stability). The background latent is re-imposed after
-every step, so only the object changes. Design: ../shared/specs/methods.md, section 2.
+every step, so only the object changes. Paper vs our settings: docs/methods.md.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ never the .ckpt files, the non-EMA or fp32 copies or the safety checker."""
 @dataclass(frozen=True)
 class FreePIHSettings:
     """The settings of a run. From the paper: noise only at the end of the schedule (t < 0.2 T),
-    L-BFGS on content + style + stability losses. Everything else is our choice (README's table).
+    L-BFGS on content + style + stability losses. Everything else is our choice (docs/methods.md's table).
 
     resolution: long side of the working image in px (both sides rounded to multiples of 64).
     num_inference_steps / noise_level: the DDIM schedule and the fraction of it that is re-run.

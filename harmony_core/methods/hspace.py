@@ -5,8 +5,8 @@ connections carry style (Jeong et al., "Training-free Style Transfer Emerges fro
 Diffusion models"). For harmonization the style image is the background (the composite when no
 separate background is given) and the content is the composite: we generate from the style's
 DDIM-inverted noise and blend the composite's h into the generation inside the object's area, so
-the object keeps its content and takes the background's style. Algorithm: ../shared/specs/methods.md
-section 3; every setting below is a parameter, and the README says which defaults are the paper's.
+the object keeps its content and takes the background's style. Every setting below is a
+parameter; docs/methods.md ("hspace: paper vs our defaults") says which defaults are the paper's.
 
 Works at the DDPM's resolution (256 px, `unet.config.sample_size`); the output is resized back to
 the input size and `Method.run` pastes it into the object only.
