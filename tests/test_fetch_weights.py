@@ -108,3 +108,17 @@ def test_the_unavailable_reason_says_how_to_fetch_exactly_those_files():
     state = freepih.FreePIH().available()
     assert not state and "python -m harmony_core fetch-weights freepih" in state.reason
     assert components.ALLOW_DOWNLOAD_ENV in state.reason
+
+
+def test_a_cached_snapshot_is_used_and_only_missing_lists_are_fetched(stand_in_hub, monkeypatch, tmp_path):
+    """A cache made otherwise (plain fp32 files, no fp16 variants) is used as it is when downloads are
+    off; when they are on and a listed file is missing, exactly the list is fetched."""
+    cached = tmp_path / "cache-snapshot"
+    (cached / "unet").mkdir(parents=True)
+    (cached / "unet" / "diffusion_pytorch_model.safetensors").write_text("plain")
+    monkeypatch.setattr(components, "_cached_snapshot", lambda repo_id: cached)
+    assert components.resolve(freepih.DEFAULT_WEIGHTS, freepih.HUB_FILES, "freepih") == cached
+    assert stand_in_hub == []
+    monkeypatch.setenv(components.ALLOW_DOWNLOAD_ENV, "1")
+    folder = components.resolve(freepih.DEFAULT_WEIGHTS, freepih.HUB_FILES, "freepih")
+    assert folder != cached and [name for _, name in stand_in_hub] == list(freepih.HUB_FILES)

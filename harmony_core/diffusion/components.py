@@ -63,9 +63,10 @@ def resolve(source: str | os.PathLike, allow_patterns: Sequence[str] | None = No
             method: str | None = None) -> Path:
     """The local folder holding `source` (a folder, or a Hub id from the cache / a permitted download).
 
-    `allow_patterns`: the exact files to fetch when downloads are allowed and the cache lacks them
-    (a method's `hub_files`); without it nothing is ever downloaded, so no call can pull a whole
-    repository (.ckpt, non-EMA and safety-checker files included). `method` names the method in the
+    `allow_patterns`: the exact files to fetch when downloads are allowed and the cache lacks any of
+    them (a method's `hub_files`); without it nothing is ever downloaded, so no call can pull a
+    whole repository (.ckpt, non-EMA and safety-checker files included). With downloads off, a
+    cached snapshot is returned as it is and the caller's required files decide. `method` names the method in the
     "how to fetch" message. Raises FileNotFoundError saying what is missing and how to provide it.
     """
     from harmony_core.diffusion import hub
@@ -78,8 +79,8 @@ def resolve(source: str | os.PathLike, allow_patterns: Sequence[str] | None = No
         raise FileNotFoundError(f"folder '{text}' does not exist (and it is not a Hub id of the form owner/name)")
     files = tuple(allow_patterns or ())
     cached = _cached_snapshot(text)
-    if cached is not None and all((cached / name).exists() for name in files):
-        return cached
+    if cached is not None and (not downloads_allowed() or all((cached / name).exists() for name in files)):
+        return cached  # a cache made otherwise (e.g. plain instead of fp16 files) is used as it is
     if downloads_allowed() and files:
         try:
             return hub.fetch(text, files)
