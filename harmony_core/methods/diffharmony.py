@@ -106,7 +106,7 @@ class DiffHarmonyModels:
     condition_vae: Any | None = None
     empty_prompt: Any | None = None
     fingerprint: str = ""
-    """sha256 of base/unet's files (recorded in the results' metadata)."""
+    """components.fingerprint of base/unet's files (recorded in the results' metadata)."""
 
     def prompt_embedding(self) -> Any:
         """CLIP's encoding of "" (the authors' text input; not a zero tensor), computed once."""
@@ -230,7 +230,7 @@ class DiffHarmony(ModelMethod):
         models = self.loaded()
         source = super().weights_source
         fingerprint = models.fingerprint if models is not None else ""
-        return f"{source} (unet sha256 {fingerprint[:12]})" if fingerprint else source
+        return f"{source} (unet fingerprint {fingerprint[:12]})" if fingerprint else source
 
     def parameters(self) -> dict[str, Any]:
         models, s = self.loaded(), self.settings
