@@ -1,4 +1,4 @@
-# Self-hosting on a CUDA machine (the Space itself runs with the Gradio SDK, see README.md):
+# Self-hosting on a CUDA machine (the Space itself runs with the Gradio SDK, see docs/deploying.md):
 #   docker build -t harmony-studio . && docker run --gpus all -p 7860:7860 -v harmony-data:/data harmony-studio
 # PyPI's torch 2.13.0 wheel for Linux x86_64 bundles its CUDA libraries, so only the NVIDIA driver
 # and the container toolkit are needed on the host; without --gpus every method runs on the CPU.

@@ -30,7 +30,7 @@ import numpy as np
 
 from harmony_core import __version__, imaging
 from harmony_core.errors import HarmonyError, InputError
-from harmony_core.studio import compare, compose, explain, study
+from harmony_core.studio import compare, compose, explain, notice, study
 from harmony_core.studio.raters import RateLimiter, RateLimits, client_address, proxy_hops
 from harmony_core.studio.uploads import editor_paths, upload_path
 
@@ -395,6 +395,8 @@ def _round_outputs(state, view: study.RoundView, locked: bool) -> tuple:
 def study_tab(server: Server, rater: gr.BrowserState, demo: gr.Blocks) -> StudyTab:
     gr.Markdown("Which result looks most natural? Images are labelled by letter only, in a random order; "
                 f"the methods are revealed after your vote. {server.study_note}")
+    with gr.Accordion("What a vote records, why, where it goes, for how long", open=True, elem_id="study-notice"):
+        gr.Markdown(notice.STUDY_NOTICE)
     rater_note = gr.Markdown()
     with gr.Row():
         mode = gr.Radio(list(study.MODE_LABELS), value=next(iter(study.MODE_LABELS)), label="Mode")

@@ -1,4 +1,4 @@
-"""Command line: `python -m harmony_core {methods,harmonize,bench,make-dataset,evaluate,prepare-study}`.
+"""Command line: `python -m harmony_core {methods,harmonize,bench,fetch-weights,make-dataset,evaluate,prepare-study,...}`.
 
 Errors the user can fix are printed as one line on stderr with exit status 2; nothing is left
 half-written.
@@ -243,6 +243,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_weights(args: argparse.Namespace) -> int:
+    """Download exactly the files a method loads (diffusion/hub.py) into the Hugging Face cache."""
+    from harmony_core.diffusion import hub
+
+    listing = hub.method_files()
+    if args.method not in listing:
+        known = ", ".join(listing) or "none"
+        raise InputError(f"{args.method} loads nothing from the Hub; methods with Hub weights: {known}")
+    default_repo, files = listing[args.method]
+    repo = args.repo or default_repo
+    print(f"{args.method}: {len(files)} files of {repo}: {', '.join(files)}")
+    try:
+        folder = hub.fetch(repo, files, args.revision)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"could not fetch {repo}: {exc}") from None
+    print(f"in the Hugging Face cache: {folder}")
+    return 0
+
+
 def cmd_device_check(args: argparse.Namespace) -> int:
     from harmony_core.device_check import MARKDOWN_NAME, run
 
@@ -360,7 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="device for --random-weights models (default: cuda when present, else cpu)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("device-check", help="every model-backed method on one GPU, all resident in fp16, in one run")
+    p = sub.add_parser("fetch-weights", help="download exactly the Hub files a method loads (nothing else of the repo)")
+    p.add_argument("method", help="a method that loads from the Hub (hspace, freepih)")
+    p.add_argument("--repo", help="another Hub repo in the same layout (default: the method's own)")
+    p.add_argument("--revision", help="a branch, tag or commit of the repo (default: main)")
+    p.set_defaults(func=cmd_fetch_weights)
+
+    p = sub.add_parser("device-check", help="every model-backed method on one GPU, all resident, each in the dtype it runs in, in one run")
     p.add_argument("--out", required=True, help="report folder: device_check.json + device_check.md")
     p.add_argument("--tiny", action="store_true", help="the same code path with tiny test models on the CPU")
     p.add_argument("--minutes", type=float, default=8.5, help="stop cleanly, keeping what was measured, after this long")

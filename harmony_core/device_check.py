@@ -2,7 +2,8 @@
 
 GPU time is lent rarely and briefly, so the whole measurement is prepared here and runs in one
 command: the four methods are built with random weights in their full-size architectures (speed
-and memory do not depend on the values), kept resident together in fp16, timed on synthetic
+and memory do not depend on the values), kept resident together, each in the dtype it runs in
+(`method_dtypes`: hspace and ptl in fp32, the Stable Diffusion methods in fp16), timed on synthetic
 composites, and the report is rewritten after every measurement, so a run cut short by `--minutes`
 (or killed) still leaves everything measured so far. `--tiny` runs the same code with the tiny test
 models on the CPU, so the command is exercised by the tests.
@@ -130,7 +131,6 @@ def memory_in_use(device: str) -> float:
 def build_methods(scale: str, device: str, folder: Path, deadline: Deadline) -> tuple[dict[str, Method], dict[str, float]]:
     """The four methods with random weights, all on `device`, and the MB each added when built
     (`folder` holds ptl's weights while the methods are in use)."""
-    from harmony_core.diffusion.components import default_dtype
     from harmony_core.methods.diffharmony import DiffHarmony
     from harmony_core.methods.freepih import FreePIH
     from harmony_core.methods.hspace import HSpace
@@ -138,7 +138,7 @@ def build_methods(scale: str, device: str, folder: Path, deadline: Deadline) -> 
     builders: dict[str, Callable[[], Method]] = {
         "diffharmony": lambda: DiffHarmony.random_weights(scale, device),
         "freepih": lambda: FreePIH.random_weights(scale, device),
-        "hspace": lambda: HSpace.random_weights(scale, device, dtype=default_dtype(device)),
+        "hspace": lambda: HSpace.random_weights(scale, device),
         "ptl": lambda: random_ptl(ptl_config(scale == "tiny"), device, folder),
     }
     methods, resident = {}, {}
@@ -149,6 +149,18 @@ def build_methods(scale: str, device: str, folder: Path, deadline: Deadline) -> 
         resident[name] = memory_in_use(device) - before
         log(f"{name}: built, {resident[name]:.0f} MB")
     return methods, resident
+
+
+def method_dtypes(device: str) -> dict[str, torch.dtype]:
+    """The dtype each model-backed method runs in on `device`, as its own default says (nothing is
+    loaded): the check times every method the way the studio runs it."""
+    from harmony_core.methods.diffharmony import DiffHarmony
+    from harmony_core.methods.freepih import FreePIH
+    from harmony_core.methods.hspace import HSpace
+    from harmony_core.methods.ptl import PTLMethod
+
+    classes = {"diffharmony": DiffHarmony, "freepih": FreePIH, "hspace": HSpace, "ptl": PTLMethod}
+    return {name: cls(device=device).dtype for name, cls in classes.items()}
 
 
 def configured(methods: dict[str, Method], row: Timing) -> Method:
@@ -271,7 +283,7 @@ def stages(metadata: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The report as the README shows it: environment, resident memory, latency and training tables."""
+    """The report as docs/benchmarks.md shows it: environment, resident memory, latency and training tables."""
     env, tiny = report["environment"], report["tiny"]
     number = lambda v, f=".1f": "-" if v is None else format(v, f)  # noqa: E731
     kind = "tiny test models on the CPU (a smoke test, not a benchmark)" if tiny else "full-size architectures, random weights"
@@ -311,21 +323,22 @@ def run(out: str | Path, tiny: bool = False, minutes: float = 8.5) -> dict[str, 
     deadline = Deadline(time.perf_counter() + 60 * minutes)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dtype = dtype_name(default_dtype(device))
+    dtype = {name: dtype_name(dtype) for name, dtype in method_dtypes(device).items()}
     repeats, train_steps, batch = (1, 1, 4) if tiny else (3, 20, TRAIN_BATCH)
     # --tiny cuts the slow settings so the smoke test stays short; the GPU run keeps every default.
     freepih = {"resolution": 128, "num_inference_steps": 10, "lbfgs_max_iter": 1} if tiny else {}
     hspace = {"n_inv": 5, "n_gen": 5} if tiny else {}
-    # ptl runs in float32 on every device (PTLMethod loads its weights so); the diffusion models in `dtype`.
-    timings = [Timing(f"ptl @{size}", "ptl", size, {}, "float32", target_ms=TARGETS_MS.get(f"ptl @{size}"))
+    # Each method in the dtype it runs in (ptl and hspace float32 everywhere; the SD methods fp16 on cuda).
+    timings = [Timing(f"ptl @{size}", "ptl", size, {}, dtype["ptl"], target_ms=TARGETS_MS.get(f"ptl @{size}"))
                for size in PTL_SIZES]
     timings += [
-        Timing("diffharmony", "diffharmony", SIZE, {}, dtype, target_ms=TARGETS_MS["diffharmony"]),
-        Timing("hspace n_gen=50", "hspace", SIZE, {"n_gen": 50} | hspace, dtype, target_ms=TARGETS_MS["hspace n_gen=50"]),
-        Timing("hspace n_gen=200", "hspace", SIZE, {"n_gen": 200} | hspace, dtype),
+        Timing("diffharmony", "diffharmony", SIZE, {}, dtype["diffharmony"], target_ms=TARGETS_MS["diffharmony"]),
+        Timing("hspace n_gen=50", "hspace", SIZE, {"n_gen": 50} | hspace, dtype["hspace"],
+               target_ms=TARGETS_MS["hspace n_gen=50"]),
+        Timing("hspace n_gen=200", "hspace", SIZE, {"n_gen": 200} | hspace, dtype["hspace"]),
     ]
-    slow = [Timing("freepih", "freepih", SIZE, freepih, dtype, target_ms=TARGETS_MS["freepih"]),
-            Timing("hspace", "hspace", SIZE, hspace, dtype)]
+    slow = [Timing("freepih", "freepih", SIZE, freepih, dtype["freepih"], target_ms=TARGETS_MS["freepih"]),
+            Timing("hspace", "hspace", SIZE, hspace, dtype["hspace"])]
     training = [Training(head, batch) for head in ptl_heads()]
     report: dict[str, Any] = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "tiny": tiny, "minutes": minutes,

@@ -1,6 +1,6 @@
 """iHarmony4 metrics (MSE, fMSE, PSNR, fPSNR) under the 256-px protocol, plus bMSE.
 
-Protocol (shared/specs/metrics-and-data.md): prediction and ground truth are resized to 256x256
+Protocol (iHarmony4's evaluation; docs/evaluation.md, "Metrics"): prediction and ground truth are resized to 256x256
 with antialiased bilinear resampling and kept as uint8; the mask is thresholded at 0.5 and
 resized with nearest neighbour; values are floats in 0..255; PSNR uses the fixed peak 255.
 Metrics are computed per image and averaged over images, never pooled over pixels.

@@ -6,7 +6,8 @@ does the rest, the same way for all of them:
 - **Source**, first that is set: the constructor's `weights` argument (which `set_weights`, the
   organiser's override, replaces), the method's environment variable (`weights_env`), the
   default Hub id or folder (`default_weights`, may be None). A local folder is used as is; a
-  Hub id comes from the local Hugging Face cache (see `diffusion/components.py`).
+  Hub id comes from the local Hugging Face cache (see `diffusion/components.py`), and a permitted
+  download fetches exactly the files the method loads (`hub_files`, see `diffusion/hub.py`).
 - **available()** checks the declared `required_files` without loading or downloading anything;
   the reason says what is missing and where to set another source (`how_to_set`, `missing_help`).
 - **load()**: one lazy load per source under a lock shared by the instance and its copies.
@@ -79,6 +80,9 @@ class ModelMethod(Method):
     """Environment variable naming the weights (folder or Hub id)."""
     default_weights: ClassVar[str | None] = None
     """Used when neither the argument / set_weights nor the environment variable names a source."""
+    hub_files: ClassVar[tuple[str, ...]] = ()
+    """The files `_load` reads from a Hub repo (`default_weights` or one in the same layout): the
+    only files ever downloaded for it, and the Space card's `preload_from_hub` (diffusion/hub.py)."""
     required_files: ClassVar[tuple[str, ...]] = ()
     """Paths the weights folder must hold ('|' separates alternatives, globs allowed)."""
     how_to_set: ClassVar[str]
@@ -157,13 +161,13 @@ class ModelMethod(Method):
         if self.loaded() is not None:
             return Availability(True)
         source = self.source()
-        found = components.check(source, self.required_files, self.how_to_set)
+        found = components.check(source, self.required_files, self.how_to_set, self.hub_files, self.name)
         if not found:
             reason = "no weights configured" if source is None and self.missing_help else found.reason
             return Availability(False, f"{reason}. {self.missing_help}" if self.missing_help else reason)
         if components.is_hub_id(source) and components.downloads_allowed() and found.reason:
             return found  # not fetched yet: the files are checked when they are loaded
-        return self._check(components.resolve(source), found)
+        return self._check(components.resolve(source, self.hub_files, self.name), found)
 
     def _check(self, folder: Path, found: Availability) -> Availability:
         """More checks of a folder that has the required files (e.g. a model's shape); default none."""
@@ -180,6 +184,8 @@ class ModelMethod(Method):
             if not availability:
                 raise MethodUnavailable(f"{self.name} cannot run here: {availability.reason}")
             source = self.source()
+            if components.is_hub_id(source):
+                components.resolve(source, self.hub_files, self.name)  # fetches exactly hub_files when permitted
             state.model = self._load(source)
             state.loaded_from = source
             return state.model

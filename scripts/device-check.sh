@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU device check in one device-tool call (README, "GPU device check"): installs from .whl/
+# The GPU device check in one call (docs/benchmarks.md, "On a GPU: device-check"): installs from .whl/
 # what the GPU machine lacks (diffusers; it has torch and transformers), runs
 # `device-check` within the tool's 10-minute limit and leaves the report and the log under $OUT.
-# Produce .whl/ here first (see the README); the device tool's run must carry it. Extra arguments
+# Produce .whl/ first (see docs/benchmarks.md) and copy it along. Extra arguments
 # go to device-check (`--tiny` tries the script on a CPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ OUT="${OUT:-device-check-report}"
 MINUTES="${MINUTES:-8}"
 mkdir -p "$OUT"
 if ! python3 -c "import diffusers" 2>/dev/null; then
-    ls .whl/*.whl >/dev/null 2>&1 || { echo "diffusers missing and no wheels in .whl/ (see the README)" >&2; exit 2; }
+    ls .whl/*.whl >/dev/null 2>&1 || { echo "diffusers missing and no wheels in .whl/ (see docs/benchmarks.md)" >&2; exit 2; }
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi

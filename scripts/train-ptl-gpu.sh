@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# ptl training on a lent GPU in one device-tool call (README, "Training ptl on a lent GPU").
+# ptl training on a GPU machine in one call (docs/methods.md, "ptl: paper vs our choices").
 # Prepare here:  python -m harmony_core pack-photos --photos ../shared/data/photos-masks/images \
 #                    --masks ../shared/data/photos-masks/masks --out .cache/photos-compact --quality 85 --max-mib 40
-# then run this with the device tool, carrying .cache/photos-compact. It goes on from the shipped
+# then run this on the GPU machine with .cache/photos-compact copied along. It goes on from the shipped
 # weights (weights/ptl) for MINUTES of training and leaves the exported fp16 weights, config,
 # curve and recipe in $OUT/ptl (copy them to weights/ptl to ship). Extra arguments go to train-ptl.
 set -euo pipefail

@@ -37,3 +37,13 @@ def test_a_run_cut_by_the_deadline_keeps_its_row_and_stops_the_check():
     with pytest.raises(device_check.OutOfTime):
         device_check.time_method(row, get_method("reinhard"), 3, device_check.Deadline(end=0.0))
     assert row.status == "out of time after 0 of 3 runs" and row.median_ms is None
+
+
+def test_each_method_is_checked_in_the_dtype_it_runs_in():
+    """hspace runs in fp32 on every device (DDIM inversion accumulates rounding); so does ptl."""
+    import torch
+
+    on_gpu = device_check.method_dtypes("cuda")
+    assert on_gpu == {"diffharmony": torch.float16, "freepih": torch.float16, "hspace": torch.float32,
+                      "ptl": torch.float32}
+    assert set(device_check.method_dtypes("cpu").values()) == {torch.float32}

@@ -131,7 +131,7 @@ def test_output_has_the_input_size_and_the_composite_background(archive, request
     meta = result.metadata
     assert meta["steps"] == 2 and meta["working_resolution"] == RES and meta["seed"] == 3
     assert meta["dtype"] == "float32" and meta["refinement"] is True and meta["condition_vae"] is False
-    assert str(archive) in meta["weights"] and "unet sha256" in meta["weights"]
+    assert str(archive) in meta["weights"] and "unet fingerprint" in meta["weights"]
     assert {"encode_s", "denoise_s", "decode_s", "refinement_s"} <= set(meta["stage_seconds"])
 
 

@@ -1,8 +1,10 @@
 """The shared diffusion toolkit: UNet parts, DDIM math, hooks, the shared loader, random models."""
 
 import math
+from pathlib import Path
 
 import pytest
+
 import torch
 
 from harmony_core.diffusion import components, ddim, hooks, tiny, unet_parts
@@ -178,13 +180,17 @@ def test_availability_names_what_is_missing(tmp_path, monkeypatch):
         raise LocalEntryNotFoundError("not in the local cache (test double)")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", spy)
-    state = components.check("harmony-studio-test/not-a-cached-repo", required, how)
+    state = components.check("harmony-studio-test/not-a-cached-repo", required, how, files=("config.json",))
     assert not state and "not in the local Hugging Face cache" in state.reason
     assert components.ALLOW_DOWNLOAD_ENV in state.reason and how in state.reason
+    state = components.check("harmony-studio-test/not-a-cached-repo", required, how)
+    assert not state and "hf download" in state.reason and components.ALLOW_DOWNLOAD_ENV not in state.reason
     assert calls and all(c["local_files_only"] for c in calls)
     monkeypatch.setenv(components.ALLOW_DOWNLOAD_ENV, "1")
-    state = components.check("harmony-studio-test/not-a-cached-repo", required, how)
+    state = components.check("harmony-studio-test/not-a-cached-repo", required, how, files=("config.json",))
     assert state and "downloaded" in state.reason  # permitted, but check() itself never downloads
+    state = components.check("harmony-studio-test/not-a-cached-repo", required, how)
+    assert not state  # no list of exact files: nothing would be downloaded
     assert all(c["local_files_only"] for c in calls)
 
 
@@ -217,3 +223,49 @@ def test_tiny_models_are_seeded_and_leave_the_global_rng_alone():
     a, b = tiny.ddpm_unet("tiny", seed=4), tiny.ddpm_unet("tiny", seed=4)
     assert torch.equal(torch.get_rng_state(), before)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_fingerprint_reads_samples_not_whole_files_and_uses_hub_etags(tmp_path, monkeypatch):
+    big = tmp_path / "a" / "model.safetensors"
+    big.parent.mkdir()
+    data = bytearray(range(256)) * (8 * 4096)  # 8 MiB
+    big.write_bytes(bytes(data))
+    first = components.fingerprint(big.parent)
+    copy = tmp_path / "b" / "model.safetensors"
+    copy.parent.mkdir()
+    copy.write_bytes(bytes(data))
+    assert components.fingerprint(copy.parent) == first  # same content, another folder: one key
+    data[0] ^= 1
+    copy.write_bytes(bytes(data))
+    assert components.fingerprint(copy.parent) != first
+    # A Hub cache file links to blobs/<etag>: the etag is the key and the blob is never opened.
+    blob = tmp_path / "hub" / "blobs" / ("e" * 64)
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"weights")
+    snapshot = tmp_path / "hub" / "snapshots" / "main"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").symlink_to(blob)
+    import builtins
+
+    real_open = builtins.open
+
+    def guarded(file, *args, **kwargs):
+        assert Path(file).resolve() != blob, "the blob was read"
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    assert components.fingerprint(snapshot) != components.fingerprint(big.parent)
+
+
+def test_fp16_variant_folders_load_with_the_variant(tmp_path):
+    from diffusers import UNet2DModel
+
+    components.clear_cache()
+    folder = tiny.save_tiny_ddpm(tmp_path / "d", seed=3)
+    plain = components.load(UNet2DModel, folder, dtype=torch.float32, device="cpu")
+    (folder / "diffusion_pytorch_model.safetensors").rename(folder / "diffusion_pytorch_model.fp16.safetensors")
+    assert components.weights_variant(folder) == "fp16"
+    components.clear_cache()
+    variant = components.load(UNet2DModel, folder, dtype=torch.float32, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), variant.state_dict().values()))
+    components.clear_cache()

@@ -198,6 +198,25 @@ def test_loads_a_weights_folder_through_the_shared_loader(tmp_path, request_):
     components.clear_cache()
 
 
+def test_loads_an_sdedit_injectfusion_ckpt(tmp_path, request_):
+    """A researcher's DDPM .ckpt (the original PyTorch layout) runs as it is, converted on load."""
+    from tests.test_ddpm_ckpt import ddpm_state_dict
+
+    path = tmp_path / "church_outdoor.ckpt"
+    missing = HSpace(weights=path).available()
+    assert not missing and "does not exist" in missing.reason
+    # 256 px like InjectFusion's models; attention only at 32 px keeps the tiny network cheap.
+    torch.save(ddpm_state_dict(seed=4, mult=(1, 1, 1, 1), attn_levels={3}), path)
+    method = HSpace(weights=path, device="cpu", n_inv=3, n_gen=3, n_inject=3)
+    assert method.available()
+    result = method.run(request_)
+    assert result.image.shape == request_.composite.shape and result.metadata["working_size"] == 256
+    assert method.weights_source == str(path) and method.unet().config.block_out_channels[0] == 32
+    (tmp_path / "bad.ckpt").write_bytes(b"junk")
+    with pytest.raises(Exception, match="hspace cannot use"):
+        HSpace(weights=tmp_path / "bad.ckpt", device="cpu", n_inv=3, n_gen=3).run(request_)
+
+
 def test_options_random_weights_and_bench_helpers():
     assert parse_options(["n_gen=50", "gamma=0.4", "x=abc"]) == {"n_gen": 50, "gamma": 0.4, "x": "abc"}
     with pytest.raises(InputError, match="no option"):

@@ -1,7 +1,7 @@
 """iHarmony4-style synthetic composites: a real photo with its object recoloured.
 
 The real photo is the ground truth; the composite is the photo with the object's colours changed
-by one transform drawn at random (shared/specs/metrics-and-data.md):
+by one transform drawn at random (docs/evaluation.md describes them):
 
   reinhard    Lab mean/std transfer from another photo's object or whole image
   cdf         per-channel RGB histogram (CDF) matching to another photo's object or image

@@ -5,13 +5,16 @@ Where weights come from (the policy every diffusion method follows):
 - A **local folder** (any existing directory) is used as is; nothing is copied or downloaded.
 - A **Hub id** (``owner/name``) is resolved from the local Hugging Face cache only
   (``snapshot_download(..., local_files_only=True)``; ``HF_HOME`` / ``HF_HUB_CACHE`` say where that
-  cache is). Only when the environment variable ``HARMONY_ALLOW_DOWNLOAD=1`` is set (the Space's
-  Dockerfile sets it) may a missing snapshot be downloaded. Tests and CI never download.
+  cache is). Only when the environment variable ``HARMONY_ALLOW_DOWNLOAD=1`` is set (the Space and
+  the Dockerfile set it) may missing files be downloaded, and then only the exact files the method
+  loads (`harmony_core.diffusion.hub`). Tests and CI never download.
+- A folder whose weights are published as fp16 variants only (``*.fp16.safetensors``, what the
+  exact downloads fetch for Stable Diffusion 1.5) is loaded with ``variant="fp16"``.
 
 Why one cache keyed by content: Stable Diffusion 1.5's VAE and DiffHarmony's ``base/vae`` are the
 same weights reached through different folders; keying by a fingerprint of the files (not by path)
-makes them ONE module in memory. The fingerprint is the sha256 of the subfolder's weight and config
-files, memoized per file by (real path, size, mtime_ns), so each file is hashed once per process.
+makes them ONE module in memory. The fingerprint never reads a whole weight file (a Hub snapshot
+holds gigabytes): see `fingerprint`.
 Models come back in eval mode with ``requires_grad`` False; they are shared, so callers must not
 modify them (no in-place weight edits, no ``.train()``). Schedulers are small and stateful
 (``set_timesteps``), so every call returns a fresh one instead of a shared instance.
@@ -41,7 +44,9 @@ T = TypeVar("T")
 
 _LOCK = threading.RLock()
 _MODELS: dict[tuple[str, str, str, str], Any] = {}
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+_FILE_KEYS: dict[tuple[str, int, int], str] = {}
+SAMPLES = 16
+WINDOW = 1 << 16
 
 
 def downloads_allowed() -> bool:
@@ -54,33 +59,35 @@ def is_hub_id(source: str) -> bool:
     return bool(_HUB_ID.match(source)) and not Path(source).expanduser().exists()
 
 
-def resolve(source: str | os.PathLike, allow_patterns: Sequence[str] | None = None) -> Path:
+def resolve(source: str | os.PathLike, allow_patterns: Sequence[str] | None = None,
+            method: str | None = None) -> Path:
     """The local folder holding `source` (a folder, or a Hub id from the cache / a permitted download).
 
-    Raises FileNotFoundError with a message saying what is missing and how to provide it.
-    `allow_patterns` limits what a permitted download fetches (e.g. skip 4 GB .ckpt files).
+    `allow_patterns`: the exact files to fetch when downloads are allowed and the cache lacks any of
+    them (a method's `hub_files`); without it nothing is ever downloaded, so no call can pull a
+    whole repository (.ckpt, non-EMA and safety-checker files included). With downloads off, a
+    cached snapshot is returned as it is and the caller's required files decide. `method` names the method in the
+    "how to fetch" message. Raises FileNotFoundError saying what is missing and how to provide it.
     """
+    from harmony_core.diffusion import hub
+
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.is_dir():
         return path
     if not is_hub_id(text):
         raise FileNotFoundError(f"folder '{text}' does not exist (and it is not a Hub id of the form owner/name)")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    allowed = downloads_allowed()
-    try:
-        return Path(snapshot_download(text, local_files_only=not allowed,
-                                      allow_patterns=list(allow_patterns) if allow_patterns else None))
-    except (LocalEntryNotFoundError, OSError, ValueError) as exc:
-        if allowed:
+    files = tuple(allow_patterns or ())
+    cached = _cached_snapshot(text)
+    if cached is not None and (not downloads_allowed() or all((cached / name).exists() for name in files)):
+        return cached  # a cache made otherwise (e.g. plain instead of fp16 files) is used as it is
+    if downloads_allowed() and files:
+        try:
+            return hub.fetch(text, files)
+        except (OSError, ValueError) as exc:
             raise FileNotFoundError(f"could not download '{text}' from the Hub ({type(exc).__name__}: {exc})") from exc
-        raise FileNotFoundError(
-            f"'{text}' is not in the local Hugging Face cache and downloads are off; run "
-            f"`huggingface-cli download {text}` on a machine with internet (or set {ALLOW_DOWNLOAD_ENV}=1 "
-            f"to let the studio download it), or pass a local folder instead"
-        ) from exc
+    raise FileNotFoundError(f"'{text}' is not in the local Hugging Face cache and downloads are off; "
+                            f"{hub.fetch_hint(text, files, method)}, or pass a local folder instead")
 
 
 def _missing(folder: Path, requirement: str) -> bool:
@@ -95,12 +102,14 @@ def _missing(folder: Path, requirement: str) -> bool:
     return True
 
 
-def check(source: str | os.PathLike | None, required: Sequence[str], how_to_set: str) -> Availability:
+def check(source: str | os.PathLike | None, required: Sequence[str], how_to_set: str,
+          files: Sequence[str] = (), method: str | None = None) -> Availability:
     """Can `source` be loaded here? Never downloads; the reason says exactly what to do.
 
     required: paths relative to the folder; '|' separates alternatives, globs are allowed, e.g.
     ``("unet/config.json", "unet/*.safetensors|unet/*.bin")``. how_to_set: where the user sets the
-    source (e.g. "the env var HARMONY_HSPACE_WEIGHTS or the `weights` argument").
+    source (e.g. "the env var HARMONY_HSPACE_WEIGHTS or the `weights` argument"). files / method:
+    the exact Hub files the method loads and its name (what a permitted download would fetch).
     """
     if source is None or not os.fspath(source).strip():
         return Availability(False, f"no weights configured; set {how_to_set} to a local folder or Hub id")
@@ -109,12 +118,15 @@ def check(source: str | os.PathLike | None, required: Sequence[str], how_to_set:
     if path.is_dir():
         folder = path
     elif is_hub_id(text):
+        cached = _cached_snapshot(text)
+        complete = cached is not None and all((cached / name).exists() for name in files)
+        if not complete and downloads_allowed() and files:
+            return Availability(True, f"'{text}' will be downloaded from the Hub on first use "
+                                      f"({ALLOW_DOWNLOAD_ENV}=1; {len(files)} files)")
         try:
-            folder = resolve(text) if not downloads_allowed() else _cached_snapshot(text)
+            folder = resolve(text, files, method)
         except FileNotFoundError as exc:
             return Availability(False, f"{exc}; {how_to_set} chooses another source")
-        if folder is None:
-            return Availability(True, f"'{text}' will be downloaded from the Hub on first use ({ALLOW_DOWNLOAD_ENV}=1)")
     else:
         return Availability(False, f"folder '{text}' does not exist; set {how_to_set} to an existing folder or a Hub id")
     missing = [r for r in required if _missing(folder, r)]
@@ -178,32 +190,59 @@ def synchronize(device: str | torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _file_hash(path: Path) -> str:
+def _file_key(path: Path) -> str:
+    """What identifies one file's content without reading it whole.
+
+    A file in a Hugging Face cache is a link to ``blobs/<etag>``, and a weight file's etag is the
+    sha256 of its content: that name is the key, nothing is read. Any other file: its size and
+    the sha256 of `SAMPLES` evenly spaced windows of `WINDOW` bytes (the whole file when it is
+    that small), memoized by (real path, size, mtime_ns). Identical files in two folders share a
+    key; a same-sized file that differs only between the windows would not be told apart, which
+    weight files written by training never are (every tensor changes).
+    """
     real = path.resolve()
+    if real.parent.name == "blobs" and real.name != path.name:
+        return f"etag:{real.name}"
     stat = real.stat()
-    key = (str(real), stat.st_size, stat.st_mtime_ns)
+    memo = (str(real), stat.st_size, stat.st_mtime_ns)
     with _LOCK:
-        if key in _FILE_HASHES:
-            return _FILE_HASHES[key]
+        if memo in _FILE_KEYS:
+            return _FILE_KEYS[memo]
     digest = hashlib.sha256()
     with open(real, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
+        if stat.st_size <= SAMPLES * WINDOW:
+            digest.update(handle.read())
+        else:
+            for i in range(SAMPLES):
+                handle.seek((stat.st_size - WINDOW) * i // (SAMPLES - 1))
+                digest.update(handle.read(WINDOW))
+    key = f"{stat.st_size}:{digest.hexdigest()}"
     with _LOCK:
-        _FILE_HASHES[key] = digest.hexdigest()
-    return _FILE_HASHES[key]
+        _FILE_KEYS[memo] = key
+    return key
 
 
 def fingerprint(folder: str | os.PathLike) -> str:
-    """sha256 over the (name, content hash) of the folder's weight/config files (not recursive)."""
+    """sha256 over the (name, `_file_key`) of the folder's weight/config files (not recursive);
+    reads at most SAMPLES x WINDOW bytes of each file, nothing of a Hub cache's weights."""
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in HASHED_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"'{folder}' holds no weight or config files")
     digest = hashlib.sha256()
     for path in files:
-        digest.update(f"{path.name}\0{_file_hash(path)}\n".encode())
+        digest.update(f"{path.name}\0{_file_key(path)}\n".encode())
     return digest.hexdigest()
+
+
+def weights_variant(folder: Path) -> str | None:
+    """"fp16" when the folder's weights are published as fp16 variants only (what the exact Hub
+    downloads fetch for Stable Diffusion 1.5), else None (the plain files)."""
+    if not folder.is_dir():
+        return None
+    names = [p.name for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES]
+    plain = [n for n in names if n.count(".") == 1]
+    return "fp16" if not plain and any(n.endswith(".fp16.safetensors") for n in names) else None
 
 
 def _is_scheduler(cls: type) -> bool:
@@ -242,6 +281,9 @@ def _from_pretrained(cls: type, folder: Path, subfolder: str | None, dtype: torc
     if subfolder:
         kwargs["subfolder"] = subfolder
     if issubclass(cls, torch.nn.Module):
+        variant = weights_variant(folder / subfolder if subfolder else folder)
+        if variant:
+            kwargs["variant"] = variant
         from diffusers import ModelMixin
 
         # diffusers names the argument torch_dtype, transformers 5 names it dtype.

@@ -6,7 +6,7 @@ layout) and, with the empty prompt and no guidance, denoises pure noise in 5 Eul
 steps into the harmonized image. Stage 2 (optional, `refinement/`) repairs the VAE's
 reconstruction loss at 256 px with a residual UNet; the optional Harmony-VAE (`condition_vae/`,
 DiffHarmony++) decodes with the composite and mask as extra input. Every detail of the math is
-in ../shared/specs/methods.md, section 1; the weights layout is the authors' archive.
+in docs/methods.md ("DiffHarmony: paper vs our defaults"); the weights layout is the authors' archive.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class DiffHarmonyModels:
     condition_vae: Any | None = None
     empty_prompt: Any | None = None
     fingerprint: str = ""
-    """sha256 of base/unet's files (recorded in the results' metadata)."""
+    """components.fingerprint of base/unet's files (recorded in the results' metadata)."""
 
     def prompt_embedding(self) -> Any:
         """CLIP's encoding of "" (the authors' text input; not a zero tensor), computed once."""
@@ -230,7 +230,7 @@ class DiffHarmony(ModelMethod):
         models = self.loaded()
         source = super().weights_source
         fingerprint = models.fingerprint if models is not None else ""
-        return f"{source} (unet sha256 {fingerprint[:12]})" if fingerprint else source
+        return f"{source} (unet fingerprint {fingerprint[:12]})" if fingerprint else source
 
     def parameters(self) -> dict[str, Any]:
         models, s = self.loaded(), self.settings

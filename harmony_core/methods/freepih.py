@@ -5,7 +5,7 @@ not layout) and denoised again. Before every DDIM step the foreground latent is 
 L-BFGS so that UNet decoder features inside the object have the background's Gram statistics
 (style), the VAE-encoder features of the predicted image keep the object's content, and the
 predicted clean latent does not drift (stability). The background latent is re-imposed after
-every step, so only the object changes. Design: ../shared/specs/methods.md, section 2.
+every step, so only the object changes. Paper vs our settings: docs/methods.md.
 """
 
 from __future__ import annotations
@@ -103,12 +103,23 @@ REQUIRED_FILES = (
     "scheduler/scheduler_config.json",
 )
 """An SD-1.5 text-to-image pipeline folder (diffusers layout); checked before anything loads."""
+HUB_FILES = (
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
+    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
+)
+"""What `load_parts` reads from SD-1.5's repo: the fp16 safetensors of the UNet, VAE and text encoder
+(loaded with variant="fp16", cast to the run's dtype), the tokenizer and the scheduler config;
+never the .ckpt files, the non-EMA or fp32 copies or the safety checker."""
 
 
 @dataclass(frozen=True)
 class FreePIHSettings:
     """The settings of a run. From the paper: noise only at the end of the schedule (t < 0.2 T),
-    L-BFGS on content + style + stability losses. Everything else is our choice (README's table).
+    L-BFGS on content + style + stability losses. Everything else is our choice (docs/methods.md's table).
 
     resolution: long side of the working image in px (both sides rounded to multiples of 64).
     num_inference_steps / noise_level: the DDIM schedule and the fraction of it that is re-run.
@@ -427,6 +438,7 @@ class FreePIH(ModelMethod):
     weights_env = WEIGHTS_ENV
     default_weights = DEFAULT_WEIGHTS
     required_files = REQUIRED_FILES
+    hub_files = HUB_FILES
     how_to_set = HOW_TO_SET
     settings_class = FreePIHSettings
 

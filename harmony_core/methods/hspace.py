@@ -5,8 +5,8 @@ connections carry style (Jeong et al., "Training-free Style Transfer Emerges fro
 Diffusion models"). For harmonization the style image is the background (the composite when no
 separate background is given) and the content is the composite: we generate from the style's
 DDIM-inverted noise and blend the composite's h into the generation inside the object's area, so
-the object keeps its content and takes the background's style. Algorithm: ../shared/specs/methods.md
-section 3; every setting below is a parameter, and the README says which defaults are the paper's.
+the object keeps its content and takes the background's style. Every setting below is a
+parameter; docs/methods.md ("hspace: paper vs our defaults") says which defaults are the paper's.
 
 Works at the DDPM's resolution (256 px, `unet.config.sample_size`); the output is resized back to
 the input size and `Method.run` pastes it into the object only.
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from harmony_core import imaging
-from harmony_core.diffusion import components, ddim
+from harmony_core.diffusion import components, ddim, ddpm_ckpt
 from harmony_core.diffusion.pixels import to_tensor, to_uint8
-from harmony_core.errors import InputError
+from harmony_core.errors import InputError, MethodUnavailable
 from harmony_core.model_method import ModelMethod
 from harmony_core.registry import Progress, register
-from harmony_core.types import HarmonizationRequest, HarmonizationResult
+from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 WEIGHTS_ENV = "HARMONY_HSPACE_WEIGHTS"
 DEFAULT_WEIGHTS = "google/ddpm-ema-church-256"
@@ -43,8 +43,11 @@ KNOWN_WEIGHTS: tuple[str, ...] = tuple(
 )
 """Hub ids with the 256-px DDPM architecture that hspace runs on (the UI lists them)."""
 HOW_TO_SET = (f"the env var {WEIGHTS_ENV}, `--weights hspace=SOURCE` or HSpace(weights=...) "
-              f"(known Hub ids: {', '.join(KNOWN_WEIGHTS[:2])}, ...)")
+              f"(a diffusers folder, an SDEdit / InjectFusion DDPM .ckpt file, or a Hub id: "
+              f"{', '.join(KNOWN_WEIGHTS[:2])}, ...)")
 REQUIRED_FILES = ("config.json|unet/config.json", "*.safetensors|*.bin|unet/*.safetensors|unet/*.bin")
+HUB_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json")
+"""What `_load` reads from a google/ddpm-*-256 repo: the UNet's config and weights, the betas."""
 CACHE_ENTRIES = 8
 
 
@@ -172,6 +175,7 @@ class HSpace(ModelMethod):
     weights_env = WEIGHTS_ENV
     default_weights = DEFAULT_WEIGHTS
     required_files = REQUIRED_FILES
+    hub_files = HUB_FILES
     how_to_set = HOW_TO_SET
     settings_class = HSpaceSettings
 
@@ -211,9 +215,26 @@ class HSpace(ModelMethod):
         label = f"random weights ({'google/ddpm-*-256 architecture' if scale == 'full' else 'tiny'})"
         return cls(unet=unet, device=device, weights_label=label, **options)
 
+    def available(self) -> Availability:
+        """A checkpoint file (SDEdit / InjectFusion .ckpt) is checked by its presence here and by its
+        tensors when it loads; folders and Hub ids as every ModelMethod's."""
+        source = self.source()
+        if source is None or not ddpm_ckpt.is_checkpoint(source) or self.loaded() is not None:
+            return super().available()
+        if not Path(source).expanduser().is_file():
+            return Availability(False, f"checkpoint '{source}' does not exist; set {HOW_TO_SET}")
+        return Availability(True)
+
     def _load(self, source: str) -> DDPM:
         from diffusers import UNet2DModel
 
+        if ddpm_ckpt.is_checkpoint(source):
+            # The original DDPM's network and betas (linear 1e-4..0.02 over 1000 steps): a .ckpt has no scheduler config.
+            try:
+                unet = ddpm_ckpt.load_unet(Path(source).expanduser(), self.dtype, self.device)
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise MethodUnavailable(f"hspace cannot use '{source}': {exc}") from exc
+            return DDPM.of(unet, None)
         folder = components.resolve(source)
         subfolder = "unet" if (folder / "unet" / "config.json").is_file() else None
         unet = components.load(UNet2DModel, folder, subfolder, self.dtype, self.device)

@@ -1,7 +1,7 @@
 """The regional-reference harmonization network: an improved-DIH encoder-decoder with LTL and PTL.
 
 Paper: "Harmonizing foreground with content-related background regions" (LTL + PTL + residual
-reconstruction), shared/papers/002_*.txt; our reading of it is shared/specs/methods.md section 4.
+reconstruction); our reading of it, setting by setting, is in docs/methods.md ("ptl: paper vs our choices").
 
 - Input: the composite normalized with ImageNet mean/std, concatenated with the mask (4 x 256 x 256).
 - Encoder: 4x4 stride-2 convolutions (BatchNorm from the third block) + ELU, 256 px down to 1 px.
@@ -63,7 +63,7 @@ class PTLConfig:
     reconstruction needs in order to predict a change from it)."""
     head: Head = "affine"
     """"residual": the paper's eq. 7. "affine" (ours): per-location 3x4 colour transforms of the
-    composite, applied at full resolution (see the module docstring and the README)."""
+    composite, applied at full resolution (see the module docstring and docs/methods.md)."""
     prior: Prior = "poisson"
     """"poisson" (ours, affine head only): the network corrects a global 3x4 colour map fitted to
     the Poisson blend at 256 px (`classical.poisson_affine`), which alone beats the Poisson blend on
