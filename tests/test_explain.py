@@ -145,6 +145,10 @@ def test_map_correlation_counts_only_the_given_pixels():
     assert explain.map_correlation(a, b, where) == pytest.approx(1.0)
     assert explain.map_correlation(a, 1 - a, where) == pytest.approx(-1.0)
     assert np.isnan(explain.map_correlation(a, np.zeros_like(a), where))
+    panels = [explain.MapPanel("x", "point map", a), explain.MapPanel("y", "point map", np.zeros_like(a)),
+              explain.MapPanel("y", "other map", a)]
+    assert explain.agreement_notes(panels, ~where) == [
+        "**x** vs **y**, point map: correlation undefined (a map is constant there) over the background"]
 
 
 def test_the_tab_shows_both_networks_side_by_side_with_their_agreement(scene, networks):

@@ -134,7 +134,8 @@ def agreement_notes(panels: Sequence[MapPanel], mask: np.ndarray) -> list[str]:
     for key, shared in by_key.items():
         for a, b in combinations(shared, 2):
             r = map_correlation(a.values, b.values, background)
-            notes.append(f"**{a.method}** vs **{b.method}**, {key}: correlation {r:.2f} over the background")
+            value = "undefined (a map is constant there)" if np.isnan(r) else f"{r:.2f}"
+            notes.append(f"**{a.method}** vs **{b.method}**, {key}: correlation {value} over the background")
     return notes
 
 
