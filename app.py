@@ -328,7 +328,7 @@ def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) ->
     view = gr.Image(label="Click a point on the object", type="numpy", interactive=False, format="png")
     legend = gr.Image(label="Legend", type="numpy", interactive=False, format="png", height=100, show_label=False)
     notes = gr.Markdown()
-    gallery = gr.Gallery(label="All maps", columns=3, format="png", object_fit="contain", height="auto")
+    gallery = gr.Gallery(label="All maps (same kind side by side)", columns=2, format="png", object_fit="contain", height="auto")
     state = gr.State(None)
     outputs = [state, view, map_choice, gallery, legend, notes]
     image_in = server.image_in

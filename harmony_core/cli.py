@@ -304,6 +304,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain_agreement(args: argparse.Namespace) -> int:
+    from harmony_core.data.datasets import load_sample
+    from harmony_core.evaluate import collect
+    from harmony_core.studio.explain import network_agreement
+
+    apply_weights(args)
+    methods = resolve_methods([n.strip() for n in args.methods.split(",") if n.strip()], require_available=True)
+    if len(methods) < 2:
+        raise InputError("explain-agreement compares methods: name at least two (e.g. --methods ptl,ptl-paper).")
+    if args.first < 1:
+        raise InputError("--first must be at least 1.")
+    items = collect(args.data, args.split)[: args.first]
+    samples = ((s.name, s.composite, s.mask) for s in (load_sample(item.files) for item in items))
+    rows = network_agreement(samples, methods)
+    if not rows:
+        raise InputError(f"{', '.join(methods)} share no point map on these composites: nothing to compare.")
+    print(_table([{**row, "correlation": f"{row['correlation']:.2f}"} for row in rows],
+                 ["image", "point", "pair", "map", "correlation"]))
+    return 0
+
+
 def cmd_prepare_study(args: argparse.Namespace) -> int:
     from harmony_core.data.datasets import read_dataset
     from harmony_core.study.prepare import prepare_study
@@ -415,6 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="iHarmony4 list file to read: DATASET_{split}.txt")
     add_weights_option(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("explain-agreement", help="do two networks' point maps agree? their correlation on a dataset's "
+                                                 "first composites, at the object's left, centre and right pixels")
+    p.add_argument("--data", required=True, nargs="+", action="extend", help="dataset folders, as for evaluate")
+    p.add_argument("--methods", default="ptl,ptl-paper", help="comma-separated methods with point maps (default: ptl,ptl-paper)")
+    p.add_argument("--first", type=int, default=4, help="how many composites, in evaluate's order (default 4)")
+    p.add_argument("--split", default="test", help="iHarmony4 list file to read: DATASET_{split}.txt")
+    add_weights_option(p)
+    p.set_defaults(func=cmd_explain_agreement)
 
     p = sub.add_parser("train-ptl", help="train the ptl network on composites synthesized from photos (resumable)")
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "photos-masks"),

@@ -1,7 +1,7 @@
 """`device-check`: every model-backed method timed on one GPU in a single run that fits a 10-minute call.
 
 GPU time is lent rarely and briefly, so the whole measurement is prepared here and runs in one
-command: the four methods are built with random weights in their full-size architectures (speed
+command: the five methods are built with random weights in their full-size architectures (speed
 and memory do not depend on the values), kept resident together, each in the dtype it runs in
 (`method_dtypes`: hspace and ptl in fp32, the Stable Diffusion methods in fp16), timed on synthetic
 composites, and the report is rewritten after every measurement, so a run cut short by `--minutes`
@@ -34,6 +34,8 @@ JSON_NAME = "device_check.json"
 MARKDOWN_NAME = "device_check.md"
 SIZE = 512
 PTL_SIZES = (256, 512, 1024, 2048)
+PAPER_SIZES = (256, 1024)
+"""ptl-paper is the same network without the prior: two sizes say what the head and the prior cost."""
 TRAIN_BATCH = 16
 TARGETS_MS = {"diffharmony": 1000.0, "hspace n_gen=50": 3000.0, "freepih": 30000.0, "ptl @256": 10.0}
 """Latency targets on an H100/H200 in fp16 (issue 19), keyed by check label."""
@@ -108,14 +110,15 @@ def ptl_config(tiny: bool, head: str | None = None) -> Any:
     return PTLConfig(**options)
 
 
-def random_ptl(config: Any, device: str, folder: Path) -> Method:
-    """PTLMethod on random weights, saved to `folder` first: PTLMethod loads (and checks) a folder."""
+def random_ptl(config: Any, device: str, folder: Path, paper: bool = False) -> Method:
+    """PTLMethod (paper: PTLPaperMethod) on random weights, saved to `folder` first: the method
+    loads (and checks) a folder."""
     from harmony_core.diffusion.tiny import seeded
-    from harmony_core.methods.ptl import PTLMethod
+    from harmony_core.methods.ptl import PTLMethod, PTLPaperMethod
     from harmony_core.models.ptl_net import PTLNet
 
     seeded(lambda: PTLNet(config), 0).save_pretrained(folder, dtype=torch.float32)
-    method = PTLMethod(weights=folder, device=device)
+    method = (PTLPaperMethod if paper else PTLMethod)(weights=folder, device=device)
     method.model  # noqa: B018 - load now, so its memory counts as resident
     return method
 
@@ -129,8 +132,8 @@ def memory_in_use(device: str) -> float:
 
 
 def build_methods(scale: str, device: str, folder: Path, deadline: Deadline) -> tuple[dict[str, Method], dict[str, float]]:
-    """The four methods with random weights, all on `device`, and the MB each added when built
-    (`folder` holds ptl's weights while the methods are in use)."""
+    """The five methods with random weights, all on `device`, and the MB each added when built
+    (`folder` holds ptl's and ptl-paper's weights while the methods are in use)."""
     from harmony_core.methods.diffharmony import DiffHarmony
     from harmony_core.methods.freepih import FreePIH
     from harmony_core.methods.hspace import HSpace
@@ -139,7 +142,8 @@ def build_methods(scale: str, device: str, folder: Path, deadline: Deadline) -> 
         "diffharmony": lambda: DiffHarmony.random_weights(scale, device),
         "freepih": lambda: FreePIH.random_weights(scale, device),
         "hspace": lambda: HSpace.random_weights(scale, device),
-        "ptl": lambda: random_ptl(ptl_config(scale == "tiny"), device, folder),
+        "ptl": lambda: random_ptl(ptl_config(scale == "tiny"), device, folder / "ptl"),
+        "ptl-paper": lambda: random_ptl(ptl_config(scale == "tiny", "residual"), device, folder / "ptl-paper", paper=True),
     }
     methods, resident = {}, {}
     for name, build in builders.items():
@@ -157,9 +161,10 @@ def method_dtypes(device: str) -> dict[str, torch.dtype]:
     from harmony_core.methods.diffharmony import DiffHarmony
     from harmony_core.methods.freepih import FreePIH
     from harmony_core.methods.hspace import HSpace
-    from harmony_core.methods.ptl import PTLMethod
+    from harmony_core.methods.ptl import PTLMethod, PTLPaperMethod
 
-    classes = {"diffharmony": DiffHarmony, "freepih": FreePIH, "hspace": HSpace, "ptl": PTLMethod}
+    classes = {"diffharmony": DiffHarmony, "freepih": FreePIH, "hspace": HSpace, "ptl": PTLMethod,
+               "ptl-paper": PTLPaperMethod}
     return {name: cls(device=device).dtype for name, cls in classes.items()}
 
 
@@ -292,7 +297,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"cuDNN {env['cudnn']}, diffusers {env['diffusers']}, transformers {env['transformers']}, "
         f"Python {env['python']}; {kind}.",
         "", f"Command: `{report['command']}` (on the GPU machine: `bash scripts/device-check.sh`).", "",
-        f"All four resident together: **{number(report['resident_mb'], '.0f')} MB** "
+        f"All five resident together: **{number(report['resident_mb'], '.0f')} MB** "
         f"(target {verdict(report['resident_mb'], RESIDENT_TARGET_MB, tiny)} MB)",
         "", "| method | resident MB |", "|---|---|",
         *(f"| {name} | {mb:.0f} |" for name, mb in report["resident_by_method"].items()),
@@ -331,6 +336,7 @@ def run(out: str | Path, tiny: bool = False, minutes: float = 8.5) -> dict[str, 
     # Each method in the dtype it runs in (ptl and hspace float32 everywhere; the SD methods fp16 on cuda).
     timings = [Timing(f"ptl @{size}", "ptl", size, {}, dtype["ptl"], target_ms=TARGETS_MS.get(f"ptl @{size}"))
                for size in PTL_SIZES]
+    timings += [Timing(f"ptl-paper @{size}", "ptl-paper", size, {}, dtype["ptl-paper"]) for size in PAPER_SIZES]
     timings += [
         Timing("diffharmony", "diffharmony", SIZE, {}, dtype["diffharmony"], target_ms=TARGETS_MS["diffharmony"]),
         Timing("hspace n_gen=50", "hspace", SIZE, {"n_gen": 50} | hspace, dtype["hspace"],

@@ -24,7 +24,7 @@ _HUB_HOME = tempfile.mkdtemp(prefix="harmony-tests-hf-")
 os.environ["HF_HOME"] = _HUB_HOME
 os.environ["HF_HUB_CACHE"] = os.path.join(_HUB_HOME, "hub")
 atexit.register(shutil.rmtree, _HUB_HOME, True)
-for name in ("HARMONY_ALLOW_DOWNLOAD", "HARMONY_PTL_WEIGHTS", "HARMONY_HSPACE_WEIGHTS",
+for name in ("HARMONY_ALLOW_DOWNLOAD", "HARMONY_PTL_WEIGHTS", "HARMONY_PTL_PAPER_WEIGHTS", "HARMONY_HSPACE_WEIGHTS",
              "HARMONY_DIFFHARMONY_WEIGHTS", "HARMONY_FREEPIH_WEIGHTS"):
     os.environ.pop(name, None)
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}

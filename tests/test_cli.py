@@ -182,3 +182,32 @@ def test_map_files_are_named_without_spaces():
     assert names == {"ltl attention": "ptl_ltl-attention.png", "ptl point contribution": "ptl_ptl-point-contribution.png"}
     assert map_file_names("hspace", {"hspace |h~-h|": 0, "hspace injection mask": 0})["hspace |h~-h|"] == "hspace_hspace-h-h.png"
     assert len(set(map_file_names("x", {"a b": 0, "a-b": 0}).values())) == 2
+
+
+def test_explain_agreement_compares_two_networks_point_maps(tmp_path, capsys):
+    """ptl and ptl-paper pointed at one tiny residual network: every point map agrees exactly."""
+    import shutil
+
+    import torch
+
+    from harmony_core.models.ptl_net import PTLConfig, PTLNet
+    from harmony_core.registry import get_method
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for role, name in (("composite", "cat_composite.jpg"), ("mask", "cat_mask.png"), ("real", "cat_real.jpg")):
+        shutil.copy(EXAMPLES / name, data / f"cat_{role}{Path(name).suffix}")
+    torch.manual_seed(6)
+    PTLNet(PTLConfig(width=0.25, head="residual", prior="none")).save_pretrained(tmp_path / "net")
+    try:
+        assert main(["explain-agreement", "--data", str(data), "--weights", f"ptl={tmp_path / 'net'}",
+                     "--weights", f"ptl-paper={tmp_path / 'net'}"]) == 0
+    finally:
+        for name in ("ptl", "ptl-paper"):
+            get_method(name).set_weights(None)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["image", "point", "pair", "map", "correlation"]
+    pairs = [line.split() for line in lines if "ptl vs ptl-paper" in line]
+    assert len(pairs) == 6 and all(row[-1] == "1.00" for row in pairs)  # 3 points x 2 point maps
+    assert sum("left vs right" in line for line in lines) == 4
+    assert main(["explain-agreement", "--data", str(data), "--methods", "ptl"]) == 2  # needs two methods

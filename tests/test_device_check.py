@@ -11,9 +11,10 @@ from harmony_core.cli import main
 def test_tiny_device_check_writes_every_row(tmp_path, capsys):
     assert main(["device-check", "--out", str(tmp_path), "--tiny"]) == 0
     report = json.loads((tmp_path / device_check.JSON_NAME).read_text())
-    assert set(report["resident_by_method"]) == {"diffharmony", "freepih", "hspace", "ptl"}
+    assert set(report["resident_by_method"]) == {"diffharmony", "freepih", "hspace", "ptl", "ptl-paper"}
     labels = [row["label"] for row in report["timings"]]
-    assert labels == ["ptl @256", "ptl @512", "ptl @1024", "ptl @2048", "diffharmony", "hspace n_gen=50",
+    assert labels == ["ptl @256", "ptl @512", "ptl @1024", "ptl @2048", "ptl-paper @256", "ptl-paper @1024",
+                      "diffharmony", "hspace n_gen=50",
                       "hspace n_gen=200", "freepih", "hspace"]
     assert all(row["status"] == "ok" and row["median_ms"] > 0 for row in report["timings"]), report["timings"]
     assert [row["head"] for row in report["training"]] == device_check.ptl_heads()
@@ -40,10 +41,10 @@ def test_a_run_cut_by_the_deadline_keeps_its_row_and_stops_the_check():
 
 
 def test_each_method_is_checked_in_the_dtype_it_runs_in():
-    """hspace runs in fp32 on every device (DDIM inversion accumulates rounding); so does ptl."""
+    """hspace runs in fp32 on every device (DDIM inversion accumulates rounding); so do both ptl networks."""
     import torch
 
     on_gpu = device_check.method_dtypes("cuda")
     assert on_gpu == {"diffharmony": torch.float16, "freepih": torch.float16, "hspace": torch.float32,
-                      "ptl": torch.float32}
+                      "ptl": torch.float32, "ptl-paper": torch.float32}
     assert set(device_check.method_dtypes("cpu").values()) == {torch.float32}

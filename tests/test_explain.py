@@ -107,3 +107,93 @@ def test_a_click_reruns_only_point_methods_and_render_picks_the_map(scene, mappe
         explain.render(clicked, composite[:50], None, "viridis", 0.5, None)
     none = explain.explain_point(explain.Explained(), HarmonizationRequest(composite, mask, point=(1, 1)), lambda f, m: None)
     assert none.notes == ["None of the chosen methods has a point map; nothing to re-run."]
+
+
+# --- ptl and ptl-paper side by side (tiny random networks built here) ---------------------------
+
+def _tiny_network(folder, head: str, seed: int):
+    import torch
+
+    from harmony_core.models.ptl_net import PTLConfig, PTLNet
+
+    torch.manual_seed(seed)
+    prior = "none" if head == "residual" else "poisson"
+    PTLNet(PTLConfig(width=0.25, head=head, prior=prior)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def networks(tmp_path, monkeypatch):
+    """The registry's ptl and ptl-paper on tiny random networks; returns a function that repoints them."""
+    from harmony_core.methods.ptl import PTLMethod, PTLPaperMethod
+
+    def use(ptl_folder, paper_folder):
+        monkeypatch.setitem(registry._INSTANCES, "ptl", PTLMethod(weights=ptl_folder, device="cpu"))
+        monkeypatch.setitem(registry._INSTANCES, "ptl-paper", PTLPaperMethod(weights=paper_folder, device="cpu"))
+
+    use(_tiny_network(tmp_path / "ours", "affine", 3), _tiny_network(tmp_path / "paper", "residual", 4))
+    return use
+
+
+def test_map_correlation_counts_only_the_given_pixels():
+    rng = np.random.default_rng(1)
+    a = rng.random((20, 30))
+    where = np.ones((20, 30), bool)
+    where[5:15, 5:15] = False
+    b = a.copy()
+    b[~where] = 7.0  # differences on the excluded pixels do not count
+    assert explain.map_correlation(a, b, where) == pytest.approx(1.0)
+    assert explain.map_correlation(a, 1 - a, where) == pytest.approx(-1.0)
+    assert np.isnan(explain.map_correlation(a, np.zeros_like(a), where))
+    panels = [explain.MapPanel("x", "point map", a), explain.MapPanel("y", "point map", np.zeros_like(a)),
+              explain.MapPanel("y", "other map", a)]
+    assert explain.agreement_notes(panels, ~where) == [
+        "**x** vs **y**, point map: correlation undefined (a map is constant there) over the background"]
+
+
+def test_the_tab_shows_both_networks_side_by_side_with_their_agreement(scene, networks):
+    from harmony_core.methods.ptl import MAP_NAMES
+
+    _, composite, mask = scene
+    assert explain.default_methods() == ["ptl", "ptl-paper"] and explain.availability_note() == ""
+    first = explain.explain(HarmonizationRequest(composite, mask, point=(45, 40)), explain.default_methods(),
+                            lambda f, m: None)
+    clicked = explain.explain_point(first, HarmonizationRequest(composite, mask, point=(85, 65)), lambda f, m: None)
+    for result in (first, clicked):
+        view = explain.render(result, composite, (85, 65), "inferno", 0.6, None)
+        keys = [key for name in MAP_NAMES for key in (f"ptl · {name}", f"ptl-paper · {name}")]
+        assert view.labels == keys and [c for _, c in view.overlays] == keys  # each kind: ours, then the paper's
+        agreement = [n for n in result.notes if " vs " in n]
+        assert len(agreement) == len(MAP_NAMES) and all("correlation" in n for n in agreement)
+    # The point maps changed with the click: the re-run replaced both networks' maps.
+    before = {p.label: p.values for p in first.panels}
+    after = {p.label: p.values for p in clicked.panels}
+    assert all(not np.array_equal(before[f"{m} · ptl point contribution"], after[f"{m} · ptl point contribution"])
+               for m in ("ptl", "ptl-paper"))
+
+
+def test_agreement_is_one_for_the_same_network_and_follows_the_point(scene, networks, tmp_path):
+    """ptl pointed at the paper's folder runs the same network: every shared map correlates 1."""
+    _, composite, mask = scene
+    paper = _tiny_network(tmp_path / "same", "residual", 5)
+    networks(paper, paper)
+    result = explain.explain(HarmonizationRequest(composite, mask, point=(50, 40)), ["ptl", "ptl-paper"],
+                             lambda f, m: None)
+    assert [n for n in result.notes if " vs " in n] and all(n.endswith("correlation 1.00 over the background")
+                                                             for n in result.notes if " vs " in n)
+    rows = explain.network_agreement([("scene", composite, mask)], ["ptl", "ptl-paper"])
+    pairs = [r for r in rows if r["pair"] == "ptl vs ptl-paper"]
+    assert {(r["point"], r["map"]) for r in pairs} == {(p, m) for p in ("left", "centre", "right")
+                                                       for m in ("ltl point attention", "ptl point contribution")}
+    assert all(r["correlation"] == pytest.approx(1.0) for r in pairs)
+    own = [r for r in rows if r["point"] == "left vs right"]
+    assert len(own) == 4 and all(r["correlation"] < 0.99 for r in own)  # a random network's maps follow the point
+    points = explain.object_points(mask)
+    assert list(points) == ["left", "centre", "right"] and points["left"] == (40, 50) and points["right"] == (89, 50)
+    assert abs(points["centre"][0] - 64.5) <= 1 and abs(points["centre"][1] - 49.5) <= 1
+
+
+def test_a_missing_network_is_named_in_the_note(networks, tmp_path):
+    networks(tmp_path / "none", tmp_path / "none")
+    note = explain.availability_note()
+    assert "**ptl** cannot run here" in note and "**ptl-paper** cannot run here" in note

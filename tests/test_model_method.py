@@ -16,14 +16,15 @@ from harmony_core.methods.diffharmony import DiffHarmony
 from harmony_core.methods.freepih import FreePIH
 from harmony_core.methods.hspace import HSpace, scheduler_config
 from harmony_core.methods.ptl import WEIGHTS_ENV as PTL_ENV
-from harmony_core.methods.ptl import PTLMethod
+from harmony_core.methods.ptl import PAPER_WEIGHTS, PAPER_WEIGHTS_ENV, PTLMethod, PTLPaperMethod
 from harmony_core.model_method import ModelMethod
 from harmony_core.models.ptl_net import PTLConfig, PTLNet
 from harmony_core.registry import get_method, weighted_methods
+from harmony_core.types import HarmonizationRequest
 
 
 def test_the_methods_that_take_weights_are_the_model_methods():
-    assert set(weighted_methods()) == {"ptl", "hspace", "diffharmony", "freepih"}
+    assert set(weighted_methods()) == {"ptl", "ptl-paper", "hspace", "diffharmony", "freepih"}
     assert all(isinstance(get_method(name), ModelMethod) for name in weighted_methods())
     assert "reinhard" not in weighted_methods()
 
@@ -94,6 +95,50 @@ def test_cli_weights_flag_works_for_ptl(tmp_path, monkeypatch):
         shared.set_weights(None)
     assert main(["harmonize", "--composite", "c", "--mask", "m", "--method", "reinhard",
                  "--weights", f"reinhard={folder}", "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_ptl_paper_has_its_own_weights_and_the_same_lifecycle(tmp_path, monkeypatch):
+    """ptl-paper: its own folder and variable, only the paper's variant (residual head, no prior),
+    `--weights ptl-paper=DIR` on the command line; ptl's instance is not touched."""
+    from tests.conftest import ROOT
+
+    paper, ours = tmp_path / "paper", tmp_path / "ours"
+    torch.manual_seed(2)
+    PTLNet(PTLConfig(width=0.25, head="residual", prior="none")).save_pretrained(paper)
+    PTLNet(PTLConfig(width=0.25)).save_pretrained(ours)
+    monkeypatch.delenv(PAPER_WEIGHTS_ENV, raising=False)
+    assert PTLPaperMethod().source() == str(PAPER_WEIGHTS) != PTLMethod().source()
+    monkeypatch.setenv(PAPER_WEIGHTS_ENV, str(paper))
+    method = PTLPaperMethod()
+    assert method.available() and method.model.config.head == "residual"
+    assert method.run(HarmonizationRequest(np.full((40, 50, 3), 90, np.uint8), _box_mask())).metadata["weights"] == str(paper)
+    method.set_weights(ours)  # an affine network is ptl, not the paper's
+    state = method.available()
+    assert not state and "'affine'" in state.reason and "the paper's" in state.reason
+    (ours / "config.json").write_text("{not json")
+    assert "unreadable" in method.available().reason
+    method.set_weights(tmp_path / "nowhere")
+    reason = method.available().reason
+    assert PAPER_WEIGHTS_ENV in reason and "--weights ptl-paper=" in reason and "--head residual" in reason
+    monkeypatch.delenv(PAPER_WEIGHTS_ENV)
+    shared, ptl = get_method("ptl-paper"), get_method("ptl")
+    try:
+        code = main(["harmonize", "--composite", str(ROOT / "examples" / "cat_composite.jpg"), "--mask",
+                     str(ROOT / "examples" / "cat_mask.png"), "--method", "ptl-paper", "--weights",
+                     f"ptl-paper={paper}", "--out", str(tmp_path / "out")])
+        assert code == 0
+        result = json.loads((tmp_path / "out" / "results.json").read_text())["results"]["ptl-paper"]
+        assert result["metadata"]["weights"] == str(paper) and result["metadata"]["parameters"]["width"] == 0.25
+        assert "ptl-paper_ptl-point-contribution.png" in result["maps"].values()
+        assert ptl.source() == PTLMethod.default_weights  # the other network keeps its weights
+    finally:
+        shared.set_weights(None)
+
+
+def _box_mask() -> np.ndarray:
+    mask = np.zeros((40, 50), bool)
+    mask[10:30, 15:35] = True
+    return mask
 
 
 def test_hspace_reads_the_beta_schedule_from_the_checkpoint(tmp_path):

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from harmony_core import imaging
 from harmony_core.errors import InputError
-from harmony_core.methods.ptl import MAP_NAMES, SHIPPED_WEIGHTS, PTLMethod, resize_window, spread_blocks
+from harmony_core.methods.ptl import (MAP_NAMES, PAPER_WEIGHTS, SHIPPED_WEIGHTS, PTLMethod, PTLPaperMethod,
+                                     resize_window, spread_blocks)
 from harmony_core.methods.classical import _seam_values, poisson_affine, poisson_offset
 from harmony_core.models.ptl_net import (LTL, PTL, PTLConfig, PTLNet, apply_affine, block_means, compose_affine,
                                          foreground_mse_loss)
@@ -344,6 +345,21 @@ def test_maps_are_normalized_sized_and_zero_on_the_object(shipped: PTLMethod) ->
         assert value.shape == request.mask.shape, name
         assert value.min() >= 0 and value.max() == pytest.approx(1.0), name
         assert np.all(value[request.mask] == 0), name
+
+
+def test_shipped_paper_weights_are_the_paper_network() -> None:
+    """weights/ptl-paper: the residual network of the paper (no prior) at width 0.5, with maps like ptl's."""
+    method = PTLPaperMethod()
+    assert method.available(), method.available().reason
+    config = method.model.config
+    assert (config.head, config.prior, config.width, config.ptl_write) == ("residual", "none", 0.5, "add")
+    assert hasattr(method.model, "to_rgb") and not hasattr(method.model, "to_params")  # eq. 7's RGB output
+    assert {p.name for p in PAPER_WEIGHTS.iterdir()} >= {"README.md", "config.json", "model.safetensors", "curve.csv"}
+    request = _cat_request()
+    result = method.run(request)
+    assert result.metadata["weights"] == str(PAPER_WEIGHTS) and set(result.maps) == set(MAP_NAMES)
+    assert np.array_equal(result.image[~request.mask], request.composite[~request.mask])
+    assert not np.array_equal(result.image[request.mask], request.composite[request.mask])
 
 
 @pytest.fixture(scope="module")

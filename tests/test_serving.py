@@ -132,11 +132,12 @@ def test_the_app_starts_with_spaces_installed(tmp_path):
 
 
 def test_on_zero_gpu_the_available_models_load_at_start_up(monkeypatch):
-    """preload() as on ZeroGPU: every available model-backed method loads now (ptl's shipped
-    weights here; the others have no weights on this machine and stay unloaded)."""
+    """preload() as on ZeroGPU: every available model-backed method loads now (ptl's and ptl-paper's
+    shipped weights here; the others have no weights on this machine and stay unloaded)."""
     monkeypatch.setattr(serving, "on_zero_gpu", lambda: True)
     loaded = serving.preload()
-    assert "ptl" in loaded and registry.get_method("ptl").loaded() is not None
+    assert {"ptl", "ptl-paper"} <= set(loaded)
+    assert all(registry.get_method(n).loaded() is not None for n in ("ptl", "ptl-paper"))
     assert set(loaded) <= set(registry.weighted_methods())
     assert all(registry.get_method(n).available() for n in loaded)
 

@@ -71,7 +71,8 @@ def test_cli_prepare_study(inputs, tmp_path, capsys):
 
 def test_the_shipped_example_study_loads():
     study = StudySet.load(ROOT / "examples" / "study")
-    assert len(study.samples) >= 2 and {"composite", "reinhard", "histogram", "poisson"} <= set(study.methods)
+    assert len(study.samples) >= 2
+    assert {"composite", "reinhard", "histogram", "poisson", "ptl-paper", "ptl"} <= set(study.methods)
     for sample in study.samples:
         assert sample.composite.is_file() and all(p.is_file() for p in sample.outputs.values())
 
@@ -80,7 +81,7 @@ def test_rounds_are_seeded_shuffled_and_skip_voted_samples():
     study = StudySet.load(ROOT / "examples" / "study")
     a = next_round(study, "best_of_n", set(), seed=7)
     assert a.shown == next_round(study, "best_of_n", set(), seed=7).shown  # replayable from the seed
-    # the shipped set has five methods: a best-of-n round shows four of them, sampled
+    # the shipped set has six methods: a best-of-n round shows four of them, sampled
     assert set(a.shown) <= set(study.methods) and len(a.shown) == studyset.MAX_SHOWN and a.labels == ["A", "B", "C", "D"]
     orders = {tuple(next_round(study, "best_of_n", set(), seed=s).shown) for s in range(30)}
     assert len(orders) > 10

@@ -1,4 +1,8 @@
-"""`ptl`: the regional-reference network (LTL + PTL + a colour-transform head), with its maps.
+"""`ptl` and `ptl-paper`: the regional-reference network (LTL + PTL + an output head), with its maps.
+
+`ptl` is our variant (affine head, Poisson prior, weights/ptl); `ptl-paper` is the network as the
+paper describes it (eq. 7's residual output, no prior, weights/ptl-paper). One class runs both:
+the config saved with the weights picks the head and the prior.
 
 The network sees the composite at 256 x 256 (its fixed input size). With the affine head (the
 shipped network) its per-location 3x4 colour transforms are upsampled to the input's resolution
@@ -16,6 +20,7 @@ Contribution maps (paper fig. 5), all sized like the input, in [0, 1], zero on t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +31,19 @@ import torch.nn.functional as F
 
 from harmony_core import imaging
 from harmony_core.methods.classical import poisson_affine
-from harmony_core.models.ptl_net import CONFIG_NAME, WEIGHTS_NAME, PTLNet, PTLOutput, apply_affine
+from harmony_core.models.ptl_net import (CONFIG_NAME, WEIGHTS_NAME, PTLNet, PTLOutput, apply_affine,
+                                         config_from_dict)
 from harmony_core.diffusion import components
 from harmony_core.model_method import ModelMethod
 from harmony_core.registry import Progress, register
-from harmony_core.types import HarmonizationRequest, HarmonizationResult
+from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "ptl"
 WEIGHTS_ENV = "HARMONY_PTL_WEIGHTS"
+PAPER_WEIGHTS = SHIPPED_WEIGHTS.parent / "ptl-paper"
+PAPER_WEIGHTS_ENV = "HARMONY_PTL_PAPER_WEIGHTS"
+PAPER_VARIANT = {"head": "residual", "prior": "none"}
+"""What makes a PTLConfig the paper's network (the `ptl-paper` method accepts no other)."""
 MAP_NAMES = ("ptl background contribution", "ptl point contribution", "ltl attention", "ltl point attention")
 
 
@@ -183,3 +193,31 @@ class PTLMethod(ModelMethod):
                 maps["ltl attention"] = to_map(overall.view(side, side), background)
                 maps["ltl point attention"] = to_map(point_row.view(side, side), background)
         return maps
+
+
+@register
+class PTLPaperMethod(PTLMethod):
+    """`ptl-paper`: ptl's network and code with the paper's output (eq. 7's residual, no prior), so the
+    studio shows the method as published beside our variant. Only its weights and their check differ."""
+
+    name = "ptl-paper"
+    title = "Regional reference network, as in the paper (LTL + PTL, residual output)"
+    summary = ("The paper's network: each object location takes colour statistics from content-related "
+               "background regions and the decoder predicts the change in RGB (model card: weights/ptl-paper/README.md).")
+    weights_env = PAPER_WEIGHTS_ENV
+    default_weights = str(PAPER_WEIGHTS)
+    how_to_set = (f"the environment variable {PAPER_WEIGHTS_ENV}, `--weights ptl-paper=SOURCE` or "
+                  "PTLPaperMethod(weights=...) / set_weights")
+    missing_help = ("Train with `python -m harmony_core train-ptl --head residual --prior none --export FOLDER` "
+                    "and point one of those at FOLDER")
+
+    def _check(self, folder: Path, found: Availability) -> Availability:
+        """The folder must hold the paper's variant: an affine network here would be ptl under another name."""
+        try:
+            config = config_from_dict(json.loads((folder / CONFIG_NAME).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            return Availability(False, f"'{folder}' has an unreadable {CONFIG_NAME} ({type(exc).__name__}). {self.missing_help}")
+        if {"head": config.head, "prior": config.prior} != PAPER_VARIANT:
+            return Availability(False, f"'{folder}' holds a network with head {config.head!r} and prior {config.prior!r}, "
+                                       f"not the paper's (head 'residual', prior 'none'); use it as ptl. {self.missing_help}")
+        return found

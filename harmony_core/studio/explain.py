@@ -4,11 +4,18 @@ Generic over the keys, so a method that adds a map needs no UI change. The contr
 is an HxW array (any size; resized to the image) of values in [0, 1] (other ranges are
 rescaled and the caption says so); a method whose map depends on `request.point` names that
 map with the word "point", and only such methods are re-run when the user clicks a point.
+
+Maps of the same name from several methods (ptl and ptl-paper both return LTL and PTL maps) are
+shown side by side, and the notes give their correlation over the background: for a clicked
+point, whether the two networks look at the same background regions. `network_agreement` measures
+that on a dataset (`python -m harmony_core explain-agreement`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -26,6 +33,8 @@ from harmony_core.types import HarmonizationRequest
 COLORMAPS = ["inferno", "viridis", "magma", "coolwarm", "gray"]
 EXPLAINER = "ptl"
 """The method the tab is built around (the region-matching network's contribution maps)."""
+EXPLAINERS = (EXPLAINER, "ptl-paper")
+"""The networks the tab runs by default: ours and the paper's, whose maps have the same names."""
 
 
 def to_unit(values: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str]:
@@ -97,13 +106,44 @@ class Explained:
 
 
 def default_methods() -> list[str]:
-    return [EXPLAINER]
+    return list(EXPLAINERS)
 
 
 def availability_note() -> str:
-    """Why the tab's main method cannot run here, or '' when it can."""
-    state = get_method(EXPLAINER).available()
-    return "" if state else f"**{EXPLAINER}** cannot run here: {state.reason}"
+    """Why the tab's networks cannot run here, or '' when they can."""
+    states = {name: get_method(name).available() for name in EXPLAINERS}
+    return "\n".join(f"**{name}** cannot run here: {state.reason}" for name, state in states.items() if not state)
+
+
+def map_correlation(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
+    """Pearson correlation of two maps over the pixels `where` (the background: both maps are zero
+    on the object, which would only add agreement); NaN when either is constant there."""
+    x, y = a[where].astype(np.float64), b[where].astype(np.float64)
+    x, y = x - x.mean(), y - y.mean()
+    scale = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / scale) if scale > 0 else float("nan")
+
+
+def agreement_notes(panels: Sequence[MapPanel], mask: np.ndarray) -> list[str]:
+    """One note per map name that two methods share: how their maps correlate over the background."""
+    by_key: dict[str, list[MapPanel]] = {}
+    for panel in panels:
+        by_key.setdefault(panel.key, []).append(panel)
+    background = ~mask.astype(bool)
+    notes = []
+    for key, shared in by_key.items():
+        for a, b in combinations(shared, 2):
+            r = map_correlation(a.values, b.values, background)
+            value = "undefined (a map is constant there)" if np.isnan(r) else f"{r:.2f}"
+            notes.append(f"**{a.method}** vs **{b.method}**, {key}: correlation {value} over the background")
+    return notes
+
+
+def side_by_side(panels: Sequence[MapPanel]) -> list[MapPanel]:
+    """The panels grouped by map name (first appearance order), methods in their order within a
+    name: two networks' maps of the same kind end up next to each other."""
+    keys = list(dict.fromkeys(p.key for p in panels))
+    return sorted(panels, key=lambda p: keys.index(p.key))
 
 
 def explain(request: HarmonizationRequest, names: list[str], progress: Progress) -> Explained:
@@ -124,6 +164,7 @@ def explain(request: HarmonizationRequest, names: list[str], progress: Progress)
                 out.notes.append(f"**{name}** map '{key}' not shown: {exc}")
                 continue
             out.panels.append(MapPanel(name, key, unit, note))
+    out.notes += agreement_notes(out.panels, request.mask)
     return out
 
 
@@ -154,9 +195,10 @@ def render(result: Explained, composite: np.ndarray, point: tuple[int, int] | No
     """Lay the maps over the composite (the chosen one, else the first, as the main view)."""
     if result.panels and result.panels[0].values.shape != composite.shape[:2]:
         raise InputError("The composite changed since these maps were made: press **Explain** again.")
-    labels = [p.label for p in result.panels]
+    panels = side_by_side(result.panels)
+    labels = [p.label for p in panels]
     chosen = chosen if chosen in labels else (labels[0] if labels else None)
-    overlays = [(overlay_map(composite, p.values, colormap, opacity, point), p.caption) for p in result.panels]
+    overlays = [(overlay_map(composite, p.values, colormap, opacity, point), p.caption) for p in panels]
     main = overlays[labels.index(chosen)][0] if chosen else composite
     return ExplainView(main, labels, chosen, overlays, legend_image(colormap), "\n".join(f"- {n}" for n in result.notes))
 
@@ -171,3 +213,46 @@ def merge(previous: Explained, fresh: Explained, rerun: list[str]) -> Explained:
         elif fresh_by_method.get(panel.method) is not None:
             panels += fresh_by_method.pop(panel.method)
     return Explained(panels + [p for ps in fresh_by_method.values() for p in ps], fresh.notes)
+
+
+def object_points(mask: np.ndarray) -> dict[str, tuple[int, int]]:
+    """The object's leftmost, central and rightmost pixels as (x, y): the points `network_agreement`
+    clicks (the left / right ones at their column's middle object row)."""
+    from harmony_core.methods.ptl import default_point
+
+    ys, xs = np.nonzero(mask)
+    points = {}
+    for label, column in (("left", xs.min()), ("right", xs.max())):
+        rows = np.sort(ys[xs == column])
+        points[label] = (int(column), int(rows[len(rows) // 2]))
+    points["centre"] = default_point(mask)
+    return {label: points[label] for label in ("left", "centre", "right")}
+
+
+def network_agreement(samples: Iterable[tuple[str, np.ndarray, np.ndarray]],
+                      methods: Sequence[str] = EXPLAINERS) -> list[dict[str, object]]:
+    """For each (name, composite, mask) and each of `object_points`: the correlation over the
+    background of every point map (a map name with "point") that two of `methods` share, after
+    running them with that point. Also each method's own left-versus-right correlation per point
+    map, which says whether its map follows the point at all."""
+    rows: list[dict[str, object]] = []
+    for name, composite, mask in samples:
+        if not mask.any():
+            continue
+        background = ~mask.astype(bool)
+        maps: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+        for label, point in object_points(mask).items():
+            request = HarmonizationRequest(composite, mask, point=point)
+            maps[label] = {m: {k: to_unit(v, request.size)[0] for k, v in get_method(m).run(request).maps.items()
+                               if "point" in k.lower()} for m in methods}
+        for label, by_method in maps.items():
+            for a, b in combinations(methods, 2):
+                for key in sorted(set(by_method[a]) & set(by_method[b])):
+                    rows.append({"image": name, "point": label, "pair": f"{a} vs {b}", "map": key,
+                                 "correlation": map_correlation(by_method[a][key], by_method[b][key], background)})
+        for method in methods:
+            for key in sorted(set(maps["left"][method]) & set(maps["right"][method])):
+                rows.append({"image": name, "point": "left vs right", "pair": method, "map": key,
+                             "correlation": map_correlation(maps["left"][method][key], maps["right"][method][key],
+                                                            background)})
+    return rows

@@ -163,6 +163,7 @@ GPU_COSTS: dict[str, GpuCost] = {
     "histogram": GpuCost(5),
     "poisson": GpuCost(5, 10, per_megapixel=True),
     "ptl": GpuCost(10, 5, per_megapixel=True),
+    "ptl-paper": GpuCost(10, 5, per_megapixel=True),  # the same network with a lighter head and no prior
     "diffharmony": GpuCost(20, 2, lambda s: s.get("steps", 5) * (s.get("resolution", 512) / 512) ** 2),
     "hspace": GpuCost(15, 0.05, lambda s: s.get("n_inv", 50) + s.get("n_gen", 1000)),
     "freepih": GpuCost(20, 0.6, lambda s: (math.ceil(s.get("num_inference_steps", 50) * s.get("noise_level", 0.2))
