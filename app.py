@@ -570,6 +570,11 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
     return demo
 
 
+def queued(demo: gr.Blocks) -> gr.Blocks:
+    """The app's queue, with its documented size (QUEUE_MAX_SIZE)."""
+    return demo.queue(max_size=QUEUE_MAX_SIZE)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Harmony Studio web app")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
@@ -592,7 +597,7 @@ def main() -> None:
     if loaded:
         log.info("preloaded for ZeroGPU: %s", ", ".join(loaded))
     study.start_hub_sync(votes_dir)  # only when $HARMONY_VOTES_DATASET is set; its thread pushes until exit
-    demo.queue(max_size=QUEUE_MAX_SIZE).launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft())
+    queued(demo).launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft())
 
 
 if __name__ == "__main__":
