@@ -3,6 +3,7 @@
 import importlib
 import math
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -109,6 +110,38 @@ def test_zero_gpus_own_errors_reach_the_user_verbatim_with_what_to_do(methods, r
     assert serving.serve(Mapper.name, request_, lambda f, m: None)[1].reason == serving.OUT_OF_MEMORY
     _, row = serving.serve(Mapper.name, request_, lambda f, m: None)
     assert row.reason.startswith("ZeroGPU worker error: GPU task aborted") and "try again" in row.reason.lower()
+
+
+def test_elsewhere_gpu_methods_take_turns_and_cpu_methods_do_not_wait(methods, request_, monkeypatch):
+    """Outside ZeroGPU one GPU method runs at a time (GPU_SLOT); a CPU method runs meanwhile."""
+    import threading
+
+    inside, most, release = [], [], threading.Event()
+
+    class Holding(Mapper):
+        def harmonize(self, request, progress):
+            inside.append(1)
+            most.append(len(inside))
+            release.wait(30)
+            inside.pop()
+            return request.composite.copy()
+
+    monkeypatch.setitem(registry._FACTORIES, Mapper.name, Holding)
+    monkeypatch.delitem(registry._INSTANCES, Mapper.name, raising=False)
+    waits = []
+    runs = [threading.Thread(target=serving.serve, args=(Mapper.name, request_, lambda f, m: waits.append(m)))
+            for _ in range(2)]
+    for thread in runs:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while not (inside and f"{Mapper.name}: waiting for the GPU (another run is using it)" in waits):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert serving.serve("reinhard", request_, lambda f, m: None)[1].state == "done"  # while the slot is held
+    release.set()
+    for thread in runs:
+        thread.join(30)
+    assert most == [1, 1]
 
 
 def test_serve_reports_instead_of_raising(methods, request_):
