@@ -238,7 +238,8 @@ GPU, or of the host's RAM on a CPU server); the other methods do not wait for it
 ZERO_GPU_ADVICE = {
     "ZeroGPU quota exceeded": "Sign in to Hugging Face for more daily GPU time, wait for your quota to refill, "
                               "or tick fewer GPU methods (composite, reinhard, histogram, poisson and ptl need none).",
-    "ZeroGPU illegal duration": "Tick fewer GPU methods or lower their steps.",
+    "ZeroGPU illegal duration": "This method's settings ask for a longer GPU call than ZeroGPU allows: "
+                                "the Space's organiser can lower its steps.",
     "ZeroGPU queue timeout": "Every GPU is busy: try again in a few minutes.",
     "ZeroGPU pending credits exceeded": "Wait until your other GPU runs have finished.",
 }
@@ -265,26 +266,35 @@ def zero_gpu_error(exc: BaseException) -> HarmonyError:
 def run(job: Job, progress: Progress) -> HarmonizationResult:
     """The job's result: through a ZeroGPU call for a GPU method on ZeroGPU, else in this process
     (a GPU method after taking GPU_SLOT)."""
-    if not in_gpu_call(job.method):
-        if not get_method(job.method).cost.gpu:
-            return execute(job, progress)
-        if not GPU_SLOT.acquire(blocking=False):
-            progress(0.0, f"{job.method}: waiting for the GPU (another run is using it)")
-            GPU_SLOT.acquire()
-        try:
-            return execute(job, progress)
-        finally:
-            GPU_SLOT.release()
-    assert ON_GPU is not None
-    last: Event | None = None
+    if in_gpu_call(job.method):
+        return _run_in_gpu_call(job, progress)
+    if not get_method(job.method).cost.gpu:
+        return execute(job, progress)
+    if not GPU_SLOT.acquire(blocking=False):
+        progress(0.0, f"{job.method}: waiting for the GPU (another run is using it)")
+        GPU_SLOT.acquire()
     try:
-        for event in ON_GPU(job):  # to its end, so that spaces ends the call normally
-            if event[0] == "progress":
-                progress(event[1], event[2])
-            else:
-                last = event
-    except Exception as exc:  # raised by spaces itself: worker_events never raises
-        raise zero_gpu_error(exc) from exc
+        return execute(job, progress)
+    finally:
+        GPU_SLOT.release()
+
+
+def _run_in_gpu_call(job: Job, progress: Progress) -> HarmonizationResult:
+    """The job through ON_GPU, its events read to the end (so that spaces ends the call normally);
+    what spaces itself raises becomes `zero_gpu_error`, since worker_events never raises."""
+    assert ON_GPU is not None
+    events, last = ON_GPU(job), None
+    while True:
+        try:
+            event = next(events, None)
+        except Exception as exc:
+            raise zero_gpu_error(exc) from exc
+        if event is None:
+            break
+        if event[0] == "progress":
+            progress(event[1], event[2])
+        else:
+            last = event
     if last is None:
         raise RuntimeError(f"the GPU call of {job.method} ended without a result")
     if last[0] == "failed":
