@@ -297,7 +297,7 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
 
     @user_errors
     def show_estimate(composite, names):
-        size = budget.image_size(image_in(composite, "composite"), (server.max_side, server.max_side))
+        size = budget.image_size(image_in(composite, "composite"), server.max_side)
         return budget.selection_note(names, size)
 
     gr.on([c["methods"].change, c["run_on"].change], show_estimate, [c["run_on"], c["methods"]], c["estimate"],

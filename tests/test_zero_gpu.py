@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 
 from harmony_core.methods.hspace import HSpace
 from harmony_core.studio import budget, serving
@@ -107,7 +108,7 @@ def composed(space):
     composite, mask, _, _ = client(space).predict(
         handle_file(str(EXAMPLES / "cup_rocket_composite.jpg")), handle_file(str(EXAMPLES / "cup_rocket_mask.png")),
         api_name="/compose_upload")
-    return composite, mask, budget.image_size(composite, (0, 0))
+    return composite, mask, budget.image_size(composite, 256)
 
 
 def expected_duration(size: tuple[int, int]) -> int:
@@ -142,6 +143,11 @@ def test_the_estimate_shows_the_gpu_seconds_and_warns_beyond_a_free_visitors_quo
     assert "None of them uses the GPU quota" in visitor.predict(handle_file(composite), CPU_METHODS, api_name="/compare_estimate")
     note = visitor.predict(handle_file(composite), ["hspace", "diffharmony", "freepih"], api_name="/compare_estimate")
     assert f"More than a visitor who is not signed in has in a day ({budget.FREE_GPU_S} s" in note
+    for names, error in ((["nope"], "Unknown method"), ("hspace", "list of method names"), ([1], "list of method names")):
+        with pytest.raises(AppError, match=error):
+            visitor.predict(handle_file(composite), names, api_name="/compare_estimate")
+    with pytest.raises(AppError, match="composite"):
+        visitor.predict("/etc/passwd", ["hspace"], api_name="/compare_estimate")
 
 
 def test_the_default_selection_is_what_finishes_within_the_budget(space):
@@ -205,3 +211,17 @@ def test_the_queue_has_its_documented_size_on_zero_gpu(monkeypatch, tmp_path):
     concurrency = {d.api_name: d.concurrency_limit for d in demo.fns.values() if d.api_name in ("compare", "explain")}
     assert concurrency == {"compare": app.GPU_QUEUE["concurrency_limit"], "explain": app.GPU_QUEUE["concurrency_limit"]}
     assert app.GPU_QUEUE["concurrency_limit"] > 1  # ZeroGPU schedules its own slots
+
+
+def test_elsewhere_the_estimate_is_time_only_and_the_default_selection_follows_the_budget(monkeypatch):
+    from harmony_core.registry import method_names
+
+    size = budget.image_size(str(EXAMPLES / "cat_composite.jpg"), 256)
+    assert size == (256, 170) and budget.image_size(None, 300) == (300, 300)
+    chosen = budget.default_selection(method_names(), size)
+    assert chosen == [n for n in method_names() if serving.estimate_seconds(n, size) <= budget.TIME_BUDGET_S]
+    assert set(CPU_METHODS) <= set(chosen) and "hspace" not in chosen  # hours on this CPU
+    monkeypatch.setattr(budget, "TIME_BUDGET_S", 0.0)
+    assert budget.default_selection(method_names(), size) == []
+    note = budget.selection_note(["reinhard", "hspace"], size)
+    assert note.startswith("Estimated time for 2 method(s) at 256x170") and "GPU time" not in note

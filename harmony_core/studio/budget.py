@@ -66,15 +66,18 @@ def choices(names: Sequence[str], size: tuple[int, int]) -> list[tuple[str, str]
     return [(e.label(), e.method) for e in estimates(names, size)]
 
 
-def image_size(path: str | Path | None, fallback: tuple[int, int]) -> tuple[int, int]:
-    """(width, height) of an image file from its header, or `fallback` when there is none."""
+def image_size(path: str | Path | None, max_side: int) -> tuple[int, int]:
+    """(width, height) the studio works at for an image file, from its header: its long side
+    capped at `max_side`, as Compose caps it; a square of `max_side` when there is no readable image."""
     if path is None:
-        return fallback
+        return max_side, max_side
     try:
         with Image.open(path) as image:
-            return image.size
-    except (OSError, ValueError):
-        return fallback
+            width, height = image.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return max_side, max_side
+    scale = min(1.0, max_side / max(width, height, 1))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def selection_note(names: Sequence[str] | None, size: tuple[int, int]) -> str:
