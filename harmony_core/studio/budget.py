@@ -12,6 +12,7 @@ from typing import Sequence
 
 from PIL import Image
 
+from harmony_core.cost import Device
 from harmony_core.errors import InputError
 from harmony_core.registry import resolve_methods
 from harmony_core.studio import serving
@@ -35,11 +36,11 @@ class Estimate:
     method: str
     seconds: float
     gpu_seconds: int | None
+    device: Device
 
     def label(self) -> str:
         """The method's choice label: its name and the estimate ("hspace (~81 s on the GPU)")."""
-        where = "on the GPU" if serving.device_kind(self.method) == "gpu" else "on the CPU"
-        return f"{self.method} ({_seconds(self.seconds)} {where})"
+        return f"{self.method} ({_seconds(self.seconds)} on the {self.device.upper()})"
 
 
 def _seconds(value: float) -> str:
@@ -53,7 +54,8 @@ def _seconds(value: float) -> str:
 def estimates(names: Sequence[str], size: tuple[int, int]) -> list[Estimate]:
     """The estimate of each method at `size` (width, height), in the given order."""
     return [Estimate(name, serving.estimate_seconds(name, size),
-                     serving.gpu_seconds_for(name, size) if serving.in_gpu_call(name) else None) for name in names]
+                     serving.gpu_seconds_for(name, size) if serving.in_gpu_call(name) else None,
+                     serving.device_kind(name)) for name in names]
 
 
 def default_selection(runnable: Sequence[str], size: tuple[int, int]) -> list[str]:
