@@ -30,7 +30,7 @@ import numpy as np
 
 from harmony_core import __version__, imaging
 from harmony_core.errors import HarmonyError, InputError
-from harmony_core.studio import compare, compose, explain, notice, study
+from harmony_core.studio import budget, compare, compose, explain, notice, study
 from harmony_core.studio.raters import RateLimiter, RateLimits, client_address, proxy_hops
 from harmony_core.studio.uploads import editor_paths, upload_path
 
@@ -38,8 +38,13 @@ log = logging.getLogger("harmony_studio")
 EXAMPLES = Path(__file__).parent / "examples"
 DEFAULT_STUDY = EXAMPLES / "study"
 DEFAULT_VOTES = Path(__file__).parent / "outputs" / "votes"
-GPU_QUEUE = {"concurrency_id": "gpu", "concurrency_limit": 1}
-"""Model calls share one queue: one GPU, one job at a time; the rest of the UI stays responsive."""
+GPU_QUEUE = {"concurrency_id": "gpu", "concurrency_limit": 8}
+"""Compare and Explain share one concurrency group of 8 runs at once. The GPU methods still take one
+GPU at a time (serving.GPU_SLOT), except on ZeroGPU, which schedules its own slots per call, and the
+CPU methods never wait for them; votes, the leaderboard and Compose are in groups of their own."""
+QUEUE_MAX_SIZE = 64
+"""Events waiting in the queue at most, over all groups (beyond that a visitor reads "Queue is
+full"). Explicit because on ZeroGPU Gradio would otherwise cap the queue at one waiting event."""
 RAW = {"preprocess": False}
 """Image inputs reach the handlers raw, through the gate."""
 
@@ -225,7 +230,11 @@ def _compare_controls(server: Server, all_methods: list[str], runnable: list[str
         c["run_on"] = gr.Image(label="Runs on: the working composite (Compose tab)", type="filepath", interactive=False,
                                format="png", height=220, elem_id="compare-input")
         with gr.Column():
-            c["methods"] = gr.CheckboxGroup(choices=all_methods, value=runnable, label="Methods")
+            largest = (server.max_side, server.max_side)
+            c["methods"] = gr.CheckboxGroup(
+                choices=budget.choices(all_methods, largest), value=budget.default_selection(runnable, largest),
+                label=f"Methods (ticked: those estimated to finish within {budget.TIME_BUDGET_S:.0f} s here)")
+            c["estimate"] = gr.Markdown(budget.selection_note(c["methods"].value, largest), elem_id="compare-estimate")
             with gr.Row():
                 c["seed"] = gr.Number(value=0, precision=0, label="Seed")
                 c["prompt"] = gr.Textbox(label=f"Prompt ({compare.PROMPT_METHOD}: what the object is, e.g. 'a white cup'; "
@@ -287,9 +296,18 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
                      [gallery, slider, status, metrics, results], api_name="compare", **GPU_QUEUE, **RAW)
 
     @user_errors
+    def show_estimate(composite, names):
+        size = budget.image_size(image_in(composite, "composite"), server.max_side)
+        return budget.selection_note(names, size)
+
+    gr.on([c["methods"].change, c["run_on"].change], show_estimate, [c["run_on"], c["methods"]], c["estimate"],
+          api_name="compare_estimate", concurrency_limit=4, **RAW)
+
+    @user_errors
     def use_weights(*sources):
         runnable_now, note_now = compare.set_weights(dict(zip(compare.WEIGHTED_METHODS, sources)), server.allow_weight_changes)
-        return gr.update(value=runnable_now), note_now
+        largest = (server.max_side, server.max_side)
+        return gr.update(value=budget.default_selection(runnable_now, largest)), note_now
 
     c["weights_button"].click(use_weights, c["weight_boxes"], [c["methods"], c["availability"]], api_name="set_weights", **GPU_QUEUE)
 
@@ -554,6 +572,11 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
     return demo
 
 
+def queued(demo: gr.Blocks) -> gr.Blocks:
+    """The app's queue, with its documented size (QUEUE_MAX_SIZE)."""
+    return demo.queue(max_size=QUEUE_MAX_SIZE)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Harmony Studio web app")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
@@ -576,7 +599,7 @@ def main() -> None:
     if loaded:
         log.info("preloaded for ZeroGPU: %s", ", ".join(loaded))
     study.start_hub_sync(votes_dir)  # only when $HARMONY_VOTES_DATASET is set; its thread pushes until exit
-    demo.queue().launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft())
+    queued(demo).launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft())
 
 
 if __name__ == "__main__":

@@ -141,6 +141,14 @@ class ModelMethod(Method):
     def device(self) -> str:  # type: ignore[override]
         return self._device or components.default_device()
 
+    def use_device(self, device: str) -> None:
+        """Run on `device` whatever is visible (ZeroGPU: the methods outside GPU calls stay on the
+        CPU); a model loaded elsewhere is dropped and loads again on first use."""
+        with self._state.lock:
+            if self.device != str(torch.device(device)):
+                self._device = str(torch.device(device))
+                self._state.model, self._state.loaded_from = None, None
+
     @property
     def dtype(self) -> torch.dtype:
         return self._dtype or self.default_dtype(self.device)

@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar, Literal
 import numpy as np
 
 from harmony_core import imaging
+from harmony_core.cost import DEFAULT_COST, Cost
 from harmony_core.errors import InputError, MethodUnavailable
 from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
@@ -35,6 +36,8 @@ class Method(ABC):
     family: ClassVar[Family]
     title: ClassVar[str]
     summary: ClassVar[str]
+    cost: ClassVar[Cost] = DEFAULT_COST
+    """Seconds a run takes per device (harmony_core.cost); a method without one gets a slow GPU default."""
 
     device: str = "cpu"
     weights_source: str = "none"

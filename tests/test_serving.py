@@ -1,7 +1,9 @@
 """One path for running a method (serve), and the ZeroGPU call as plain picklable data."""
 
 import importlib
+import math
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -66,19 +68,80 @@ def test_the_gpu_calls_inputs_and_outputs_pickle(methods, request_):
     assert metadata["prompt"] == "a red box" and metadata["style"] and metadata["peak_memory"].endswith(" MB")
 
 
+def pickled_worker(job):
+    """spaces.GPU as far as data goes: the job and every event cross a pickle boundary."""
+    for event in serving.worker_events(pickle.loads(pickle.dumps(job))):
+        yield pickle.loads(pickle.dumps(event))
+
+
 def test_serve_through_a_simulated_zero_gpu_boundary(methods, request_, monkeypatch):
     """run() as on ZeroGPU: the job and every event cross a pickle boundary; progress still arrives."""
-    def worker(job):
-        for event in serving.job_events(pickle.loads(pickle.dumps(job))):
-            yield pickle.loads(pickle.dumps(event))
-
-    monkeypatch.setattr(serving, "ON_GPU", worker)
+    monkeypatch.setattr(serving, "ON_GPU", pickled_worker)
     seen = []
     result, row = serving.serve(Mapper.name, request_, lambda f, m: seen.append((f, m)))
     assert row.state == "done" and row.cells()[:2] == [Mapper.name, "done"]
     assert np.array_equal(result.image, request_.composite) and (0.5, "halfway") in seen
     with pytest.raises(RuntimeError):  # an exception in the worker reaches the caller
         list(serving.job_events(Job(Exploding.name, request_.composite, request_.mask)))
+
+
+def test_on_zero_gpu_only_gpu_methods_take_a_call_and_their_failures_keep_their_words(methods, request_, monkeypatch):
+    calls = []
+    monkeypatch.setattr(serving, "ON_GPU", lambda job: calls.append(job.method) or pickled_worker(job))
+    assert serving.serve("reinhard", request_, lambda f, m: None)[1].state == "done" and calls == []
+    result, row = serving.serve(Exploding.name, request_, lambda f, m: None)  # out of memory inside the worker
+    assert calls == [Exploding.name] and result is None and row.reason == serving.OUT_OF_MEMORY
+
+
+def test_zero_gpus_own_errors_reach_the_user_verbatim_with_what_to_do(methods, request_, monkeypatch):
+    import gradio as gr
+
+    quota = "You have exceeded your free ZeroGPU quota (84s requested vs. 40s left). Try again in 0:12:00."
+    errors = [gr.Error(quota, title="ZeroGPU quota exceeded"), gr.Error("OutOfMemoryError", title="ZeroGPU worker error"),
+              gr.Error("GPU task aborted", title="ZeroGPU worker error")]
+
+    def refusing(job):
+        raise errors.pop(0)
+        yield
+
+    monkeypatch.setattr(serving, "ON_GPU", refusing)
+    _, row = serving.serve(Mapper.name, request_, lambda f, m: None)
+    assert row.state == "failed" and quota in row.reason and "Sign in" in row.reason and "fewer GPU methods" in row.reason
+    assert serving.serve(Mapper.name, request_, lambda f, m: None)[1].reason == serving.OUT_OF_MEMORY
+    _, row = serving.serve(Mapper.name, request_, lambda f, m: None)
+    assert row.reason.startswith("ZeroGPU worker error: GPU task aborted") and "try again" in row.reason.lower()
+
+
+def test_elsewhere_gpu_methods_take_turns_and_cpu_methods_do_not_wait(methods, request_, monkeypatch):
+    """Outside ZeroGPU one GPU method runs at a time (GPU_SLOT); a CPU method runs meanwhile."""
+    import threading
+
+    inside, most, release = [], [], threading.Event()
+
+    class Holding(Mapper):
+        def harmonize(self, request, progress):
+            inside.append(1)
+            most.append(len(inside))
+            release.wait(30)
+            inside.pop()
+            return request.composite.copy()
+
+    monkeypatch.setitem(registry._FACTORIES, Mapper.name, Holding)
+    monkeypatch.delitem(registry._INSTANCES, Mapper.name, raising=False)
+    waits = []
+    runs = [threading.Thread(target=serving.serve, args=(Mapper.name, request_, lambda f, m: waits.append(m)))
+            for _ in range(2)]
+    for thread in runs:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while not (inside and f"{Mapper.name}: waiting for the GPU (another run is using it)" in waits):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert serving.serve("reinhard", request_, lambda f, m: None)[1].state == "done"  # while the slot is held
+    release.set()
+    for thread in runs:
+        thread.join(30)
+    assert most == [1, 1]
 
 
 def test_serve_reports_instead_of_raising(methods, request_):
@@ -101,12 +164,32 @@ def test_out_of_memory_is_recognized_by_type_not_name():
 def test_gpu_duration_covers_every_method(scene):
     _, composite, mask = scene
     small, large = Job("x", composite, mask), Job("x", np.zeros((1024, 1024, 3), np.uint8), np.eye(1024, dtype=bool))
-    assert set(method_names()) <= set(serving.GPU_COSTS)
     for name in method_names():
         seconds = [serving.gpu_seconds(Job(name, j.composite, j.mask)) for j in (small, large)]
         assert all(isinstance(s, int) and 0 < s <= serving.GPU_SECONDS_MAX for s in seconds), (name, seconds)
         assert seconds[0] <= seconds[1]
     assert serving.gpu_seconds(Job("poisson", large.composite, large.mask)) > serving.gpu_seconds(Job("poisson", composite, mask))
+
+
+def test_gpu_duration_follows_the_settings_and_an_unknown_cost_is_conservative(methods, scene):
+    """The duration comes from the method's cost and its settings; a method that declares no
+    cost gets the slow-GPU default (no KeyError, no short call)."""
+    from harmony_core.cost import DEFAULT_COST
+
+    _, composite, mask = scene
+    hspace = registry.get_method("hspace")
+    size = (composite.shape[1], composite.shape[0])
+    expected = math.ceil(hspace.cost.seconds(serving.settings_of(hspace), size, "gpu") + serving.CALL_OVERHEAD_S)
+    assert serving.gpu_seconds(Job("hspace", composite, mask)) == min(expected, serving.GPU_SECONDS_MAX)
+    few = hspace.with_settings(n_gen=50)
+    assert hspace.cost.seconds(serving.settings_of(few), size, "gpu") < hspace.cost.seconds(serving.settings_of(hspace), size, "gpu")
+    assert Mapper.cost is DEFAULT_COST and DEFAULT_COST.gpu
+    assert serving.gpu_seconds(Job(Mapper.name, composite, mask)) == math.ceil(DEFAULT_COST.on_gpu.fixed + serving.CALL_OVERHEAD_S)
+
+
+def test_only_the_gpu_methods_need_a_gpu():
+    needs = {name for name in method_names() if registry.get_method(name).cost.gpu}
+    assert needs == {"hspace", "diffharmony", "freepih"}
 
 
 def test_availability_is_a_typed_row_with_a_one_line_reason(methods):
@@ -118,7 +201,7 @@ def test_availability_is_a_typed_row_with_a_one_line_reason(methods):
 def test_spaces_is_installed_and_a_no_op_outside_a_space(monkeypatch):
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     spaces = importlib.import_module("spaces")
-    assert spaces.GPU(duration=serving.gpu_seconds)(serving.job_events) is serving.job_events
+    assert spaces.GPU(duration=serving.gpu_seconds)(serving.worker_events) is serving.worker_events
     assert not serving.on_zero_gpu() and serving.ON_GPU is None and serving.preload() == []
 
 

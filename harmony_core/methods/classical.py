@@ -22,6 +22,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import splu
 
 from harmony_core.color import from_lab, match_cdf, reinhard_transfer, to_lab
+from harmony_core.cost import Cost, Rate
 from harmony_core.registry import Method, Progress, register
 from harmony_core.types import HarmonizationRequest
 
@@ -82,12 +83,18 @@ class _ColorTransfer(Method):
 
 # --- the methods -----------------------------------------------------------------------------
 
+CPU_BENCH = "bench medians on the 2-core CPU under load (load average ~10), 256-2048 px, with a margin"
+"""Where the classical methods' costs come from (`python -m harmony_core bench --method
+composite,reinhard,histogram,poisson --size 256 512 1024 2048`)."""
+
+
 @register
 class Composite(Method):
     name = "composite"
     family = "classical"
     title = "Composite (no change)"
     summary = "The input unchanged: the reference every method must beat."
+    cost = Cost(gpu=False, on_cpu=Rate(0.01, 0.03), per_megapixel=True, source=CPU_BENCH)
 
     def harmonize(self, request: HarmonizationRequest, progress: Progress) -> np.ndarray:
         return request.composite.copy()
@@ -104,6 +111,7 @@ class Reinhard(_ColorTransfer):
     name = "reinhard"
     title = "Reinhard colour transfer"
     summary = "Lab mean/std of the object matched to a ring of surrounding background (std ratio clamped)."
+    cost = Cost(gpu=False, on_cpu=Rate(0.02, 0.2), per_megapixel=True, source=CPU_BENCH)
 
     def __init__(self, settings: ReinhardSettings | None = None) -> None:
         self.settings = settings or ReinhardSettings()
@@ -122,6 +130,7 @@ class Histogram(_ColorTransfer):
     name = "histogram"
     title = "Histogram matching"
     summary = "Per-channel CDF matching in Lab from the object to the surrounding background."
+    cost = Cost(gpu=False, on_cpu=Rate(0.03, 0.25), per_megapixel=True, source=CPU_BENCH)
 
     def __init__(self, settings: HistogramSettings | None = None) -> None:
         self.settings = settings or HistogramSettings()
@@ -146,6 +155,7 @@ class Poisson(Method):
     family = "classical"
     title = "Poisson blending"
     summary = "Gradient-domain blending: the object's gradients, the background's colours at its border."
+    cost = Cost(gpu=False, on_cpu=Rate(0.4, 1.0), per_megapixel=True, source=CPU_BENCH)
 
     def __init__(self, settings: PoissonSettings | None = None) -> None:
         self.settings = settings or PoissonSettings()

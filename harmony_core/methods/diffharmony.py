@@ -19,6 +19,7 @@ from typing import Any
 
 
 from harmony_core import imaging
+from harmony_core.cost import Cost, Rate, diffusion_steps
 from harmony_core.diffusion.pixels import to_tensor, to_uint8
 from harmony_core.errors import InputError
 from harmony_core.model_method import ModelMethod
@@ -207,6 +208,8 @@ class DiffHarmony(ModelMethod):
     family = "diffusion"
     title = "DiffHarmony"
     summary = "SD-1.5 inpainting UNet fine-tuned for harmonization, 5 Euler-ancestral steps + refinement (ICMR 2024)"
+    cost = Cost(gpu=True, on_cpu=Rate(150.0, 70.0), on_gpu=Rate(5.0, 0.25), units=diffusion_steps,
+                source="CPU: 218 s measured for 1 step at 512 px; GPU: conservative, not measured (target: 1 s for 5 steps)")
     weights_env = WEIGHTS_ENV
     required_files = BASE_REQUIRED
     how_to_set = HOW_TO_SET

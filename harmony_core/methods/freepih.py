@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from harmony_core import imaging
+from harmony_core.cost import Cost, Rate, loss_evaluations
 from harmony_core.errors import InputError
 from harmony_core.diffusion import components, ddim, hooks
 from harmony_core.diffusion.pixels import to_tensor, to_uint8
@@ -435,6 +436,8 @@ class FreePIH(ModelMethod):
     family = "diffusion"
     title = "FreePIH (training-free painterly harmonization)"
     summary = "SD-1.5 latents of the object optimized with L-BFGS for the background's style at the last denoising steps"
+    cost = Cost(gpu=True, on_cpu=Rate(120.0, 80.0), on_gpu=Rate(5.0, 1.0), units=loss_evaluations,
+                source="CPU: 529 s measured for 1 optimized step at 512 px; GPU: conservative, not measured (target: 30 s)")
     weights_env = WEIGHTS_ENV
     default_weights = DEFAULT_WEIGHTS
     required_files = REQUIRED_FILES

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from harmony_core import imaging
+from harmony_core.cost import Cost, Rate, ddpm_calls
 from harmony_core.diffusion import components, ddim, ddpm_ckpt
 from harmony_core.diffusion.pixels import to_tensor, to_uint8
 from harmony_core.errors import InputError, MethodUnavailable
@@ -172,6 +173,8 @@ class HSpace(ModelMethod):
     family = "diffusion"
     title = "h-space content injection (DiffStyle)"
     summary = "training-free: the object's h-space content injected into a DDPM generation of the background's style"
+    cost = Cost(gpu=True, on_cpu=Rate(10.0, 10.3), on_gpu=Rate(5.0, 0.06), units=ddpm_calls,
+                source="CPU: 10.3 s per UNet call measured; GPU (fp32): conservative, not measured (target: 3 s at n_gen 50)")
     weights_env = WEIGHTS_ENV
     default_weights = DEFAULT_WEIGHTS
     required_files = REQUIRED_FILES

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from harmony_core import imaging
+from harmony_core.cost import Cost, Rate
 from harmony_core.methods.classical import poisson_affine
 from harmony_core.models.ptl_net import (CONFIG_NAME, WEIGHTS_NAME, PTLNet, PTLOutput, apply_affine,
                                          config_from_dict)
@@ -125,6 +126,8 @@ class PTLMethod(ModelMethod):
     title = "Regional reference network (LTL + PTL)"
     summary = ("A colour map per object location, from content-related background regions, that corrects "
                "one fitted to the Poisson blend (model card: weights/ptl/README.md).")
+    cost = Cost(gpu=False, on_cpu=Rate(0.5, 0.5), on_gpu=Rate(0.05, 0.02), per_megapixel=True,
+                source="CPU: bench at 256-2048 px under load (0.27-1.9 s); GPU: a guess (device-check's target: 10 ms at 256 px)")
     weights_env = WEIGHTS_ENV
     default_weights = str(SHIPPED_WEIGHTS)
     required_files = (CONFIG_NAME, WEIGHTS_NAME)

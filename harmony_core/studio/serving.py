@@ -2,15 +2,19 @@
 one path for Compare and Explain. The one place that knows about `spaces` (ZeroGPU).
 
 On a ZeroGPU Space (SPACES_ZERO_GPU set and `spaces` installed) the models of the available
-methods load at start-up, outside any GPU function (`preload`), and each call runs in a
-`spaces.GPU` function whose arguments and results are plain picklable data (a `Job` in; progress
-events and numpy arrays out), because the call crosses a pickle boundary into a GPU worker.
-Everywhere else (CPU, a dedicated GPU) the shared method instance runs in this process and loads
-its model lazily, once.
+methods load at start-up, outside any GPU function (`preload`). A method whose cost says it needs a
+GPU (`Method.cost.gpu`: hspace, diffharmony, freepih) runs in its own `spaces.GPU` call, whose
+duration comes from the cost model (`gpu_seconds`) and whose arguments and results are plain
+picklable data (a `Job` in; progress events and numpy arrays out), because the call crosses a
+pickle boundary into a GPU worker. The others (the classical methods, ptl) run in this process on
+the CPU and never spend a visitor's GPU quota. Everywhere else (CPU, a dedicated GPU) the shared
+method instance runs in this process and loads its model lazily, once; the GPU methods take turns
+(`GPU_SLOT`), the others run alongside them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -24,8 +28,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from harmony_core.bench import measure_peak
+from harmony_core.cost import Device
 from harmony_core.errors import HarmonyError
-from harmony_core.registry import Progress, get_method, method_names, weighted_methods
+from harmony_core.registry import Method, Progress, get_method, method_names, weighted_methods
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 log = logging.getLogger(__name__)
@@ -70,12 +75,16 @@ def method_statuses() -> list[MethodStatus]:
 def preload() -> list[str]:
     """On ZeroGPU, load the available model-backed methods' models now, on the CPU and outside any
     GPU function (ZeroGPU moves them to the GPU inside each call); elsewhere do nothing (lazy load
-    on first use). Returns the methods loaded; one that fails to load is logged and left lazy."""
+    on first use). The methods that run outside GPU calls are first pinned to the CPU: in this
+    process ZeroGPU's torch reports a GPU that exists only inside a call. Returns the methods
+    loaded; one that fails to load is logged and left lazy."""
     if not on_zero_gpu():
         return []
     loaded = []
     for name in weighted_methods():
         method = get_method(name)
+        if not method.cost.gpu:
+            method.use_device("cpu")  # type: ignore[attr-defined]  (every weighted method is a ModelMethod)
         if not method.available():
             continue
         try:
@@ -119,11 +128,12 @@ def execute(job: Job, progress: Progress) -> HarmonizationResult:
 
 
 Event = tuple[Any, ...]
-"""("progress", fraction, message) while running, then ("done", image, maps, metadata)."""
+"""("progress", fraction, message) while running, then ("done", image, maps, metadata), or from
+a GPU call ("failed", reason)."""
 
 
 def job_events(job: Job) -> Iterator[Event]:
-    """The GPU function's body: progress events, then the result as numpy arrays and a dict. The
+    """A method's run as events: progress, then the result as numpy arrays and a dict. The
     method runs in a thread so that its progress callbacks can be yielded across the pickle
     boundary as they happen."""
     events: queue.Queue[Event] = queue.Queue()
@@ -145,64 +155,151 @@ def job_events(job: Job) -> Iterator[Event]:
             return
 
 
-@dataclass(frozen=True)
-class GpuCost:
-    """An estimate (not a measurement) of a call's GPU seconds on a ZeroGPU slice: `fixed` plus
-    `per_unit` seconds per unit of work, the units read from the method's settings and, for
-    methods that work at the image's own size, scaled by its megapixels."""
+def worker_events(job: Job) -> Iterator[Event]:
+    """The body of the ZeroGPU call: `job_events`, with the method's own failures turned into a
+    last ("failed", reason) event. Inside a GPU worker an exception reaches the server only as
+    its class name ("ZeroGPU worker error: InputError"), so the reason is worded here, where the
+    exception still is (out of memory included)."""
+    try:
+        yield from job_events(job)
+    except HarmonyError as exc:
+        yield ("failed", str(exc))
+    except Exception as exc:
+        log.exception("method %s failed in the GPU call", job.method)
+        yield ("failed", failure_reason(exc))
 
-    fixed: float
-    per_unit: float = 0.0
-    units: Callable[[dict[str, Any]], float] = lambda settings: 1.0
-    per_megapixel: bool = False
 
+# --- what a call costs ----------------------------------------------------------------------------
 
-GPU_COSTS: dict[str, GpuCost] = {
-    "composite": GpuCost(5),
-    "reinhard": GpuCost(5),
-    "histogram": GpuCost(5),
-    "poisson": GpuCost(5, 10, per_megapixel=True),
-    "ptl": GpuCost(10, 5, per_megapixel=True),
-    "ptl-paper": GpuCost(10, 5, per_megapixel=True),  # the same network with a lighter head and no prior
-    "diffharmony": GpuCost(20, 2, lambda s: s.get("steps", 5) * (s.get("resolution", 512) / 512) ** 2),
-    "hspace": GpuCost(15, 0.05, lambda s: s.get("n_inv", 50) + s.get("n_gen", 1000)),
-    "freepih": GpuCost(20, 0.6, lambda s: (math.ceil(s.get("num_inference_steps", 50) * s.get("noise_level", 0.2))
-                                           * (s.get("lbfgs_max_iter", 5) + 1) * (s.get("resolution", 512) / 512) ** 2)),
-}
 GPU_SECONDS_MAX = 240
 """The longest call ZeroGPU is asked for (a longer estimate is capped, and the call may be cut)."""
+CALL_OVERHEAD_S = 10.0
+"""Added to each GPU call's estimate: starting or reusing the GPU worker and moving the method's
+weights onto the GPU (a conservative guess, not measured on ZeroGPU)."""
+
+
+def settings_of(method: Method) -> dict[str, Any]:
+    """A method's settings as a dict, without loading its model: what its cost reads."""
+    settings = getattr(method, "settings", None)
+    return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {}
+
+
+def in_gpu_call(name: str) -> bool:
+    """Whether the method runs in a ZeroGPU call here: on ZeroGPU, when its cost needs a GPU."""
+    return ON_GPU is not None and get_method(name).cost.gpu
+
+
+def device_kind(name: str) -> Device:
+    """Where the method runs on this server: the GPU in a ZeroGPU call or on a visible CUDA device."""
+    method = get_method(name)
+    if on_zero_gpu():
+        return "gpu" if method.cost.gpu else "cpu"
+    return "gpu" if str(method.device).startswith("cuda") else "cpu"
+
+
+def estimate_seconds(name: str, size: tuple[int, int]) -> float:
+    """A run's estimated seconds at `size` (width, height) on this server, GPU calls' overhead included."""
+    method = get_method(name)
+    seconds = method.cost.seconds(settings_of(method), size, device_kind(name))
+    return seconds + (CALL_OVERHEAD_S if in_gpu_call(name) else 0.0)
+
+
+def gpu_seconds_for(name: str, size: tuple[int, int]) -> int:
+    """The `duration` a ZeroGPU call of the method asks for at `size`: its GPU estimate plus the
+    call's overhead, in whole seconds, at most GPU_SECONDS_MAX."""
+    method = get_method(name)
+    seconds = method.cost.seconds(settings_of(method), size, "gpu") + CALL_OVERHEAD_S
+    return int(min(GPU_SECONDS_MAX, math.ceil(seconds)))
 
 
 def gpu_seconds(job: Job) -> int:
-    """The `duration` of the job's spaces.GPU call, from its method, settings and image size."""
-    cost = GPU_COSTS[job.method]
-    settings = get_method(job.method).parameters()
-    units = cost.units(settings) * (job.composite.shape[0] * job.composite.shape[1] / 1e6 if cost.per_megapixel else 1)
-    return int(min(GPU_SECONDS_MAX, math.ceil(cost.fixed + cost.per_unit * units)))
+    """The `duration` of the job's spaces.GPU call (spaces calls it with the call's arguments)."""
+    height, width = job.composite.shape[:2]
+    return gpu_seconds_for(job.method, (width, height))
 
 
 def _gpu_function() -> Callable[[Job], Iterator[Event]] | None:
-    """spaces.GPU(job_events) on ZeroGPU (it must wrap functions at import time), else None."""
+    """spaces.GPU(worker_events) on ZeroGPU (it must wrap functions at import time), else None."""
     if not on_zero_gpu():
         return None
     import spaces
 
-    return spaces.GPU(duration=gpu_seconds)(job_events)
+    return spaces.GPU(duration=gpu_seconds)(worker_events)
 
 
 ON_GPU = _gpu_function()
+GPU_SLOT = threading.Lock()
+"""Outside ZeroGPU, the GPU methods run one at a time in this process (the memory bound of one
+GPU, or of the host's RAM on a CPU server); the other methods do not wait for it."""
+
+
+# --- ZeroGPU's own errors -------------------------------------------------------------------------
+
+ZERO_GPU_ADVICE = {
+    "ZeroGPU quota exceeded": "Sign in to Hugging Face for more daily GPU time, wait for your quota to refill, "
+                              "or tick fewer GPU methods (composite, reinhard, histogram, poisson and ptl need none).",
+    "ZeroGPU illegal duration": "This method's settings ask for a longer GPU call than ZeroGPU allows: "
+                                "the Space's organiser can lower its steps.",
+    "ZeroGPU queue timeout": "Every GPU is busy: try again in a few minutes.",
+    "ZeroGPU pending credits exceeded": "Wait until your other GPU runs have finished.",
+}
+ZERO_GPU_OTHER = "Try again in a minute; if it happens again, tick only the CPU methods."
+
+
+class ZeroGpuRefused(HarmonyError):
+    """ZeroGPU refused or ended a call (quota, queue, worker): its own message, then what to do."""
+
+
+def zero_gpu_error(exc: BaseException) -> HarmonyError:
+    """What the user reads when `spaces` raised: ZeroGPU's gr.Error verbatim (title and message)
+    with what to do; a worker that died of out-of-memory says so. Anything else is unexpected."""
+    message = getattr(exc, "message", None)
+    if message is None:
+        log.error("the ZeroGPU call failed", exc_info=exc)
+        return ZeroGpuRefused(f"The GPU call failed. {ZERO_GPU_OTHER}")
+    title = str(getattr(exc, "title", "") or "ZeroGPU")
+    if "OutOfMemory" in str(message):
+        return ZeroGpuRefused(OUT_OF_MEMORY)
+    return ZeroGpuRefused(f"{title}: {message} {ZERO_GPU_ADVICE.get(title, ZERO_GPU_OTHER)}")
 
 
 def run(job: Job, progress: Progress) -> HarmonizationResult:
-    """The job's result: through the ZeroGPU function on ZeroGPU, in this process elsewhere."""
-    if ON_GPU is None:
+    """The job's result: through a ZeroGPU call for a GPU method on ZeroGPU, else in this process
+    (a GPU method after taking GPU_SLOT)."""
+    if in_gpu_call(job.method):
+        return _run_in_gpu_call(job, progress)
+    if not get_method(job.method).cost.gpu:
         return execute(job, progress)
-    for event in ON_GPU(job):
+    if not GPU_SLOT.acquire(blocking=False):
+        progress(0.0, f"{job.method}: waiting for the GPU (another run is using it)")
+        GPU_SLOT.acquire()
+    try:
+        return execute(job, progress)
+    finally:
+        GPU_SLOT.release()
+
+
+def _run_in_gpu_call(job: Job, progress: Progress) -> HarmonizationResult:
+    """The job through ON_GPU, its events read to the end (so that spaces ends the call normally);
+    what spaces itself raises becomes `zero_gpu_error`, since worker_events never raises."""
+    assert ON_GPU is not None
+    events, last = ON_GPU(job), None
+    while True:
+        try:
+            event = next(events, None)
+        except Exception as exc:
+            raise zero_gpu_error(exc) from exc
+        if event is None:
+            break
         if event[0] == "progress":
             progress(event[1], event[2])
         else:
-            return HarmonizationResult(event[1], event[2], event[3])
-    raise RuntimeError(f"the GPU call of {job.method} ended without a result")
+            last = event
+    if last is None:
+        raise RuntimeError(f"the GPU call of {job.method} ended without a result")
+    if last[0] == "failed":
+        raise HarmonyError(last[1])
+    return HarmonizationResult(last[1], last[2], last[3])
 
 
 # --- the status row -------------------------------------------------------------------------------
