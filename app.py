@@ -512,6 +512,8 @@ def make_server(max_side: int, study_dir: str | os.PathLike | None, votes_dir: s
     try:
         study_set: study.StudySet | None = study.StudySet.load(study_dir)
         study_note = f"{len(study_set.samples)} images, methods: {', '.join(study_set.methods)}."
+        if study_dir.resolve() == DEFAULT_STUDY.resolve():
+            study_note += " " + study.DEMO_NOTE
     except HarmonyError as exc:
         study_set, study_note = None, f"No study set: {exc}"
     return Server(max_side, (gr.utils.get_upload_folder(), EXAMPLES, study_dir), allow_weight_changes, study_set,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import struct
 import time
 import uuid
-import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +14,7 @@ from matplotlib.figure import Figure
 
 from harmony_core import export, imaging
 from harmony_core.errors import InputError
-from harmony_core.studio import raters
+from harmony_core.studio import blind, raters
 from harmony_core.studio.scratch import scratch_folder
 from harmony_core.study import stats
 from harmony_core.study.stats import PAIR_COLUMNS, TABLE_COLUMNS  # noqa: F401 (for the app)
@@ -35,10 +33,11 @@ TIES = {"Both good": "both_good", "Both bad": "both_bad"}
 CROWD_AFTER = 10
 """Votes after which a rater sees their own picks against everyone's."""
 MODE_LABELS = {"Best of all (A-D)": "best_of_n", "Pairwise (A/B)": "pairwise"}
+DEMO_NOTE = ("**Demo set:** these images ship with the code, so anyone can match them to their methods; "
+             "its votes show how the study works and prove nothing. A real study runs on a private set "
+             "(docs/security.md).")
 FAST_VOTE_MS = 1000
 """Votes quicker than this get the flag `fast` (an organizer may want to look at them)."""
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-JPEG_SOI = b"\xff\xd8"
 
 
 def round_rater(rater_id: str | None, secret: bytes) -> str:
@@ -65,7 +64,9 @@ class RoundState:
     round: Round
     rater_id: str
     files: list[str]
-    """The shown images in letter order, under random names (see `blind_copies`)."""
+    """The shown images in letter order, blind encodings under random names (see `blind_copies`)."""
+    pixels: list[np.ndarray]
+    """The same images as stored (before the blind dither): the difference view starts from them."""
     zoomed: list[str]
     """The same object crop of each (one box for all, `export.object_box`), also blind copies."""
     composite: np.ndarray
@@ -89,33 +90,16 @@ class RoundView:
 QUESTION = f"Which looks most natural, as if the object had been photographed in this scene? Pick one, or *{CANT_DECIDE}*."
 
 
-def with_nonce(data: bytes) -> tuple[bytes, str]:
-    """The encoded image with a random comment added (pixels untouched) and its extension.
-
-    The comment makes every round's copy a different file, so Gradio's content-hash URL of an
-    image never repeats across rounds: a rater cannot learn from a revealed round which URL
-    belongs to which method. Formats other than PNG and JPEG are re-encoded as PNG.
-    """
-    nonce = uuid.uuid4().hex.encode()
-    if data.startswith(PNG_SIGNATURE):  # a tEXt chunk right after IHDR (8 + 25 bytes)
-        body = b"tEXt" + b"round\x00" + nonce
-        chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
-        return data[:33] + chunk + data[33:], ".png"
-    if data.startswith(JPEG_SOI):  # a COM segment right after SOI
-        return JPEG_SOI + b"\xff\xfe" + struct.pack(">H", len(nonce) + 2) + nonce + data[2:], ".jpg"
-    return with_nonce(export.png_bytes(imaging.load_rgb(data, "study image")))[0], ".png"
-
-
-def blind_copies(images: list[bytes]) -> list[str]:
-    """Fresh copies of a round's encoded images under random names in a new scratch folder: the
-    one way every blind round (study set or the rater's own results) serves its images, so no
-    URL, file name or folder says which method, sample or study layout an image comes from."""
+def blind_copies(images: list[np.ndarray]) -> list[str]:
+    """A round's images as fresh blind encodings (blind.encode_round) under random names in a new
+    scratch folder: the one way every blind round (study set or the rater's own results) serves
+    its images, so no URL, file name, folder, byte or pixel hash says which method, sample or
+    earlier round an image comes from."""
     folder = scratch_folder("blind-")
     paths = []
-    for data in images:
-        blind, suffix = with_nonce(data)
-        path = folder / f"{uuid.uuid4().hex}{suffix}"
-        path.write_bytes(blind)
+    for data in blind.encode_round(images):
+        path = folder / f"{uuid.uuid4().hex}.png"
+        path.write_bytes(data)
         paths.append(str(path))
     return paths
 
@@ -131,8 +115,7 @@ def round_images(state: RoundState, zoom: bool, difference: bool) -> list[str]:
     which image is the unchanged composite)."""
     if difference and state.voted:
         if state.differences is None:
-            diffs = [difference_image(imaging.load_rgb(path, "study image"), state.composite) for path in state.files]
-            state.differences = blind_copies([export.png_bytes(d) for d in diffs])
+            state.differences = blind_copies([difference_image(image, state.composite) for image in state.pixels])
         files = state.differences
     else:
         files = state.files
@@ -140,7 +123,7 @@ def round_images(state: RoundState, zoom: bool, difference: bool) -> list[str]:
         return list(files)
     if files is state.files:
         return list(state.zoomed)
-    return blind_copies([export.png_bytes(export.crop(imaging.load_rgb(path, "study image"), state.box)) for path in files])
+    return blind_copies([export.crop(imaging.load_rgb(path, "study image"), state.box) for path in files])
 
 
 DIFFERENCE_GAIN = 4
@@ -153,12 +136,12 @@ def difference_image(image: np.ndarray, composite: np.ndarray) -> np.ndarray:
     return np.clip(change, 0, 255).astype(np.uint8)
 
 
-def _begin(rnd: Round, rater_id: str, images: dict[str, bytes], composite: np.ndarray, mask: np.ndarray,
+def _begin(rnd: Round, rater_id: str, images: dict[str, np.ndarray], composite: np.ndarray, mask: np.ndarray,
            message: str) -> tuple[RoundState, RoundView]:
-    encoded = [images[m] for m in rnd.shown]
+    pixels = [images[m] for m in rnd.shown]
     box = export.object_box(mask)
-    crops = [export.png_bytes(export.crop(imaging.load_rgb(data, "study image"), box)) for data in encoded]
-    state = RoundState(rnd, rater_id, blind_copies(encoded), blind_copies(crops), composite, box, time.monotonic())
+    state = RoundState(rnd, rater_id, blind_copies(pixels), pixels, blind_copies([export.crop(p, box) for p in pixels]),
+                       composite, box, time.monotonic())
     return state, _view(state, list(LETTERS), message)
 
 
@@ -171,7 +154,8 @@ def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: st
                                f"Thank you: you have voted on all {len(study.samples)} images in this mode.")
     composite = imaging.load_rgb(rnd.sample.composite, "study composite")
     mask = imaging.load_mask(rnd.sample.mask, "study mask")
-    return _begin(rnd, rater_id, {m: rnd.sample.outputs[m].read_bytes() for m in rnd.shown}, composite, mask,
+    return _begin(rnd, rater_id, {m: imaging.load_rgb(rnd.sample.outputs[m], "study image") for m in rnd.shown},
+                  composite, mask,
                   QUESTION)
 
 
@@ -189,7 +173,7 @@ def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outp
     if sid in store.voted_samples(rater_id, mode, source="user"):
         raise InputError("You have already voted on this composite in this mode.")
     rnd = user_round(StudySample(sid, "your composite", Path(), Path(), dict.fromkeys(outputs, Path())), mode)
-    return _begin(rnd, rater_id, {m: export.png_bytes(outputs[m]) for m in rnd.shown}, composite, mask,
+    return _begin(rnd, rater_id, {m: outputs[m] for m in rnd.shown}, composite, mask,
                   f"Your composite. {QUESTION}")
 
 
