@@ -84,6 +84,8 @@ class Server:
 
     max_side: int
     upload_roots: tuple[Path | str, ...]
+    denied_roots: tuple[Path | str, ...]
+    """Never read nor handed back, whatever the roots allow: the study set's folder."""
     allow_weight_changes: bool
     study_set: study.StudySet | None
     study_note: str
@@ -92,7 +94,7 @@ class Server:
     limiter: RateLimiter
 
     def image_in(self, payload: Any, what: str) -> Path | None:
-        return upload_path(payload, self.upload_roots, what)
+        return upload_path(payload, self.upload_roots, what, self.denied_roots)
 
 
 def _client_ip(request: gr.Request | None) -> str | None:
@@ -190,7 +192,8 @@ def compose_tab(server: Server) -> ComposeTab:
 
     @user_errors
     def compose_paint(editor_value):
-        return _compose_outputs(compose.from_painting(editor_paths(editor_value, server.upload_roots), server.max_side))
+        return _compose_outputs(compose.from_painting(editor_paths(editor_value, server.upload_roots, server.denied_roots),
+                                                         server.max_side))
 
     @user_errors
     def compose_invert(composite, mask, placed_on):
@@ -516,7 +519,7 @@ def make_server(max_side: int, study_dir: str | os.PathLike | None, votes_dir: s
             study_note += " " + study.DEMO_NOTE
     except HarmonyError as exc:
         study_set, study_note = None, f"No study set: {exc}"
-    return Server(max_side, (gr.utils.get_upload_folder(), EXAMPLES, study_dir), allow_weight_changes, study_set,
+    return Server(max_side, (gr.utils.get_upload_folder(), EXAMPLES), (study_dir,), allow_weight_changes, study_set,
                   study_note, study.VoteStore(votes_dir), study.load_secret(votes_dir), RateLimiter(rate_limits))
 
 

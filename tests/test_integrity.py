@@ -29,7 +29,7 @@ MAX_SIDE = 400
 def launch(votes_dir, **options):
     from app import build_app
 
-    demo = build_app(max_side=MAX_SIDE, votes_dir=votes_dir, **options)
+    demo = build_app(**{"max_side": MAX_SIDE, "votes_dir": votes_dir, **options})
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     return demo, f"http://127.0.0.1:{port}/"
@@ -121,3 +121,73 @@ def test_study_images_cannot_be_matched_by_hash_or_size(server):
         served += len(data)
         assert " · " in client.predict(rater, api_name="/vote_cant_decide")[0]["label"]  # revealed after the vote
     assert served >= 18
+
+
+# --- 2. The study folder is never served -------------------------------------------------------
+
+def _study_payloads() -> list[object]:
+    """A study file named every way a client could: absolute, relative (the server runs here), with
+    `..`, as a string, as a FileData dict, with and without Gradio's metadata, inside an editor value."""
+    output = next(iter(StudySet.load(STUDY).samples[0].outputs.values()))
+    relative = output.relative_to(ROOT)
+    return [str(STUDY / "manifest.json"), {"path": str(output)}, {"path": str(relative), "meta": {"_type": "gradio.FileData"}},
+            "examples/study/manifest.json", {"path": f"{ROOT}/examples/../examples/study/manifest.json"},
+            {"path": f"examples/study-inputs/../../{relative}"},
+            {"background": {"path": str(output)}, "layers": [{"path": str(relative)}], "composite": {"path": str(output)}}]
+
+
+def _served(url: str, reply: object) -> list[bytes]:
+    """Every file a reply points at, fetched the way a browser would."""
+    found: list[bytes] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("url"), str):
+                response = httpx.get(value["url"] if value["url"].startswith("http") else url + value["url"].lstrip("/"))
+                if response.status_code == 200:
+                    found.append(response.content)
+            elif isinstance(value.get("path"), str):
+                response = httpx.get(f"{url}gradio_api/file={value['path']}")
+                if response.status_code == 200:
+                    found.append(response.content)
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(reply)
+    return found
+
+
+def _pixels(data: bytes) -> np.ndarray | None:
+    try:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    except Exception:
+        return None
+
+
+def test_no_event_serves_or_returns_the_study_folder(tmp_path):
+    demo, url = launch(tmp_path, max_side=4096)  # no resizing: a returned study image would keep its pixels
+    try:
+        study = StudySet.load(STUDY)
+        secret_files = [STUDY / "manifest.json"] + [p for s in study.samples for p in (*s.outputs.values(),)]
+        secret_bytes = {p.read_bytes() for p in secret_files}
+        outputs = [imaging.load_rgb(p) for s in study.samples for p in s.outputs.values()]
+        markers = [s.id for s in study.samples]
+        calls = 0
+        for index, fn in demo.fns.items():
+            for payload in _study_payloads():
+                kind, reply = queue_call(url, index, [payload] * len(fn.inputs))
+                calls += 1
+                text = json.dumps(reply)
+                assert not any(m in text for m in markers), (fn.api_name, index, payload, text[:300])
+                for data in _served(url, reply):
+                    assert data not in secret_bytes, (fn.api_name, index, payload)
+                    pixels = _pixels(data)
+                    if pixels is not None:
+                        assert not any(o.shape == pixels.shape and np.abs(o.astype(int) - pixels).mean() < 2 for o in outputs), \
+                            (fn.api_name, index, payload)
+        assert calls >= 20 * len(_study_payloads())
+    finally:
+        demo.close()
