@@ -482,7 +482,8 @@ def leaderboard_tab(server: Server, tab: gr.Tab) -> None:
         mode = gr.Radio(list(study.MODE_FILTERS), value="All votes", label="Votes")
         source = gr.Radio(list(study.SOURCE_FILTERS), value="Study set", label="Images")
         refresh = gr.Button("Refresh", elem_id="board-refresh")
-        download = gr.DownloadButton("Download the raw votes CSV", value=None)
+        prepare = gr.Button("Prepare the votes CSV (anonymous)", elem_id="board-csv")
+        download = gr.DownloadButton("Download the votes CSV", value=None, elem_id="board-download")
     headline = gr.Markdown(elem_id="board-headline")
     table = gr.Dataframe(headers=study.TABLE_COLUMNS, label="Methods (best first)", interactive=False, elem_id="board-table")
     pairs = gr.Dataframe(headers=study.PAIR_COLUMNS, label="Pairs: how many more votes would separate them at the current "
@@ -492,7 +493,13 @@ def leaderboard_tab(server: Server, tab: gr.Tab) -> None:
     @user_errors
     def show_board(mode_filter, source_filter):
         text, result, figure = study.board(server.store, mode_filter, source_filter)
-        return text, result.table, figure, study.export_csv(server.store)
+        return text, result.table, figure, None  # the CSV is written only on request (below)
+
+    @user_errors
+    def votes_csv():
+        return str(study.export_csv(server.store))
+
+    prepare.click(votes_csv, None, [download], api_name="votes_csv", concurrency_limit=2)
 
     @user_errors
     def show_pairs(mode_filter, source_filter):

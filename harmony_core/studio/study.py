@@ -22,7 +22,7 @@ from harmony_core.study.studyset import (
     LETTERS, MAX_SHOWN, Round, StudySample, StudySet, next_round, sample_id, user_round,
 )
 from harmony_core.study.votes import (  # noqa: F401 (load_secret, start_hub_sync: for the app)
-    DuplicateVote, Vote, VoteStore, ip_hash, load_secret, start_hub_sync,
+    DuplicateVote, Vote, VoteStore, anonymous_csv, ip_hash, load_secret, session_key, start_hub_sync,
 )
 
 # LETTERS, MAX_SHOWN, PAIR_COLUMNS, TABLE_COLUMNS, StudySet, VoteStore, load_secret and start_hub_sync
@@ -205,7 +205,7 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
     try:
         store.append(Vote(
             mode=rnd.mode, sample_id=rnd.sample.id, sample_source=rnd.source, shown_order=rnd.shown,
-            choice_pos=position, rater_id=state.rater_id, session_hash=session_hash or "",
+            choice_pos=position, rater_id=state.rater_id, session_hash=session_key(session_hash, secret),
             ip_hash=hashed_ip, latency_ms=latency, flags=flags,
         ))
     except DuplicateVote:
@@ -275,11 +275,13 @@ def heatmap(methods: list[str], rates: np.ndarray) -> Figure:
 
 
 def export_csv(store: VoteStore) -> Path:
-    """A copy of the raw votes CSV (complete lines) in a fresh temporary folder, to download."""
+    """The public votes CSV (votes.anonymous_csv: per-export pseudonyms, no rater id, no session,
+    no IP hash) in a fresh scratch folder, written only when a visitor asks for it. The organiser's
+    full file stays on the server."""
     folder = scratch_folder("votes-")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"votes-{stamp}.csv"
-    path.write_bytes(store.complete_bytes())
+    path.write_bytes(anonymous_csv(store.rows()))
     return path
 
 
