@@ -96,6 +96,10 @@ class Server:
     def image_in(self, payload: Any, what: str) -> Path | None:
         return upload_path(payload, self.upload_roots, what, self.denied_roots)
 
+    def source(self, request: gr.Request | None) -> str:
+        """The caller's IP hash: the unit of the rate limits and of the statistics' clusters."""
+        return study.ip_hash(_client_ip(request), self.secret)
+
 
 def _client_ip(request: gr.Request | None) -> str | None:
     """The client's address as the trusted proxies saw it (raters.client_address)."""
@@ -418,26 +422,28 @@ def study_tab(server: Server, rater: gr.BrowserState, demo: gr.Blocks) -> StudyT
     rounds = [state, *slots, *vote_buttons, cant_decide, *tie_buttons, message]
 
     @user_errors
-    def known_rater(rater_id: str | None) -> tuple[str, str]:
-        rater_id = study.browser_rater(rater_id, server.secret)
+    def known_rater(rater_id: str | None, request: gr.Request) -> tuple[str, str]:
+        rater_id = study.browser_rater(rater_id, server.secret, server.limiter, server.source(request))
         return rater_id, study.rater_note(rater_id)
 
     demo.load(known_rater, [rater], [rater, rater_note], api_name=False)
 
     @user_errors
-    def next_round(mode_label, rater_id):
+    def next_round(mode_label, rater_id, previous, request: gr.Request):
         if server.study_set is None:
             raise InputError(server.study_note)
-        rater_id = study.round_rater(rater_id, server.secret)
-        round_state, view = study.start_round(server.study_set, server.store, rater_id, mode_label)
+        source = server.source(request)
+        rater_id = study.round_rater(rater_id, server.secret, server.limiter, source)
+        round_state, view = study.start_round(server.study_set, server.store, rater_id, mode_label, server.limiter, source,
+                                              previous)
         return (rater_id, study.rater_note(rater_id), *_round_outputs(round_state, view, locked=round_state is None))
 
     @user_errors
-    def restyle(round_state, zoomed, diff):
-        return tuple(study.restyle_round(round_state, bool(zoomed), bool(diff)))
+    def restyle(round_state, zoomed, diff, request: gr.Request):
+        return tuple(study.restyle_round(round_state, bool(zoomed), bool(diff), server.source(request)))
 
     view = {"fn": restyle, "inputs": [state, zoom, difference], "outputs": slots, "concurrency_limit": None}
-    next_button.click(next_round, [mode, rater], [rater, rater_note, *rounds], api_name="study_next",
+    next_button.click(next_round, [mode, rater, state], [rater, rater_note, *rounds], api_name="study_next",
                       concurrency_limit=None).then(**view, api_name=False)
 
     def voter(choice: str) -> Callable[..., tuple]:
@@ -462,14 +468,15 @@ def wire_blind_vote(server: Server, compared: CompareTab, studied: StudyTab, rat
     """Compare's "Vote blind on these results": a round over the user's own finished run."""
 
     @user_errors
-    def blind_from_compare(run: compare.CompareRun | None, mode_label, rater_id):
-        rater_id = study.round_rater(rater_id, server.secret)
+    def blind_from_compare(run: compare.CompareRun | None, mode_label, rater_id, previous, request: gr.Request):
+        source = server.source(request)
+        rater_id = study.round_rater(rater_id, server.secret, server.limiter, source)
         outputs = {n: r.image for n, r in run.results.items()} if run else None
         state, view = study.start_user_round(run and run.composite, run and run.mask, outputs, server.store, rater_id,
-                                             mode_label)
+                                             mode_label, server.limiter, source, previous)
         return (rater_id, study.rater_note(rater_id), *_round_outputs(state, view, locked=False), gr.Tabs(selected="study"))
 
-    compared.blind_button.click(blind_from_compare, [compared.results, studied.mode, rater],
+    compared.blind_button.click(blind_from_compare, [compared.results, studied.mode, rater, studied.rounds[0]],
                                 [*studied.rater_outputs, *studied.rounds, tabs], api_name="compare_blind",
                                 concurrency_limit=None).then(**studied.view, api_name=False)
 
@@ -577,11 +584,20 @@ def main() -> None:
                         help="votes per rater and per IP hash in a minute (0 = no limit)")
     parser.add_argument("--votes-per-day", type=int, default=int(os.environ.get("HARMONY_VOTES_PER_DAY", 1000)),
                         help="votes per rater and per IP hash in a day (0 = no limit)")
+    parser.add_argument("--new-ids-per-day", type=int, default=int(os.environ.get("HARMONY_NEW_IDS_PER_DAY", 20)),
+                        help="new rater ids per IP hash in a day (0 = no limit)")
+    parser.add_argument("--unvoted-rounds-per-minute", type=int,
+                        default=int(os.environ.get("HARMONY_UNVOTED_ROUNDS_PER_MINUTE", 20)),
+                        help="rounds without a vote per IP hash in a minute (0 = no limit)")
+    parser.add_argument("--unvoted-rounds-per-day", type=int,
+                        default=int(os.environ.get("HARMONY_UNVOTED_ROUNDS_PER_DAY", 300)),
+                        help="rounds without a vote per IP hash in a day (0 = no limit)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     votes_dir = Path(args.votes or os.environ.get("HARMONY_VOTES_DIR") or DEFAULT_VOTES)
     demo = build_app(args.max_side, args.study, votes_dir, args.allow_weight_changes,
-                     RateLimits(args.votes_per_minute, args.votes_per_day))
+                     RateLimits(args.votes_per_minute, args.votes_per_day, args.new_ids_per_day,
+                                args.unvoted_rounds_per_minute, args.unvoted_rounds_per_day))
     loaded = serving.preload()  # ZeroGPU only: models on the CPU now, moved to the GPU inside each call
     if loaded:
         log.info("preloaded for ZeroGPU: %s", ", ".join(loaded))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -40,19 +41,32 @@ FAST_VOTE_MS = 1000
 """Votes quicker than this get the flag `fast` (an organizer may want to look at them)."""
 
 
-def round_rater(rater_id: str | None, secret: bytes) -> str:
+def round_rater(rater_id: str | None, secret: bytes, limiter: raters.RateLimiter, source: str) -> str:
     """The rater of a round: the id sent when this server issued it (else InputError), a fresh
-    signed one when none was sent (an API client's first call)."""
-    return raters.verified_rater_id(rater_id, secret) if rater_id else raters.issue_rater_id(secret)
+    signed one when none was sent (an API client's first call), within the source's (IP hash's)
+    daily quota of new ids."""
+    if rater_id:
+        return raters.verified_rater_id(rater_id, secret)
+    limiter.new_id(source)
+    return raters.issue_rater_id(secret)
 
 
-def browser_rater(rater_id: str | None, secret: bytes) -> str:
+def browser_rater(rater_id: str | None, secret: bytes, limiter: raters.RateLimiter, source: str) -> str:
     """The id a browser keeps: its own when this server issued it, else (none yet, or one from an
-    older version or another server) a fresh signed one."""
-    return rater_id if raters.is_issued(rater_id, secret) else raters.issue_rater_id(secret)
+    older version or another server) a fresh signed one within the source's quota of new ids, or
+    "" when that is used up (the study then says so when a round is asked for)."""
+    if raters.is_issued(rater_id, secret):
+        return str(rater_id)
+    try:
+        limiter.new_id(source)
+    except raters.RateLimited:
+        return ""
+    return raters.issue_rater_id(secret)
 
 
 def rater_note(rater_id: str) -> str:
+    if not rater_id:
+        return "No rater id yet: this network has asked for many today. Press **Next image** to try again."
     return f"Your anonymous rater id (kept in this browser): `{rater_id}`"
 
 
@@ -63,6 +77,10 @@ class RoundState:
 
     round: Round
     rater_id: str
+    source: str | None
+    """The IP hash that started the round: only a call from it may vote or view (the state is tied
+    to its caller, not only to a session hash), and it is charged for the round until the vote.
+    None for a round started inside the library (no caller to tie it to)."""
     files: list[str]
     """The shown images in letter order, blind encodings under random names (see `blind_copies`)."""
     pixels: list[np.ndarray]
@@ -136,31 +154,46 @@ def difference_image(image: np.ndarray, composite: np.ndarray) -> np.ndarray:
     return np.clip(change, 0, 255).astype(np.uint8)
 
 
-def _begin(rnd: Round, rater_id: str, images: dict[str, np.ndarray], composite: np.ndarray, mask: np.ndarray,
+def _begin(rnd: Round, who: tuple[str, str], images: dict[str, np.ndarray], composite: np.ndarray, mask: np.ndarray,
            message: str) -> tuple[RoundState, RoundView]:
     pixels = [images[m] for m in rnd.shown]
     box = export.object_box(mask)
-    state = RoundState(rnd, rater_id, blind_copies(pixels), pixels, blind_copies([export.crop(p, box) for p in pixels]),
+    state = RoundState(rnd, *who, blind_copies(pixels), pixels, blind_copies([export.crop(p, box) for p in pixels]),
                        composite, box, time.monotonic())
     return state, _view(state, list(LETTERS), message)
 
 
-def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: str) -> tuple[RoundState | None, RoundView]:
-    """The next round for this (verified) rater, or a thank-you when every sample has their vote."""
-    mode = MODE_LABELS.get(mode_label, mode_label)
+def mode_of(mode_label: object) -> str:
+    """The vote mode of a Mode radio label (or of a mode's own name); InputError for anything else."""
+    mode = MODE_LABELS.get(mode_label, mode_label) if isinstance(mode_label, str) else None
+    if mode not in MODE_LABELS.values():
+        raise InputError(f"Unknown mode: pick one of {', '.join(MODE_LABELS)}.")
+    return str(mode)
+
+
+def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: str,
+                limiter: raters.RateLimiter | None = None, source: str | None = None, previous: RoundState | None = None) -> tuple[RoundState | None, RoundView]:
+    """The next round for this (verified) rater, or a thank-you when every sample has their vote.
+    The source (IP hash) is charged for the round until its vote; the session's previous round's
+    files are removed (its images were served already)."""
+    mode = mode_of(mode_label)
     rnd = next_round(study, mode, store.voted_samples(rater_id, mode))
     if rnd is None:
         return None, RoundView([None] * MAX_SHOWN, list(LETTERS),
                                f"Thank you: you have voted on all {len(study.samples)} images in this mode.")
+    if limiter is not None:
+        limiter.open_round(source or "")
+    discard(previous)
     composite = imaging.load_rgb(rnd.sample.composite, "study composite")
     mask = imaging.load_mask(rnd.sample.mask, "study mask")
-    return _begin(rnd, rater_id, {m: imaging.load_rgb(rnd.sample.outputs[m], "study image") for m in rnd.shown},
+    return _begin(rnd, (rater_id, source), {m: imaging.load_rgb(rnd.sample.outputs[m], "study image") for m in rnd.shown},
                   composite, mask,
                   QUESTION)
 
 
 def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outputs: dict[str, np.ndarray] | None,
-                     store: VoteStore, rater_id: str, mode_label: str) -> tuple[RoundState, RoundView]:
+                     store: VoteStore, rater_id: str, mode_label: str,
+                     limiter: raters.RateLimiter | None = None, source: str | None = None, previous: RoundState | None = None) -> tuple[RoundState, RoundView]:
     """A blind round over the rater's own Compare results; the vote is recorded as sample_source "user".
 
     Served like a study round (`blind_copies`). The rater has seen these results with their names
@@ -168,13 +201,27 @@ def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outp
     """
     if composite is None or mask is None or not outputs:
         raise InputError("Run two or more methods in **Compare** (and let the run finish), then vote blind on their results.")
-    mode = MODE_LABELS.get(mode_label, mode_label)
+    mode = mode_of(mode_label)
     sid = sample_id(composite, mask)
     if sid in store.voted_samples(rater_id, mode, source="user"):
         raise InputError("You have already voted on this composite in this mode.")
     rnd = user_round(StudySample(sid, "your composite", Path(), Path(), dict.fromkeys(outputs, Path())), mode)
-    return _begin(rnd, rater_id, {m: outputs[m] for m in rnd.shown}, composite, mask,
+    if limiter is not None:
+        limiter.open_round(source or "")
+    discard(previous)
+    return _begin(rnd, (rater_id, source), {m: outputs[m] for m in rnd.shown}, composite, mask,
                   f"Your composite. {QUESTION}")
+
+
+def discard(state: RoundState | None) -> None:
+    """Remove a finished or abandoned round's blind copies (Gradio's cache keeps what it served)."""
+    if state is None:
+        return
+    for path in {Path(p).parent for p in [*state.files, *state.zoomed, *(state.differences or [])]}:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+NOT_YOURS = "This round was started from another network or session; press **Next image** to start your own."
 
 
 def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id: str, session_hash: str,
@@ -186,6 +233,9 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
         raise InputError("Start a round first (press **Next image**).")
     if raters.verified_rater_id(rater_id, secret) != state.rater_id:
         raise InputError("This round was started for another rater id; press **Next image** to start your own.")
+    hashed_ip = ip_hash(client_ip, secret)
+    if state.source is not None and hashed_ip != state.source:
+        raise InputError(NOT_YOURS)
     if state.voted:
         raise InputError("This round's vote is already recorded; press **Next image**.")
     rnd = state.round
@@ -200,7 +250,6 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
         raise InputError(f"'{choice}' is not one of the images shown.")
     latency = round(1000 * (time.monotonic() - state.shown_at))
     flags = [f"seed={rnd.seed}"] + ([f"{stats.TIE_FLAG}{tie}"] if tie else []) + (["fast"] if latency < FAST_VOTE_MS else [])
-    hashed_ip = ip_hash(client_ip, secret)
     limiter.take(state.rater_id, hashed_ip)
     try:
         store.append(Vote(
@@ -210,8 +259,10 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
         ))
     except DuplicateVote:
         state.voted = True  # voted on this image before (another tab): this round is over too
+        limiter.round_voted(state.source or "")
         raise
     state.voted = True
+    limiter.round_voted(state.source or "")
     captions = [f"{letter} · {method}" + (" ✓ your pick" if i == position else "")
                 for i, (letter, method) in enumerate(zip(rnd.labels, rnd.shown))]
     captions += list(LETTERS[len(captions):])
@@ -224,10 +275,13 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
     return _view(state, captions, message + (f"\n\n{crowd}" if crowd else ""))
 
 
-def restyle_round(state: RoundState | None, zoom: bool, difference: bool) -> list[str | None]:
-    """The slots' images for the zoom / difference toggles (letters and captions unchanged)."""
+def restyle_round(state: RoundState | None, zoom: bool, difference: bool, source: str | None = None) -> list[str | None]:
+    """The slots' images for the zoom / difference toggles (letters and captions unchanged);
+    source: the caller's IP hash, which must be the round's (None: a caller inside the library)."""
     if state is None:
         return [None] * MAX_SHOWN
+    if state.source is not None and source != state.source:
+        raise InputError(NOT_YOURS)
     images = round_images(state, zoom, difference)
     return images + [None] * (MAX_SHOWN - len(images))
 
