@@ -18,7 +18,7 @@ from harmony_core.errors import InputError
 from harmony_core.studio import blind, raters
 from harmony_core.studio.scratch import scratch_folder
 from harmony_core.study import stats
-from harmony_core.study.stats import PAIR_COLUMNS, TABLE_COLUMNS  # noqa: F401 (for the app)
+from harmony_core.study.stats import PAIR_COLUMNS, SOURCE_COLUMNS, TABLE_COLUMNS  # noqa: F401 (for the app)
 from harmony_core.study.studyset import (
     LETTERS, MAX_SHOWN, Round, StudySample, StudySet, next_round, sample_id, user_round,
 )
@@ -339,30 +339,44 @@ def export_csv(store: VoteStore) -> Path:
     return path
 
 
-def _filtered(store: VoteStore, mode_filter: str, source_filter: str) -> tuple[pd.DataFrame, int]:
-    """(the votes the filters keep, the number of votes in all)."""
+def _filtered(store: VoteStore, mode_filter: str, source_filter: str, leave_out_flagged: bool = False) -> tuple[pd.DataFrame, int, int]:
+    """(the votes the filters keep, the number of votes in all, the flagged sources left out)."""
     every = votes = store.frame()
     for column, value in (("mode", MODE_FILTERS.get(mode_filter)), ("sample_source", SOURCE_FILTERS.get(source_filter))):
         if value is not None:
             votes = votes[votes[column] == value]
-    return votes, len(every)
+    left_out = 0
+    if leave_out_flagged:
+        votes, left_out = stats.without_flagged(votes)
+    return votes, len(every), left_out
 
 
-def board(store: VoteStore, mode_filter: str = "All votes",
-          source_filter: str = "Study set") -> tuple[str, stats.Leaderboard, Figure | None]:
-    """(headline Markdown, the statistics, the heatmap) for the chosen votes."""
-    votes, total = _filtered(store, mode_filter, source_filter)
+def board(store: VoteStore, mode_filter: str = "All votes", source_filter: str = "Study set",
+          leave_out_flagged: bool = False) -> tuple[str, stats.Leaderboard, Figure | None]:
+    """(headline Markdown, the statistics, the heatmap) for the chosen votes; leave_out_flagged:
+    the organiser's choice to count no vote of a flagged source (stats.source_table)."""
+    votes, total, left_out = _filtered(store, mode_filter, source_filter, leave_out_flagged)
     result = stats.leaderboard(votes)
     if not result.methods:
         note = "No votes match these filters yet." if total else "No votes yet: vote in the **Blind study** tab."
         return note, result, None
     lines = [result.headline,
-             f"{result.votes} vote(s) from {result.raters} rater(s). Scores: Bradley-Terry log-strength (mean 0) "
-             f"with a 95% bootstrap interval over raters; *rank* is a range where those intervals overlap; "
-             f"*provisional* = fewer than {stats.PROVISIONAL_BELOW} votes showed the method."]
+             f"{result.votes} vote(s) from {result.sources} source(s) ({result.raters} rater id(s)); a source is one "
+             f"network address, and all its votes count as one cluster however many rater ids it used. Scores: "
+             f"Bradley-Terry log-strength (mean 0) with a 95% bootstrap interval over sources (none below "
+             f"{stats.MIN_SOURCES} sources); *rank* is a range where those intervals overlap; *provisional* = fewer "
+             f"than {stats.PROVISIONAL_BELOW} votes showed the method, or fewer than {stats.MIN_SOURCES} sources voted."]
+    if left_out:
+        lines.append(f"{left_out} flagged source(s) left out (see *Sources*).")
     return "\n\n".join(lines), result, heatmap(result.methods, result.rates)
 
 
-def pair_board(store: VoteStore, mode_filter: str = "All votes", source_filter: str = "Study set") -> pd.DataFrame:
+def pair_board(store: VoteStore, mode_filter: str = "All votes", source_filter: str = "Study set",
+               leave_out_flagged: bool = False) -> pd.DataFrame:
     """Per pair of methods: comparisons, win rate, and how many more votes would separate them."""
-    return stats.leaderboard(_filtered(store, mode_filter, source_filter)[0], n_boot=0).pairs
+    return stats.leaderboard(_filtered(store, mode_filter, source_filter, leave_out_flagged)[0], n_boot=0).pairs
+
+
+def sources_board(store: VoteStore, mode_filter: str = "All votes", source_filter: str = "Study set") -> pd.DataFrame:
+    """The organiser's Sources table for the chosen votes (every source, flagged ones included)."""
+    return stats.source_table(_filtered(store, mode_filter, source_filter)[0])
