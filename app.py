@@ -31,7 +31,9 @@ import numpy as np
 from harmony_core import __version__, imaging
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.studio import compare, compose, explain, study
-from harmony_core.studio.raters import RateLimiter, RateLimits, client_address, proxy_hops
+from harmony_core.studio.raters import (
+    RateLimiter, RateLimits, client_address, distrust_server_proxy_headers, proxy_hops,
+)
 from harmony_core.studio.uploads import editor_paths, upload_path
 
 log = logging.getLogger("harmony_studio")
@@ -49,7 +51,7 @@ def _user_error(fn_name: str, exc: Exception) -> gr.Error:
     if isinstance(exc, gr.Error):
         return exc
     if isinstance(exc, HarmonyError):
-        return gr.Error(str(exc), print_exception=False)
+        return gr.Error(_cut(str(exc)), print_exception=False)
     log.exception("unexpected error in %s", fn_name)
     return gr.Error("Something went wrong on the server (details are in its log).", print_exception=False)
 
@@ -78,6 +80,113 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+MAX_MESSAGE_CHARS = 300
+"""Longest message a reply or a log line carries: a client's value echoed back is cut to this."""
+MAX_TEXT_CHARS = 2000
+"""Longest text any text input takes (a prompt, a weights source); longer is refused unread."""
+BAD_CALL = "This call's inputs do not fit this app: {why}. Use the page, or the API as /gradio_api/info describes it."
+
+
+def _cut(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bad_input(block: Any, value: Any) -> str | None:
+    """Why a raw input value does not fit its component (None when it fits). Gradio checks choices
+    and types only when it preprocesses, and the app's image events take raw values, so this is the
+    one check every event's inputs pass, private events included."""
+    label = _cut(str(getattr(block, "label", None) or type(block).__name__), 40)
+    if isinstance(block, (gr.State, gr.BrowserState)) or value is None:
+        return None
+    if isinstance(block, (gr.Radio, gr.Dropdown, gr.CheckboxGroup)):
+        allowed = {c[1] if isinstance(c, (tuple, list)) else c for c in (block.choices or [])}
+        many = isinstance(block, gr.CheckboxGroup) or getattr(block, "multiselect", False)
+        values = value if many and isinstance(value, list) else [value] if not many else None
+        if values is None or len(values) > len(allowed) or any(not isinstance(v, str) or v not in allowed for v in values):
+            return f"'{label}' takes {'a list of ' if many else ''}one of its choices"
+        return None
+    if isinstance(block, gr.Checkbox):
+        return None if isinstance(value, bool) else f"'{label}' takes true or false"
+    if isinstance(block, (gr.Number, gr.Slider)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            return f"'{label}' takes a number"
+        low, high = getattr(block, "minimum", None), getattr(block, "maximum", None)
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f"'{label}' takes a number from {low} to {high}"
+        return None
+    if isinstance(block, gr.Textbox):
+        return None if isinstance(value, str) and len(value) <= MAX_TEXT_CHARS else \
+            f"'{label}' takes a text of at most {MAX_TEXT_CHARS} characters"
+    if isinstance(block, (gr.Image, gr.ImageEditor, gr.File, gr.Gallery, gr.ImageSlider)):
+        return None if isinstance(value, (str, dict, list)) else f"'{label}' takes an image"
+    return None
+
+
+def guard_events(demo: gr.Blocks) -> None:
+    """Gradio's own layer under one policy, before any handler runs: too few inputs, ill-typed
+    ones and whatever Gradio's preprocessing refuses answer with one line (gr.Error without a
+    traceback in the log), never Gradio's long message or a null error."""
+    validate, preprocess = demo.validate_inputs, demo.preprocess_data
+
+    def validate_inputs(block_fn: Any, inputs: list[Any]) -> None:
+        if not isinstance(inputs, list) or len(inputs) < len(block_fn.inputs):
+            raise gr.Error(BAD_CALL.format(why=f"{len(block_fn.inputs)} inputs are needed"), print_exception=False)
+        validate(block_fn, inputs)
+
+    async def preprocess_data(block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        validate_inputs(block_fn, inputs)
+        for block, value in zip(block_fn.inputs, inputs):
+            if state is not None and block._id in state:  # the session's own copy (choices updated since)
+                block = state[block._id]
+            why = _bad_input(block, value)
+            if why:
+                raise gr.Error(BAD_CALL.format(why=why), print_exception=False)
+        try:
+            return await preprocess(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            log.info("refused the inputs of %s: %s", block_fn.name, _cut(str(exc)))
+            raise gr.Error(BAD_CALL.format(why="an input is not what this event takes"), print_exception=False) from None
+
+    call = demo.call_function
+
+    async def call_function(block_fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # The handlers raise only gr.Error (user_errors, _refusing): anything else comes from
+        # Gradio's own layer around them, e.g. event data it cannot read.
+        try:
+            return await call(block_fn, *args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            log.info("refused the event data of %s: %s", block_fn.name, _cut(repr(exc)))
+            raise gr.Error(BAD_CALL.format(why="the event data is not what this event takes"), print_exception=False) from None
+
+    demo.validate_inputs = validate_inputs
+    demo.preprocess_data = preprocess_data
+    demo.call_function = call_function
+    for block_fn in demo.fns.values():  # Gradio's own handlers (the Examples' loaders) too
+        if block_fn.fn is not None and not hasattr(block_fn.fn, "__wrapped__"):
+            block_fn.fn = _refusing(block_fn.fn)
+
+
+def _refusing(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One of Gradio's own handlers under the app's policy: what it cannot take is a bad call
+    (one line, no traceback), not a server error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            log.info("refused a call of %s: %s", getattr(fn, "__name__", "handler"), _cut(repr(exc)))
+            raise gr.Error(BAD_CALL.format(why="an input is not what this event takes"), print_exception=False) from None
+
+    return wrapper
+
+
 @dataclass
 class Server:
     """What the tabs' handlers share: server-wide settings, the upload gate, the study and votes."""
@@ -92,6 +201,8 @@ class Server:
     store: study.VoteStore
     secret: bytes
     limiter: RateLimiter
+    leave_out_flagged: bool = False
+    """The organiser's choice: the board counts no vote of a flagged source (Sources table)."""
 
     def image_in(self, payload: Any, what: str) -> Path | None:
         return upload_path(payload, self.upload_roots, what, self.denied_roots)
@@ -357,7 +468,11 @@ def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) ->
 
     @user_errors
     def explain_click(composite, mask, previous, cmap, alpha, chosen, event: gr.SelectData, progress=gr.Progress(track_tqdm=True)):
-        x, y = (int(v) for v in event.index)
+        index = getattr(event, "index", None)
+        if not (isinstance(index, (list, tuple)) and len(index) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in index)):
+            raise InputError("Click a point of the image (x, y in pixels).")
+        x, y = (int(v) for v in index)
         request, _, _ = request_for(composite, mask, None, (x, y))
         result = explain.explain_point(previous, request, lambda f, m: progress(f, desc=m))
         return (x, y, *shown(result, request.composite, (x, y), cmap, alpha, chosen))
@@ -496,10 +611,12 @@ def leaderboard_tab(server: Server, tab: gr.Tab) -> None:
     pairs = gr.Dataframe(headers=study.PAIR_COLUMNS, label="Pairs: how many more votes would separate them at the current "
                          "rates (normal 95% interval of the win rate)", interactive=False, elem_id="board-pairs")
     plot = gr.Plot(label="Pairwise win rates")
+    with gr.Accordion("Sources: votes per network address (for the organiser)", open=False):
+        sources = gr.Dataframe(headers=study.SOURCE_COLUMNS, interactive=False, elem_id="board-sources")
 
     @user_errors
     def show_board(mode_filter, source_filter):
-        text, result, figure = study.board(server.store, mode_filter, source_filter)
+        text, result, figure = study.board(server.store, mode_filter, source_filter, server.leave_out_flagged)
         return text, result.table, figure, None  # the CSV is written only on request (below)
 
     @user_errors
@@ -510,20 +627,26 @@ def leaderboard_tab(server: Server, tab: gr.Tab) -> None:
 
     @user_errors
     def show_pairs(mode_filter, source_filter):
-        return study.pair_board(server.store, mode_filter, source_filter)
+        return study.pair_board(server.store, mode_filter, source_filter, server.leave_out_flagged)
+
+    @user_errors
+    def show_sources(mode_filter, source_filter):
+        return study.sources_board(server.store, mode_filter, source_filter)
 
     inputs, outputs = [mode, source], [headline, table, plot, download]
     refresh.click(show_board, inputs, outputs, api_name="leaderboard", concurrency_limit=4).then(
-        show_pairs, inputs, [pairs], api_name="leaderboard_pairs", concurrency_limit=4)
+        show_pairs, inputs, [pairs], api_name="leaderboard_pairs", concurrency_limit=4).then(
+        show_sources, inputs, [sources], api_name="leaderboard_sources", concurrency_limit=4)
     gr.on([mode.change, source.change, tab.select], show_board, inputs, outputs, api_name=False, concurrency_limit=4).then(
-        show_pairs, inputs, [pairs], api_name=False, concurrency_limit=4)
+        show_pairs, inputs, [pairs], api_name=False, concurrency_limit=4).then(
+        show_sources, inputs, [sources], api_name=False, concurrency_limit=4)
 
 
 # --- the app ------------------------------------------------------------------------------------
 
 
 def make_server(max_side: int, study_dir: str | os.PathLike | None, votes_dir: str | os.PathLike | None,
-                allow_weight_changes: bool, rate_limits: RateLimits) -> Server:
+                allow_weight_changes: bool, rate_limits: RateLimits, leave_out_flagged: bool = False) -> Server:
     study_dir = Path(study_dir or os.environ.get("HARMONY_STUDY_DIR") or DEFAULT_STUDY)
     votes_dir = Path(votes_dir or os.environ.get("HARMONY_VOTES_DIR") or DEFAULT_VOTES)
     try:
@@ -534,17 +657,19 @@ def make_server(max_side: int, study_dir: str | os.PathLike | None, votes_dir: s
     except HarmonyError as exc:
         study_set, study_note = None, f"No study set: {exc}"
     return Server(max_side, (gr.utils.get_upload_folder(), EXAMPLES), (study_dir,), allow_weight_changes, study_set,
-                  study_note, study.VoteStore(votes_dir), study.load_secret(votes_dir), RateLimiter(rate_limits))
+                  study_note, study.VoteStore(votes_dir), study.load_secret(votes_dir), RateLimiter(rate_limits),
+                  leave_out_flagged)
 
 
 def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.PathLike | None = None,
               votes_dir: str | os.PathLike | None = None, allow_weight_changes: bool = False,
-              rate_limits: RateLimits = RateLimits()) -> gr.Blocks:
+              rate_limits: RateLimits = RateLimits(), leave_out_flagged: bool = False) -> gr.Blocks:
     """The Blocks UI. study_dir: the blind study set (default examples/study); votes_dir: where
     votes.csv and the server secret live (default outputs/votes); allow_weight_changes: whether
     clients may repoint model weights for the whole process (the organiser's --allow-weight-changes);
-    rate_limits: votes per rater and per IP hash."""
-    server = make_server(max_side, study_dir, votes_dir, allow_weight_changes, rate_limits)
+    rate_limits: votes, new rater ids and rounds without a vote per rater and per IP hash;
+    leave_out_flagged: the board counts no vote of a flagged source."""
+    server = make_server(max_side, study_dir, votes_dir, allow_weight_changes, rate_limits, leave_out_flagged)
     all_methods, runnable, note = compare.method_choices()
     browser_secret = hmac.new(server.secret, b"browser-state", hashlib.sha256).hexdigest()
     # Gradio's cache holds a copy of every image and download it served: keep it to a day.
@@ -568,6 +693,8 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
             with gr.Tab("Leaderboard", id="leaderboard") as board:
                 leaderboard_tab(server, board)
         wire_blind_vote(server, compared, studied, rater, tabs)
+    guard_events(demo)
+    distrust_server_proxy_headers()
     return demo
 
 
@@ -592,12 +719,16 @@ def main() -> None:
     parser.add_argument("--unvoted-rounds-per-day", type=int,
                         default=int(os.environ.get("HARMONY_UNVOTED_ROUNDS_PER_DAY", 300)),
                         help="rounds without a vote per IP hash in a day (0 = no limit)")
+    parser.add_argument("--leave-out-flagged-sources", action="store_true",
+                        default=os.environ.get("HARMONY_LEAVE_OUT_FLAGGED") == "1",
+                        help="the leaderboard counts no vote of a flagged source (see its Sources table)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     votes_dir = Path(args.votes or os.environ.get("HARMONY_VOTES_DIR") or DEFAULT_VOTES)
     demo = build_app(args.max_side, args.study, votes_dir, args.allow_weight_changes,
                      RateLimits(args.votes_per_minute, args.votes_per_day, args.new_ids_per_day,
-                                args.unvoted_rounds_per_minute, args.unvoted_rounds_per_day))
+                                args.unvoted_rounds_per_minute, args.unvoted_rounds_per_day),
+                     args.leave_out_flagged_sources)
     loaded = serving.preload()  # ZeroGPU only: models on the CPU now, moved to the GPU inside each call
     if loaded:
         log.info("preloaded for ZeroGPU: %s", ", ".join(loaded))

@@ -156,6 +156,14 @@ def proxy_hops() -> int:
     return int(os.environ.get("HARMONY_PROXY_HOPS") or (1 if os.environ.get("SPACE_ID") else 0))
 
 
+def distrust_server_proxy_headers() -> None:
+    """Make `client_address` the only reader of X-Forwarded-For: uvicorn by default rewrites the
+    peer from that header for connections from loopback (FORWARDED_ALLOW_IPS), so behind a
+    same-host proxy, or for anyone on the host, every request could claim any address. Set here
+    to trust no proxy; read at launch."""
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
+
+
 def client_address(forwarded_for: str, peer: str | None, hops: int) -> str | None:
     """The address the rate limit and the IP hash use. X-Forwarded-For entries left of those the
     trusted proxies appended are the client's own claims, so only the one the outermost trusted
