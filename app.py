@@ -98,9 +98,14 @@ def _bad_input(block: Any, value: Any) -> str | None:
     label = _cut(str(getattr(block, "label", None) or type(block).__name__), 40)
     if isinstance(block, (gr.State, gr.BrowserState)) or value is None:
         return None
-    if isinstance(block, (gr.Radio, gr.Dropdown, gr.CheckboxGroup)):
+    if isinstance(block, gr.CheckboxGroup):  # method names: the handlers name an unknown one
+        if not isinstance(value, list) or len(value) > 4 * len(block.choices or []) or \
+                any(not isinstance(v, str) or len(v) > 100 for v in value):
+            return f"'{label}' takes a list of its choices"
+        return None
+    if isinstance(block, (gr.Radio, gr.Dropdown)):
         allowed = {c[1] if isinstance(c, (tuple, list)) else c for c in (block.choices or [])}
-        many = isinstance(block, gr.CheckboxGroup) or getattr(block, "multiselect", False)
+        many = getattr(block, "multiselect", False)
         values = value if many and isinstance(value, list) else [value] if not many else None
         if values is None or len(values) > len(allowed) or any(not isinstance(v, str) or v not in allowed for v in values):
             return f"'{label}' takes {'a list of ' if many else ''}one of its choices"

@@ -175,7 +175,7 @@ def test_leaderboard_counts_votes_and_offers_the_csv(client, votes_dir):
     client.predict("Best of all (A-D)", rater, api_name="/study_next")
     client.predict(rater, api_name="/vote_a")
     headline, table, plot, csv_path = client.predict("All votes", "All images", api_name="/leaderboard")
-    assert "preferred" in headline and "raters" in headline
+    assert "preferred" in headline and "rater ids" in headline
     assert table["headers"][:3] == ["method", "shown", "wins"]
     methods = {row[0] for row in table["data"]}
     assert {"composite", "reinhard", "histogram", "poisson"} <= methods

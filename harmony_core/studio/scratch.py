@@ -12,7 +12,7 @@ SCRATCH_MAX_AGE_S = 6 * 3600
 """Scratch folders older than this are removed (a vote or a download takes minutes, not hours)."""
 SCRATCH_MAX_FOLDERS = 400
 """At most this many scratch folders at once: the oldest go first. A blind round writes one or
-two (its images and their object crops, about 1.5 MB for the demo set), so with the per-address
+two (its images, 1.3 MB on average for the demo set's four, and their object crops), so with the per-address
 quota of rounds without a vote (raters.RateLimits) no visitor can fill the disk, and all of them
 together hold at most a few hundred rounds' copies here."""
 

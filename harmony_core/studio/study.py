@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -85,14 +85,14 @@ class RoundState:
     """The shown images in letter order, blind encodings under random names (see `blind_copies`)."""
     pixels: list[np.ndarray]
     """The same images as stored (before the blind dither): the difference view starts from them."""
-    zoomed: list[str]
-    """The same object crop of each (one box for all, `export.object_box`), also blind copies."""
     composite: np.ndarray
     box: tuple[int, int, int, int]
     shown_at: float
     voted: bool = False
-    differences: list[str] | None = None
-    """|image - composite| of each, made on the first request after the vote."""
+    views: dict[tuple[bool, bool], list[str]] = field(default_factory=dict)
+    """The other views, (zoom, difference) -> blind copies, each made once on its first request:
+    the same object crop of each image (one box for all, `export.object_box`), and after the
+    vote |image - composite|, whole or cropped."""
 
 
 @dataclass
@@ -130,18 +130,14 @@ def _view(state: RoundState, captions: list[str], message: str) -> RoundView:
 def round_images(state: RoundState, zoom: bool, difference: bool) -> list[str]:
     """The round's images as the rater asked to see them: whole or zoomed on the object, and after
     the vote optionally as the difference from the composite (never before: it would hint at
-    which image is the unchanged composite)."""
-    if difference and state.voted:
-        if state.differences is None:
-            state.differences = blind_copies([difference_image(image, state.composite) for image in state.pixels])
-        files = state.differences
-    else:
-        files = state.files
-    if not zoom:
-        return list(files)
-    if files is state.files:
-        return list(state.zoomed)
-    return blind_copies([export.crop(imaging.load_rgb(path, "study image"), state.box) for path in files])
+    which image is the unchanged composite). Each view is encoded once per round."""
+    difference = difference and state.voted
+    if not zoom and not difference:
+        return list(state.files)
+    if (zoom, difference) not in state.views:
+        images = [difference_image(image, state.composite) for image in state.pixels] if difference else state.pixels
+        state.views[(zoom, difference)] = blind_copies([export.crop(i, state.box) for i in images] if zoom else images)
+    return list(state.views[(zoom, difference)])
 
 
 DIFFERENCE_GAIN = 4
@@ -158,8 +154,7 @@ def _begin(rnd: Round, who: tuple[str, str], images: dict[str, np.ndarray], comp
            message: str) -> tuple[RoundState, RoundView]:
     pixels = [images[m] for m in rnd.shown]
     box = export.object_box(mask)
-    state = RoundState(rnd, *who, blind_copies(pixels), pixels, blind_copies([export.crop(p, box) for p in pixels]),
-                       composite, box, time.monotonic())
+    state = RoundState(rnd, *who, blind_copies(pixels), pixels, composite, box, time.monotonic())
     return state, _view(state, list(LETTERS), message)
 
 
@@ -217,7 +212,7 @@ def discard(state: RoundState | None) -> None:
     """Remove a finished or abandoned round's blind copies (Gradio's cache keeps what it served)."""
     if state is None:
         return
-    for path in {Path(p).parent for p in [*state.files, *state.zoomed, *(state.differences or [])]}:
+    for path in {Path(p).parent for p in [*state.files, *(p for view in state.views.values() for p in view)]}:
         shutil.rmtree(path, ignore_errors=True)
 
 
