@@ -304,6 +304,24 @@ def test_the_public_csv_and_the_store_hold_no_session_or_rater_id(server, votes_
         {line.split(",")[-2] for line in again.splitlines()[1:]})
 
 
+def test_a_known_session_hash_does_not_open_its_round_to_another_address(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARMONY_PROXY_HOPS", "1")  # behind one proxy: the address is the header's last entry
+    demo, url = launch(tmp_path)
+    try:
+        victim, attacker = {"X-Forwarded-For": "192.0.2.10"}, {"X-Forwarded-For": "198.51.100.20"}
+        session = uuid.uuid4().hex
+        kind, out = queue_call(url, fn_index(demo, "study_next"), ["Pairwise (A/B)", "", None], session, victim)
+        assert kind == "complete", out
+        rater = out[0]  # even with the victim's id (no longer published anywhere)
+        for api_name, data in (("vote_a", [None, rater]), ("study_view", [None, True, False])):
+            kind, reply = queue_call(url, fn_index(demo, api_name), data, session, attacker)
+            assert kind == "error" and "another network or session" in str(reply), (api_name, reply)
+        kind, out = queue_call(url, fn_index(demo, "vote_a"), [None, rater], session, victim)
+        assert kind == "complete" and "Recorded" in out[-1]
+    finally:
+        demo.close()
+
+
 def test_a_leaderboard_view_writes_nothing(server, votes_dir):
     from harmony_core.studio import scratch
 
@@ -344,8 +362,8 @@ def test_every_event_answers_bad_calls_with_one_line_and_no_traceback(app, capfd
             assert len(text) < 600, (fn.api_name, index, text[:200])
             if kind == "error":
                 assert reply, (fn.api_name, index, data[:1])  # a message, never a null error
-    kind, reply = queue_call(url, fn_index(demo, "study_next"), ["m" * 10**6, ""])
-    assert kind == "error" and len(reply) < 400
+    kind, reply = queue_call(url, fn_index(demo, "study_next"), ["m" * 10**6, "", None])
+    assert kind == "error" and len(reply) < 400 and "Mode" in reply and "mmm" not in reply
     out = capfd.readouterr()
     assert "Traceback" not in out.out + out.err
     assert max((len(line) for line in (out.out + out.err).splitlines()), default=0) < 2000
