@@ -31,7 +31,9 @@ import numpy as np
 from harmony_core import __version__, imaging
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.studio import budget, compare, compose, explain, notice, study
-from harmony_core.studio.raters import RateLimiter, RateLimits, client_address, proxy_hops
+from harmony_core.studio.raters import (
+    RateLimiter, RateLimits, client_address, distrust_server_proxy_headers, proxy_hops,
+)
 from harmony_core.studio.uploads import editor_paths, upload_path
 
 log = logging.getLogger("harmony_studio")
@@ -54,7 +56,7 @@ def _user_error(fn_name: str, exc: Exception) -> gr.Error:
     if isinstance(exc, gr.Error):
         return exc
     if isinstance(exc, HarmonyError):
-        return gr.Error(str(exc), print_exception=False)
+        return gr.Error(_cut(str(exc)), print_exception=False)
     log.exception("unexpected error in %s", fn_name)
     return gr.Error("Something went wrong on the server (details are in its log).", print_exception=False)
 
@@ -83,21 +85,141 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+MAX_MESSAGE_CHARS = 300
+"""Longest message a reply or a log line carries: a client's value echoed back is cut to this."""
+MAX_TEXT_CHARS = 2000
+"""Longest text any text input takes (a prompt, a weights source); longer is refused unread."""
+BAD_CALL = "This call's inputs do not fit this app: {why}. Use the page, or the API as /gradio_api/info describes it."
+
+
+def _cut(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bad_input(block: Any, value: Any) -> str | None:
+    """Why a raw input value does not fit its component (None when it fits). Gradio checks choices
+    and types only when it preprocesses, and the app's image events take raw values, so this is the
+    one check every event's inputs pass, private events included."""
+    label = _cut(str(getattr(block, "label", None) or type(block).__name__), 40)
+    if isinstance(block, (gr.State, gr.BrowserState)) or value is None:
+        return None
+    if isinstance(block, gr.CheckboxGroup):  # method names: the handlers name an unknown one
+        if not isinstance(value, list) or len(value) > 4 * len(block.choices or []) or \
+                any(not isinstance(v, str) or len(v) > 100 for v in value):
+            return f"'{label}' takes a list of its choices"
+        return None
+    if isinstance(block, (gr.Radio, gr.Dropdown)):
+        allowed = {c[1] if isinstance(c, (tuple, list)) else c for c in (block.choices or [])}
+        many = getattr(block, "multiselect", False)
+        values = value if many and isinstance(value, list) else [value] if not many else None
+        if values is None or len(values) > len(allowed) or any(not isinstance(v, str) or v not in allowed for v in values):
+            return f"'{label}' takes {'a list of ' if many else ''}one of its choices"
+        return None
+    if isinstance(block, gr.Checkbox):
+        return None if isinstance(value, bool) else f"'{label}' takes true or false"
+    if isinstance(block, (gr.Number, gr.Slider)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            return f"'{label}' takes a number"
+        low, high = getattr(block, "minimum", None), getattr(block, "maximum", None)
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f"'{label}' takes a number from {low} to {high}"
+        return None
+    if isinstance(block, gr.Textbox):
+        return None if isinstance(value, str) and len(value) <= MAX_TEXT_CHARS else \
+            f"'{label}' takes a text of at most {MAX_TEXT_CHARS} characters"
+    if isinstance(block, (gr.Image, gr.ImageEditor, gr.File, gr.Gallery, gr.ImageSlider)):
+        return None if isinstance(value, (str, dict, list)) else f"'{label}' takes an image"
+    return None
+
+
+def guard_events(demo: gr.Blocks) -> None:
+    """Gradio's own layer under one policy, before any handler runs: too few inputs, ill-typed
+    ones and whatever Gradio's preprocessing refuses answer with one line (gr.Error without a
+    traceback in the log), never Gradio's long message or a null error."""
+    validate, preprocess = demo.validate_inputs, demo.preprocess_data
+
+    def validate_inputs(block_fn: Any, inputs: list[Any]) -> None:
+        if not isinstance(inputs, list) or len(inputs) < len(block_fn.inputs):
+            raise gr.Error(BAD_CALL.format(why=f"{len(block_fn.inputs)} inputs are needed"), print_exception=False)
+        validate(block_fn, inputs)
+
+    async def preprocess_data(block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        validate_inputs(block_fn, inputs)
+        for block, value in zip(block_fn.inputs, inputs):
+            if state is not None and block._id in state:  # the session's own copy (choices updated since)
+                block = state[block._id]
+            why = _bad_input(block, value)
+            if why:
+                raise gr.Error(BAD_CALL.format(why=why), print_exception=False)
+        try:
+            return await preprocess(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            log.info("refused the inputs of %s: %s", block_fn.name, _cut(str(exc)))
+            raise gr.Error(BAD_CALL.format(why="an input is not what this event takes"), print_exception=False) from None
+
+    call = demo.call_function
+
+    async def call_function(block_fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # The handlers raise only gr.Error (user_errors, _refusing): anything else comes from
+        # Gradio's own layer around them, e.g. event data it cannot read.
+        try:
+            return await call(block_fn, *args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            log.info("refused the event data of %s: %s", block_fn.name, _cut(repr(exc)))
+            raise gr.Error(BAD_CALL.format(why="the event data is not what this event takes"), print_exception=False) from None
+
+    demo.validate_inputs = validate_inputs
+    demo.preprocess_data = preprocess_data
+    demo.call_function = call_function
+    for block_fn in demo.fns.values():  # Gradio's own handlers (the Examples' loaders) too
+        if block_fn.fn is not None and not hasattr(block_fn.fn, "__wrapped__"):
+            block_fn.fn = _refusing(block_fn.fn)
+
+
+def _refusing(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One of Gradio's own handlers under the app's policy: what it cannot take is a bad call
+    (one line, no traceback), not a server error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            log.info("refused a call of %s: %s", getattr(fn, "__name__", "handler"), _cut(repr(exc)))
+            raise gr.Error(BAD_CALL.format(why="an input is not what this event takes"), print_exception=False) from None
+
+    return wrapper
+
+
 @dataclass
 class Server:
     """What the tabs' handlers share: server-wide settings, the upload gate, the study and votes."""
 
     max_side: int
     upload_roots: tuple[Path | str, ...]
+    denied_roots: tuple[Path | str, ...]
+    """Never read nor handed back, whatever the roots allow: the study set's folder."""
     allow_weight_changes: bool
     study_set: study.StudySet | None
     study_note: str
     store: study.VoteStore
     secret: bytes
     limiter: RateLimiter
+    leave_out_flagged: bool = False
+    """The organiser's choice: the board counts no vote of a flagged source (Sources table)."""
 
     def image_in(self, payload: Any, what: str) -> Path | None:
-        return upload_path(payload, self.upload_roots, what)
+        return upload_path(payload, self.upload_roots, what, self.denied_roots)
+
+    def source(self, request: gr.Request | None) -> str:
+        """The caller's IP hash: the unit of the rate limits and of the statistics' clusters."""
+        return study.ip_hash(_client_ip(request), self.secret)
 
 
 def _client_ip(request: gr.Request | None) -> str | None:
@@ -195,7 +317,8 @@ def compose_tab(server: Server) -> ComposeTab:
 
     @user_errors
     def compose_paint(editor_value):
-        return _compose_outputs(compose.from_painting(editor_paths(editor_value, server.upload_roots), server.max_side))
+        return _compose_outputs(compose.from_painting(editor_paths(editor_value, server.upload_roots, server.denied_roots),
+                                                         server.max_side))
 
     @user_errors
     def compose_invert(composite, mask, placed_on):
@@ -368,7 +491,11 @@ def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) ->
 
     @user_errors
     def explain_click(composite, mask, previous, cmap, alpha, chosen, event: gr.SelectData, progress=gr.Progress(track_tqdm=True)):
-        x, y = (int(v) for v in event.index)
+        index = getattr(event, "index", None)
+        if not (isinstance(index, (list, tuple)) and len(index) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in index)):
+            raise InputError("Click a point of the image (x, y in pixels).")
+        x, y = (int(v) for v in index)
         request, _, _ = request_for(composite, mask, None, (x, y))
         result = explain.explain_point(previous, request, lambda f, m: progress(f, desc=m))
         return (x, y, *shown(result, request.composite, (x, y), cmap, alpha, chosen))
@@ -435,26 +562,28 @@ def study_tab(server: Server, rater: gr.BrowserState, demo: gr.Blocks) -> StudyT
     rounds = [state, *slots, *vote_buttons, cant_decide, *tie_buttons, message]
 
     @user_errors
-    def known_rater(rater_id: str | None) -> tuple[str, str]:
-        rater_id = study.browser_rater(rater_id, server.secret)
+    def known_rater(rater_id: str | None, request: gr.Request) -> tuple[str, str]:
+        rater_id = study.browser_rater(rater_id, server.secret, server.limiter, server.source(request))
         return rater_id, study.rater_note(rater_id)
 
     demo.load(known_rater, [rater], [rater, rater_note], api_name=False)
 
     @user_errors
-    def next_round(mode_label, rater_id):
+    def next_round(mode_label, rater_id, previous, request: gr.Request):
         if server.study_set is None:
             raise InputError(server.study_note)
-        rater_id = study.round_rater(rater_id, server.secret)
-        round_state, view = study.start_round(server.study_set, server.store, rater_id, mode_label)
+        source = server.source(request)
+        rater_id = study.round_rater(rater_id, server.secret, server.limiter, source)
+        round_state, view = study.start_round(server.study_set, server.store, rater_id, mode_label, server.limiter, source,
+                                              previous)
         return (rater_id, study.rater_note(rater_id), *_round_outputs(round_state, view, locked=round_state is None))
 
     @user_errors
-    def restyle(round_state, zoomed, diff):
-        return tuple(study.restyle_round(round_state, bool(zoomed), bool(diff)))
+    def restyle(round_state, zoomed, diff, request: gr.Request):
+        return tuple(study.restyle_round(round_state, bool(zoomed), bool(diff), server.source(request)))
 
     view = {"fn": restyle, "inputs": [state, zoom, difference], "outputs": slots, "concurrency_limit": None}
-    next_button.click(next_round, [mode, rater], [rater, rater_note, *rounds], api_name="study_next",
+    next_button.click(next_round, [mode, rater, state], [rater, rater_note, *rounds], api_name="study_next",
                       concurrency_limit=None).then(**view, api_name=False)
 
     def voter(choice: str) -> Callable[..., tuple]:
@@ -479,14 +608,15 @@ def wire_blind_vote(server: Server, compared: CompareTab, studied: StudyTab, rat
     """Compare's "Vote blind on these results": a round over the user's own finished run."""
 
     @user_errors
-    def blind_from_compare(run: compare.CompareRun | None, mode_label, rater_id):
-        rater_id = study.round_rater(rater_id, server.secret)
+    def blind_from_compare(run: compare.CompareRun | None, mode_label, rater_id, previous, request: gr.Request):
+        source = server.source(request)
+        rater_id = study.round_rater(rater_id, server.secret, server.limiter, source)
         outputs = {n: r.image for n, r in run.results.items()} if run else None
         state, view = study.start_user_round(run and run.composite, run and run.mask, outputs, server.store, rater_id,
-                                             mode_label)
+                                             mode_label, server.limiter, source, previous)
         return (rater_id, study.rater_note(rater_id), *_round_outputs(state, view, locked=False), gr.Tabs(selected="study"))
 
-    compared.blind_button.click(blind_from_compare, [compared.results, studied.mode, rater],
+    compared.blind_button.click(blind_from_compare, [compared.results, studied.mode, rater, studied.rounds[0]],
                                 [*studied.rater_outputs, *studied.rounds, tabs], api_name="compare_blind",
                                 concurrency_limit=None).then(**studied.view, api_name=False)
 
@@ -499,53 +629,72 @@ def leaderboard_tab(server: Server, tab: gr.Tab) -> None:
         mode = gr.Radio(list(study.MODE_FILTERS), value="All votes", label="Votes")
         source = gr.Radio(list(study.SOURCE_FILTERS), value="Study set", label="Images")
         refresh = gr.Button("Refresh", elem_id="board-refresh")
-        download = gr.DownloadButton("Download the raw votes CSV", value=None)
+        prepare = gr.Button("Prepare the votes CSV (anonymous)", elem_id="board-csv")
+        download = gr.DownloadButton("Download the votes CSV", value=None, elem_id="board-download")
     headline = gr.Markdown(elem_id="board-headline")
     table = gr.Dataframe(headers=study.TABLE_COLUMNS, label="Methods (best first)", interactive=False, elem_id="board-table")
     pairs = gr.Dataframe(headers=study.PAIR_COLUMNS, label="Pairs: how many more votes would separate them at the current "
                          "rates (normal 95% interval of the win rate)", interactive=False, elem_id="board-pairs")
     plot = gr.Plot(label="Pairwise win rates")
+    with gr.Accordion("Sources: votes per network address (for the organiser)", open=False):
+        sources = gr.Dataframe(headers=study.SOURCE_COLUMNS, interactive=False, elem_id="board-sources")
 
     @user_errors
     def show_board(mode_filter, source_filter):
-        text, result, figure = study.board(server.store, mode_filter, source_filter)
-        return text, result.table, figure, study.export_csv(server.store)
+        text, result, figure = study.board(server.store, mode_filter, source_filter, server.leave_out_flagged)
+        return text, result.table, figure, None  # the CSV is written only on request (below)
+
+    @user_errors
+    def votes_csv():
+        return str(study.export_csv(server.store))
+
+    prepare.click(votes_csv, None, [download], api_name="votes_csv", concurrency_limit=2)
 
     @user_errors
     def show_pairs(mode_filter, source_filter):
-        return study.pair_board(server.store, mode_filter, source_filter)
+        return study.pair_board(server.store, mode_filter, source_filter, server.leave_out_flagged)
+
+    @user_errors
+    def show_sources(mode_filter, source_filter):
+        return study.sources_board(server.store, mode_filter, source_filter)
 
     inputs, outputs = [mode, source], [headline, table, plot, download]
     refresh.click(show_board, inputs, outputs, api_name="leaderboard", concurrency_limit=4).then(
-        show_pairs, inputs, [pairs], api_name="leaderboard_pairs", concurrency_limit=4)
+        show_pairs, inputs, [pairs], api_name="leaderboard_pairs", concurrency_limit=4).then(
+        show_sources, inputs, [sources], api_name="leaderboard_sources", concurrency_limit=4)
     gr.on([mode.change, source.change, tab.select], show_board, inputs, outputs, api_name=False, concurrency_limit=4).then(
-        show_pairs, inputs, [pairs], api_name=False, concurrency_limit=4)
+        show_pairs, inputs, [pairs], api_name=False, concurrency_limit=4).then(
+        show_sources, inputs, [sources], api_name=False, concurrency_limit=4)
 
 
 # --- the app ------------------------------------------------------------------------------------
 
 
 def make_server(max_side: int, study_dir: str | os.PathLike | None, votes_dir: str | os.PathLike | None,
-                allow_weight_changes: bool, rate_limits: RateLimits) -> Server:
+                allow_weight_changes: bool, rate_limits: RateLimits, leave_out_flagged: bool = False) -> Server:
     study_dir = Path(study_dir or os.environ.get("HARMONY_STUDY_DIR") or DEFAULT_STUDY)
     votes_dir = Path(votes_dir or os.environ.get("HARMONY_VOTES_DIR") or DEFAULT_VOTES)
     try:
         study_set: study.StudySet | None = study.StudySet.load(study_dir)
         study_note = f"{len(study_set.samples)} images, methods: {', '.join(study_set.methods)}."
+        if study_dir.resolve() == DEFAULT_STUDY.resolve():
+            study_note += " " + study.DEMO_NOTE
     except HarmonyError as exc:
         study_set, study_note = None, f"No study set: {exc}"
-    return Server(max_side, (gr.utils.get_upload_folder(), EXAMPLES, study_dir), allow_weight_changes, study_set,
-                  study_note, study.VoteStore(votes_dir), study.load_secret(votes_dir), RateLimiter(rate_limits))
+    return Server(max_side, (gr.utils.get_upload_folder(), EXAMPLES), (study_dir,), allow_weight_changes, study_set,
+                  study_note, study.VoteStore(votes_dir), study.load_secret(votes_dir), RateLimiter(rate_limits),
+                  leave_out_flagged)
 
 
 def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.PathLike | None = None,
               votes_dir: str | os.PathLike | None = None, allow_weight_changes: bool = False,
-              rate_limits: RateLimits = RateLimits()) -> gr.Blocks:
+              rate_limits: RateLimits = RateLimits(), leave_out_flagged: bool = False) -> gr.Blocks:
     """The Blocks UI. study_dir: the blind study set (default examples/study); votes_dir: where
     votes.csv and the server secret live (default outputs/votes); allow_weight_changes: whether
     clients may repoint model weights for the whole process (the organiser's --allow-weight-changes);
-    rate_limits: votes per rater and per IP hash."""
-    server = make_server(max_side, study_dir, votes_dir, allow_weight_changes, rate_limits)
+    rate_limits: votes, new rater ids and rounds without a vote per rater and per IP hash;
+    leave_out_flagged: the board counts no vote of a flagged source."""
+    server = make_server(max_side, study_dir, votes_dir, allow_weight_changes, rate_limits, leave_out_flagged)
     all_methods, runnable, note = compare.method_choices()
     browser_secret = hmac.new(server.secret, b"browser-state", hashlib.sha256).hexdigest()
     # Gradio's cache holds a copy of every image and download it served: keep it to a day.
@@ -569,6 +718,8 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
             with gr.Tab("Leaderboard", id="leaderboard") as board:
                 leaderboard_tab(server, board)
         wire_blind_vote(server, compared, studied, rater, tabs)
+    guard_events(demo)
+    distrust_server_proxy_headers()
     return demo
 
 
@@ -590,11 +741,24 @@ def main() -> None:
                         help="votes per rater and per IP hash in a minute (0 = no limit)")
     parser.add_argument("--votes-per-day", type=int, default=int(os.environ.get("HARMONY_VOTES_PER_DAY", 1000)),
                         help="votes per rater and per IP hash in a day (0 = no limit)")
+    parser.add_argument("--new-ids-per-day", type=int, default=int(os.environ.get("HARMONY_NEW_IDS_PER_DAY", 20)),
+                        help="new rater ids per IP hash in a day (0 = no limit)")
+    parser.add_argument("--unvoted-rounds-per-minute", type=int,
+                        default=int(os.environ.get("HARMONY_UNVOTED_ROUNDS_PER_MINUTE", 20)),
+                        help="rounds without a vote per IP hash in a minute (0 = no limit)")
+    parser.add_argument("--unvoted-rounds-per-day", type=int,
+                        default=int(os.environ.get("HARMONY_UNVOTED_ROUNDS_PER_DAY", 300)),
+                        help="rounds without a vote per IP hash in a day (0 = no limit)")
+    parser.add_argument("--leave-out-flagged-sources", action="store_true",
+                        default=os.environ.get("HARMONY_LEAVE_OUT_FLAGGED") == "1",
+                        help="the leaderboard counts no vote of a flagged source (see its Sources table)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     votes_dir = Path(args.votes or os.environ.get("HARMONY_VOTES_DIR") or DEFAULT_VOTES)
     demo = build_app(args.max_side, args.study, votes_dir, args.allow_weight_changes,
-                     RateLimits(args.votes_per_minute, args.votes_per_day))
+                     RateLimits(args.votes_per_minute, args.votes_per_day, args.new_ids_per_day,
+                                args.unvoted_rounds_per_minute, args.unvoted_rounds_per_day),
+                     args.leave_out_flagged_sources)
     loaded = serving.preload()  # ZeroGPU only: models on the CPU now, moved to the GPU inside each call
     if loaded:
         log.info("preloaded for ZeroGPU: %s", ", ".join(loaded))

@@ -97,19 +97,22 @@ def test_leaderboard_table_headline_and_badges():
     assert list(board.table.columns) == stats.TABLE_COLUMNS
     assert table["shown"].sum() == 4 * (votes["winner_method"] != "").sum()
     assert set(table["badge"]) == {""}  # about 108 decided votes showed each method
-    assert "preferred poisson" in board.headline and "from 12 raters" in board.headline
-    assert "binomial p" in board.headline and "Chi-square" in board.headline and "can't decide" in board.headline
+    assert "showed poisson preferred it" in board.headline and "from 12 sources (12 rater ids)" in board.headline
+    assert "test over sources: p =" in board.headline and "Chi-square" in board.headline and "can't decide" in board.headline
     few = stats.leaderboard(synthetic_votes(2, 5, seed=6), n_boot=20)
     assert set(few.table["badge"]) == {"provisional"}
     assert np.isnan(board.rates[0, 0]) and board.rates[2, 0] > 0.5  # poisson beats composite
 
 
-def test_headline_p_value_is_a_binomial_test_against_chance():
+def test_headline_p_value_is_a_test_over_sources():
     votes = pd.DataFrame([{"mode": "pairwise", "shown_order": "a;b", "winner_method": "a" if i < 15 else "b",
-                           "rater_id": f"r{i % 3}"} for i in range(20)])
+                           "rater_id": f"r{i}"} for i in range(20)])
     board = stats.leaderboard(votes, n_boot=20)
-    assert board.headline.startswith("**75% of 20 votes from 3 raters preferred a**")
-    assert "p = 0.041" in board.headline  # scipy.stats.binomtest(15, 20, 0.5)
+    assert board.headline.startswith("**75% of the 20 votes that showed a preferred it** (chance: 50%), from 20 sources")
+    # one vote per source: excess +-0.5, t = 5 / sqrt(20/19 * 5) = 2.18 on 19 df (binomial: 0.041)
+    assert "p = 0.042" in board.headline
+    few = stats.leaderboard(votes.assign(rater_id=[f"r{i % 3}" for i in range(20)]), n_boot=20)
+    assert "too few sources for a test" in few.headline and "p =" not in few.headline
 
 
 def test_no_votes():

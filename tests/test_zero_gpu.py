@@ -143,7 +143,9 @@ def test_the_estimate_shows_the_gpu_seconds_and_warns_beyond_a_free_visitors_quo
     assert "None of them uses the GPU quota" in visitor.predict(handle_file(composite), CPU_METHODS, api_name="/compare_estimate")
     note = visitor.predict(handle_file(composite), ["hspace", "diffharmony", "freepih"], api_name="/compare_estimate")
     assert f"More than a visitor who is not signed in has in a day ({budget.FREE_GPU_S} s" in note
-    for names, error in ((["nope"], "Unknown method"), ("hspace", "list of method names"), ([1], "list of method names")):
+    # a wrong type is refused at Gradio's layer by the app's one-line policy, before the handler sees it
+    wrong_type = "list of method names|takes a list of its choices"
+    for names, error in ((["nope"], "Unknown method|takes a list of its choices"), ("hspace", wrong_type), ([1], wrong_type)):
         with pytest.raises(AppError, match=error):
             visitor.predict(handle_file(composite), names, api_name="/compare_estimate")
     with pytest.raises(AppError):  # a path on the server is refused (by Gradio or the upload gate), never read

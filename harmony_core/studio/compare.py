@@ -17,7 +17,7 @@ from harmony_core.metrics import ImageMetrics, image_metrics
 from harmony_core.registry import Progress, get_method, resolve_methods, weighted_methods
 from harmony_core.studio.compose import finish
 from harmony_core.studio.scratch import scratch_folder
-from harmony_core.studio.serving import MethodStatus, method_statuses, serve
+from harmony_core.studio.serving import MethodStatus, method_statuses, public_value, serve
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def export_run(run: CompareRun | None, zoom: bool = True) -> tuple[Path, Path]:
     timed = {name: (r.image, float(r.metadata.get("seconds", 0.0))) for name, r in run.results.items()}
     figure = export.figure(export.columns_of(run.composite, timed, run.ground_truth), run.mask, zoom)
     figure_png = export.png_bytes(figure)
-    report = {"results": {name: {"image": export.output_name(name), "metadata": r.metadata, **(
+    report = {"results": {name: {"image": export.output_name(name), "metadata": public_value(r.metadata), **(
         {"metrics": run.metrics[name]} if name in run.metrics else {})} for name, r in run.results.items()},
         "composite": "composite.png", "mask": "mask.png", "figure": "figure.png"}
     folder = scratch_folder("export-")

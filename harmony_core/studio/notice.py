@@ -14,11 +14,12 @@ _LIMITS = RateLimits()
 
 STUDY_NOTICE = (
     "**What a vote records.** Your choice (the winning method, the order the images were shown in, the "
-    "image's id), an anonymous rater id (random, signed by the server, kept in your browser), Gradio's "
-    "random session id, a keyed hash of your IP address (HMAC-SHA256 with the server's secret; the address "
+    "image's id), an anonymous rater id (random, signed by the server, kept in your browser), a keyed "
+    "hash of your browser session, a keyed hash of your IP address (HMAC-SHA256 with the server's secret; the address "
     "itself is never stored) and timings (when you voted, how long the round took). "
     "**Why:** to rank the methods, to count each rater once per image, and to limit abuse "
-    f"(by default at most {_LIMITS.per_minute} votes a minute and {_LIMITS.per_day} a day per rater and per IP hash). "
+    f"(by default at most {_LIMITS.per_minute} votes a minute and {_LIMITS.per_day} a day per rater and per IP hash, "
+    f"and {_LIMITS.new_ids_per_day} new rater ids a day per IP hash). "
     f"**Where:** one file on this server (`{VOTES_FILE}`; columns: {', '.join(COLUMNS)}) and, when the "
     "organiser turns it on, a private Hugging Face dataset. Nothing else is shared. "
     "**How long:** until the organiser deletes the file; there is no automatic expiry. The rate-limit "

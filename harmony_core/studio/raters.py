@@ -54,56 +54,114 @@ def verified_rater_id(rater_id: object, secret: bytes) -> str:
 
 
 class RateLimited(InputError):
-    """Too many votes from one rater or one IP hash in the window; the vote is not recorded."""
+    """Too many votes, new rater ids or rounds without a vote from one rater or one IP hash in the
+    window; nothing was recorded or started."""
 
 
 @dataclass(frozen=True)
 class RateLimits:
-    """Votes allowed per key (a rater id, an IP hash) per minute and per day; 0 = no limit.
+    """Per key (a rater id, an IP hash) and window; 0 = no limit.
 
-    Defaults in the spirit of public arenas: a person reads a round in a few seconds at least,
-    and a study session is rarely longer than a few hundred rounds."""
+    Votes: in the spirit of public arenas, a person reads a round in a few seconds at least, and
+    a study session is rarely longer than a few hundred rounds. New rater ids: a household or a
+    classroom behind one address needs a few, a ballot stuffer needs many. Rounds without a vote
+    (skipped, or abandoned): each one writes a round's blind copies, so they are what bounds the
+    disk a visitor can fill."""
 
     per_minute: int = 30
     per_day: int = 1000
+    new_ids_per_day: int = 20
+    unvoted_rounds_per_minute: int = 20
+    unvoted_rounds_per_day: int = 300
+
+
+MINUTE, DAY = 60.0, 86400.0
+
+
+class _Windows:
+    """Sliding-window counters of one kind of event per key: the times of the last day's events."""
+
+    def __init__(self, caps: tuple[tuple[str, float, int], ...], message: str) -> None:
+        self.caps = tuple(c for c in caps if c[2])
+        self.message = message
+        self.times: dict[str, deque[float]] = {}
+
+    def check(self, keys: tuple[str, ...], now: float) -> None:
+        for key in keys:
+            times = self.times.setdefault(key, deque())
+            while times and now - times[0] >= DAY:
+                times.popleft()
+            for name, seconds, cap in self.caps:
+                if sum(1 for t in times if now - t < seconds) >= cap:
+                    raise RateLimited(self.message.format(cap=cap, window=name))
+
+    def count(self, keys: tuple[str, ...], now: float) -> None:
+        for key in keys:
+            self.times.setdefault(key, deque()).append(now)
+
+    def uncount(self, key: str) -> None:
+        times = self.times.get(key)
+        if times:
+            times.pop()
 
 
 class RateLimiter:
-    """Sliding-window counters in this process's memory (a restart forgets them, which only
-    lets a rater vote again after the restart). Thread-safe."""
-
-    WINDOWS = (("minute", 60.0), ("day", 86400.0))
+    """The limits of RateLimits, as sliding windows in this process's memory (a restart forgets
+    them, which only lets a visitor start afresh after the restart). Thread-safe."""
 
     def __init__(self, limits: RateLimits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.clock = clock
         self._lock = threading.Lock()
-        self._times: dict[str, deque[float]] = {}
+        self._votes = _Windows((("minute", MINUTE, limits.per_minute), ("day", DAY, limits.per_day)),
+                               "Too many votes: at most {cap} a {window} from one rater or network. "
+                               "Your vote was not recorded; please try again later.")
+        self._ids = _Windows((("day", DAY, limits.new_ids_per_day),),
+                             "Too many new rater ids: at most {cap} a {window} from one network. Keep using "
+                             "the id this browser already has (it is kept across visits), or try again tomorrow.")
+        self._rounds = _Windows((("minute", MINUTE, limits.unvoted_rounds_per_minute),
+                                 ("day", DAY, limits.unvoted_rounds_per_day)),
+                                "Too many rounds without a vote: at most {cap} a {window} from one network. "
+                                "Vote on the images shown (or pick *Can't decide*), or try again later.")
+
+    def _take(self, windows: _Windows, keys: tuple[str, ...]) -> None:
+        keys = tuple(k for k in keys if k)
+        now = self.clock()
+        with self._lock:
+            windows.check(keys, now)
+            windows.count(keys, now)
 
     def take(self, *keys: str) -> None:
         """Count one vote for every non-empty key, or raise RateLimited (counting none) when any
         key has used up a window."""
-        now = self.clock()
-        caps = {"minute": self.limits.per_minute, "day": self.limits.per_day}
-        keys = tuple(k for k in keys if k)
+        self._take(self._votes, keys)
+
+    def new_id(self, source: str) -> None:
+        """Count one newly issued rater id for this source (IP hash), or raise RateLimited."""
+        self._take(self._ids, (source,))
+
+    def open_round(self, source: str) -> None:
+        """Count a round started by this source as unvoted until `round_voted`, or raise RateLimited."""
+        self._take(self._rounds, (source,))
+
+    def round_voted(self, source: str) -> None:
+        """A round of this source got its vote: it no longer counts as a round without one."""
         with self._lock:
-            for key in keys:
-                times = self._times.setdefault(key, deque())
-                while times and now - times[0] >= 86400.0:
-                    times.popleft()
-                for name, seconds in self.WINDOWS:
-                    cap = caps[name]
-                    if cap and sum(1 for t in times if now - t < seconds) >= cap:
-                        raise RateLimited(f"Too many votes: at most {cap} a {name} from one rater or network. "
-                                          "Your vote was not recorded; please try again later.")
-            for key in keys:
-                self._times[key].append(now)
+            self._rounds.uncount(source)
 
 
 def proxy_hops() -> int:
     """Trusted reverse proxies in front of the app: $HARMONY_PROXY_HOPS, else 1 on a Hugging Face
     Space (its proxy adds the client's address), else 0."""
     return int(os.environ.get("HARMONY_PROXY_HOPS") or (1 if os.environ.get("SPACE_ID") else 0))
+
+
+def distrust_server_proxy_headers() -> None:
+    """Make `client_address` the only reader of X-Forwarded-For: uvicorn by default rewrites the
+    peer from that header for connections from loopback (FORWARDED_ALLOW_IPS), so behind a
+    same-host proxy, or for anyone on the host, every request could claim any address. Set here
+    to trust no proxy; read at launch."""
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
 
 
 def client_address(forwarded_for: str, peer: str | None, hops: int) -> str | None:

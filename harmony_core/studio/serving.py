@@ -305,6 +305,20 @@ def _run_in_gpu_call(job: Job, progress: Progress) -> HarmonizationResult:
 # --- the status row -------------------------------------------------------------------------------
 
 
+def public_value(value: Any) -> Any:
+    """A metadata value as a reply or a results file may show it: a local path (absolute, relative
+    or `~`, or anything that exists on this disk) becomes its last part (a weights folder's name),
+    in nested dicts and lists too; a Hub id ("org/name") and every other value pass unchanged."""
+    if isinstance(value, dict):
+        return {k: public_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(public_value(v) for v in value)
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and value and (
+            os.path.isabs(value) or value.startswith(("./", "../", "~")) or os.path.exists(value))):
+        return os.path.basename(os.path.normpath(os.fspath(value))) or "."
+    return value
+
+
 @dataclass(frozen=True)
 class StatusRow:
     """How one method's run went: "done" (with its metadata), "not available" or "failed"."""
@@ -320,7 +334,7 @@ class StatusRow:
             return [self.method, f"{self.state}: {self.reason}", *[""] * (len(STATUS_COLUMNS) - 2)]
         m = self.metadata
         return [self.method, "done", f"{m['seconds']:.2f}", m["device"], m["resolution"], str(m["seed"]),
-                str(m.get("steps", "")), m.get("peak_memory", ""), str(m["weights"])]
+                str(m.get("steps", "")), m.get("peak_memory", ""), str(public_value(m["weights"]))]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

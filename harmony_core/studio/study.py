@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import struct
+import shutil
 import time
 import uuid
-import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,15 +15,15 @@ from matplotlib.figure import Figure
 
 from harmony_core import export, imaging
 from harmony_core.errors import InputError
-from harmony_core.studio import raters
+from harmony_core.studio import blind, raters
 from harmony_core.studio.scratch import scratch_folder
 from harmony_core.study import stats
-from harmony_core.study.stats import PAIR_COLUMNS, TABLE_COLUMNS  # noqa: F401 (for the app)
+from harmony_core.study.stats import PAIR_COLUMNS, SOURCE_COLUMNS, TABLE_COLUMNS  # noqa: F401 (for the app)
 from harmony_core.study.studyset import (
     LETTERS, MAX_SHOWN, Round, StudySample, StudySet, next_round, sample_id, user_round,
 )
 from harmony_core.study.votes import (  # noqa: F401 (load_secret, start_hub_sync: for the app)
-    DuplicateVote, Vote, VoteStore, ip_hash, load_secret, start_hub_sync,
+    DuplicateVote, Vote, VoteStore, anonymous_csv, ip_hash, load_secret, session_key, start_hub_sync,
 )
 
 # LETTERS, MAX_SHOWN, PAIR_COLUMNS, TABLE_COLUMNS, StudySet, VoteStore, load_secret and start_hub_sync
@@ -35,25 +34,39 @@ TIES = {"Both good": "both_good", "Both bad": "both_bad"}
 CROWD_AFTER = 10
 """Votes after which a rater sees their own picks against everyone's."""
 MODE_LABELS = {"Best of all (A-D)": "best_of_n", "Pairwise (A/B)": "pairwise"}
+DEMO_NOTE = ("**Demo set:** these images ship with the code, so anyone can match them to their methods; "
+             "its votes show how the study works and prove nothing. A real study runs on a private set "
+             "(docs/security.md).")
 FAST_VOTE_MS = 1000
 """Votes quicker than this get the flag `fast` (an organizer may want to look at them)."""
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-JPEG_SOI = b"\xff\xd8"
 
 
-def round_rater(rater_id: str | None, secret: bytes) -> str:
+def round_rater(rater_id: str | None, secret: bytes, limiter: raters.RateLimiter, source: str) -> str:
     """The rater of a round: the id sent when this server issued it (else InputError), a fresh
-    signed one when none was sent (an API client's first call)."""
-    return raters.verified_rater_id(rater_id, secret) if rater_id else raters.issue_rater_id(secret)
+    signed one when none was sent (an API client's first call), within the source's (IP hash's)
+    daily quota of new ids."""
+    if rater_id:
+        return raters.verified_rater_id(rater_id, secret)
+    limiter.new_id(source)
+    return raters.issue_rater_id(secret)
 
 
-def browser_rater(rater_id: str | None, secret: bytes) -> str:
+def browser_rater(rater_id: str | None, secret: bytes, limiter: raters.RateLimiter, source: str) -> str:
     """The id a browser keeps: its own when this server issued it, else (none yet, or one from an
-    older version or another server) a fresh signed one."""
-    return rater_id if raters.is_issued(rater_id, secret) else raters.issue_rater_id(secret)
+    older version or another server) a fresh signed one within the source's quota of new ids, or
+    "" when that is used up (the study then says so when a round is asked for)."""
+    if raters.is_issued(rater_id, secret):
+        return str(rater_id)
+    try:
+        limiter.new_id(source)
+    except raters.RateLimited:
+        return ""
+    return raters.issue_rater_id(secret)
 
 
 def rater_note(rater_id: str) -> str:
+    if not rater_id:
+        return "No rater id yet: this network has asked for many today. Press **Next image** to try again."
     return f"Your anonymous rater id (kept in this browser): `{rater_id}`"
 
 
@@ -64,16 +77,22 @@ class RoundState:
 
     round: Round
     rater_id: str
+    source: str | None
+    """The IP hash that started the round: only a call from it may vote or view (the state is tied
+    to its caller, not only to a session hash), and it is charged for the round until the vote.
+    None for a round started inside the library (no caller to tie it to)."""
     files: list[str]
-    """The shown images in letter order, under random names (see `blind_copies`)."""
-    zoomed: list[str]
-    """The same object crop of each (one box for all, `export.object_box`), also blind copies."""
+    """The shown images in letter order, blind encodings under random names (see `blind_copies`)."""
+    pixels: list[np.ndarray]
+    """The same images as stored (before the blind dither): the difference view starts from them."""
     composite: np.ndarray
     box: tuple[int, int, int, int]
     shown_at: float
     voted: bool = False
-    differences: list[str] | None = None
-    """|image - composite| of each, made on the first request after the vote."""
+    views: dict[tuple[bool, bool], list[str]] = field(default_factory=dict)
+    """The other views, (zoom, difference) -> blind copies, each made once on its first request:
+    the same object crop of each image (one box for all, `export.object_box`), and after the
+    vote |image - composite|, whole or cropped."""
 
 
 @dataclass
@@ -89,33 +108,16 @@ class RoundView:
 QUESTION = f"Which looks most natural, as if the object had been photographed in this scene? Pick one, or *{CANT_DECIDE}*."
 
 
-def with_nonce(data: bytes) -> tuple[bytes, str]:
-    """The encoded image with a random comment added (pixels untouched) and its extension.
-
-    The comment makes every round's copy a different file, so Gradio's content-hash URL of an
-    image never repeats across rounds: a rater cannot learn from a revealed round which URL
-    belongs to which method. Formats other than PNG and JPEG are re-encoded as PNG.
-    """
-    nonce = uuid.uuid4().hex.encode()
-    if data.startswith(PNG_SIGNATURE):  # a tEXt chunk right after IHDR (8 + 25 bytes)
-        body = b"tEXt" + b"round\x00" + nonce
-        chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
-        return data[:33] + chunk + data[33:], ".png"
-    if data.startswith(JPEG_SOI):  # a COM segment right after SOI
-        return JPEG_SOI + b"\xff\xfe" + struct.pack(">H", len(nonce) + 2) + nonce + data[2:], ".jpg"
-    return with_nonce(export.png_bytes(imaging.load_rgb(data, "study image")))[0], ".png"
-
-
-def blind_copies(images: list[bytes]) -> list[str]:
-    """Fresh copies of a round's encoded images under random names in a new scratch folder: the
-    one way every blind round (study set or the rater's own results) serves its images, so no
-    URL, file name or folder says which method, sample or study layout an image comes from."""
+def blind_copies(images: list[np.ndarray]) -> list[str]:
+    """A round's images as fresh blind encodings (blind.encode_round) under random names in a new
+    scratch folder: the one way every blind round (study set or the rater's own results) serves
+    its images, so no URL, file name, folder, byte or pixel hash says which method, sample or
+    earlier round an image comes from."""
     folder = scratch_folder("blind-")
     paths = []
-    for data in images:
-        blind, suffix = with_nonce(data)
-        path = folder / f"{uuid.uuid4().hex}{suffix}"
-        path.write_bytes(blind)
+    for data in blind.encode_round(images):
+        path = folder / f"{uuid.uuid4().hex}.png"
+        path.write_bytes(data)
         paths.append(str(path))
     return paths
 
@@ -128,19 +130,14 @@ def _view(state: RoundState, captions: list[str], message: str) -> RoundView:
 def round_images(state: RoundState, zoom: bool, difference: bool) -> list[str]:
     """The round's images as the rater asked to see them: whole or zoomed on the object, and after
     the vote optionally as the difference from the composite (never before: it would hint at
-    which image is the unchanged composite)."""
-    if difference and state.voted:
-        if state.differences is None:
-            diffs = [difference_image(imaging.load_rgb(path, "study image"), state.composite) for path in state.files]
-            state.differences = blind_copies([export.png_bytes(d) for d in diffs])
-        files = state.differences
-    else:
-        files = state.files
-    if not zoom:
-        return list(files)
-    if files is state.files:
-        return list(state.zoomed)
-    return blind_copies([export.png_bytes(export.crop(imaging.load_rgb(path, "study image"), state.box)) for path in files])
+    which image is the unchanged composite). Each view is encoded once per round."""
+    difference = difference and state.voted
+    if not zoom and not difference:
+        return list(state.files)
+    if (zoom, difference) not in state.views:
+        images = [difference_image(image, state.composite) for image in state.pixels] if difference else state.pixels
+        state.views[(zoom, difference)] = blind_copies([export.crop(i, state.box) for i in images] if zoom else images)
+    return list(state.views[(zoom, difference)])
 
 
 DIFFERENCE_GAIN = 4
@@ -153,30 +150,45 @@ def difference_image(image: np.ndarray, composite: np.ndarray) -> np.ndarray:
     return np.clip(change, 0, 255).astype(np.uint8)
 
 
-def _begin(rnd: Round, rater_id: str, images: dict[str, bytes], composite: np.ndarray, mask: np.ndarray,
+def _begin(rnd: Round, who: tuple[str, str], images: dict[str, np.ndarray], composite: np.ndarray, mask: np.ndarray,
            message: str) -> tuple[RoundState, RoundView]:
-    encoded = [images[m] for m in rnd.shown]
+    pixels = [images[m] for m in rnd.shown]
     box = export.object_box(mask)
-    crops = [export.png_bytes(export.crop(imaging.load_rgb(data, "study image"), box)) for data in encoded]
-    state = RoundState(rnd, rater_id, blind_copies(encoded), blind_copies(crops), composite, box, time.monotonic())
+    state = RoundState(rnd, *who, blind_copies(pixels), pixels, composite, box, time.monotonic())
     return state, _view(state, list(LETTERS), message)
 
 
-def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: str) -> tuple[RoundState | None, RoundView]:
-    """The next round for this (verified) rater, or a thank-you when every sample has their vote."""
-    mode = MODE_LABELS.get(mode_label, mode_label)
+def mode_of(mode_label: object) -> str:
+    """The vote mode of a Mode radio label (or of a mode's own name); InputError for anything else."""
+    mode = MODE_LABELS.get(mode_label, mode_label) if isinstance(mode_label, str) else None
+    if mode not in MODE_LABELS.values():
+        raise InputError(f"Unknown mode: pick one of {', '.join(MODE_LABELS)}.")
+    return str(mode)
+
+
+def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: str,
+                limiter: raters.RateLimiter | None = None, source: str | None = None, previous: RoundState | None = None) -> tuple[RoundState | None, RoundView]:
+    """The next round for this (verified) rater, or a thank-you when every sample has their vote.
+    The source (IP hash) is charged for the round until its vote; the session's previous round's
+    files are removed (its images were served already)."""
+    mode = mode_of(mode_label)
     rnd = next_round(study, mode, store.voted_samples(rater_id, mode))
     if rnd is None:
         return None, RoundView([None] * MAX_SHOWN, list(LETTERS),
                                f"Thank you: you have voted on all {len(study.samples)} images in this mode.")
+    if limiter is not None:
+        limiter.open_round(source or "")
+    discard(previous)
     composite = imaging.load_rgb(rnd.sample.composite, "study composite")
     mask = imaging.load_mask(rnd.sample.mask, "study mask")
-    return _begin(rnd, rater_id, {m: rnd.sample.outputs[m].read_bytes() for m in rnd.shown}, composite, mask,
+    return _begin(rnd, (rater_id, source), {m: imaging.load_rgb(rnd.sample.outputs[m], "study image") for m in rnd.shown},
+                  composite, mask,
                   QUESTION)
 
 
 def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outputs: dict[str, np.ndarray] | None,
-                     store: VoteStore, rater_id: str, mode_label: str) -> tuple[RoundState, RoundView]:
+                     store: VoteStore, rater_id: str, mode_label: str,
+                     limiter: raters.RateLimiter | None = None, source: str | None = None, previous: RoundState | None = None) -> tuple[RoundState, RoundView]:
     """A blind round over the rater's own Compare results; the vote is recorded as sample_source "user".
 
     Served like a study round (`blind_copies`). The rater has seen these results with their names
@@ -184,13 +196,27 @@ def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outp
     """
     if composite is None or mask is None or not outputs:
         raise InputError("Run two or more methods in **Compare** (and let the run finish), then vote blind on their results.")
-    mode = MODE_LABELS.get(mode_label, mode_label)
+    mode = mode_of(mode_label)
     sid = sample_id(composite, mask)
     if sid in store.voted_samples(rater_id, mode, source="user"):
         raise InputError("You have already voted on this composite in this mode.")
     rnd = user_round(StudySample(sid, "your composite", Path(), Path(), dict.fromkeys(outputs, Path())), mode)
-    return _begin(rnd, rater_id, {m: export.png_bytes(outputs[m]) for m in rnd.shown}, composite, mask,
+    if limiter is not None:
+        limiter.open_round(source or "")
+    discard(previous)
+    return _begin(rnd, (rater_id, source), {m: outputs[m] for m in rnd.shown}, composite, mask,
                   f"Your composite. {QUESTION}")
+
+
+def discard(state: RoundState | None) -> None:
+    """Remove a finished or abandoned round's blind copies (Gradio's cache keeps what it served)."""
+    if state is None:
+        return
+    for path in {Path(p).parent for p in [*state.files, *(p for view in state.views.values() for p in view)]}:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+NOT_YOURS = "This round was started from another network or session; press **Next image** to start your own."
 
 
 def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id: str, session_hash: str,
@@ -202,6 +228,9 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
         raise InputError("Start a round first (press **Next image**).")
     if raters.verified_rater_id(rater_id, secret) != state.rater_id:
         raise InputError("This round was started for another rater id; press **Next image** to start your own.")
+    hashed_ip = ip_hash(client_ip, secret)
+    if state.source is not None and hashed_ip != state.source:
+        raise InputError(NOT_YOURS)
     if state.voted:
         raise InputError("This round's vote is already recorded; press **Next image**.")
     rnd = state.round
@@ -216,18 +245,19 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
         raise InputError(f"'{choice}' is not one of the images shown.")
     latency = round(1000 * (time.monotonic() - state.shown_at))
     flags = [f"seed={rnd.seed}"] + ([f"{stats.TIE_FLAG}{tie}"] if tie else []) + (["fast"] if latency < FAST_VOTE_MS else [])
-    hashed_ip = ip_hash(client_ip, secret)
     limiter.take(state.rater_id, hashed_ip)
     try:
         store.append(Vote(
             mode=rnd.mode, sample_id=rnd.sample.id, sample_source=rnd.source, shown_order=rnd.shown,
-            choice_pos=position, rater_id=state.rater_id, session_hash=session_hash or "",
+            choice_pos=position, rater_id=state.rater_id, session_hash=session_key(session_hash, secret),
             ip_hash=hashed_ip, latency_ms=latency, flags=flags,
         ))
     except DuplicateVote:
         state.voted = True  # voted on this image before (another tab): this round is over too
+        limiter.round_voted(state.source or "")
         raise
     state.voted = True
+    limiter.round_voted(state.source or "")
     captions = [f"{letter} · {method}" + (" ✓ your pick" if i == position else "")
                 for i, (letter, method) in enumerate(zip(rnd.labels, rnd.shown))]
     captions += list(LETTERS[len(captions):])
@@ -240,10 +270,13 @@ def cast_vote(state: RoundState | None, choice: str, store: VoteStore, rater_id:
     return _view(state, captions, message + (f"\n\n{crowd}" if crowd else ""))
 
 
-def restyle_round(state: RoundState | None, zoom: bool, difference: bool) -> list[str | None]:
-    """The slots' images for the zoom / difference toggles (letters and captions unchanged)."""
+def restyle_round(state: RoundState | None, zoom: bool, difference: bool, source: str | None = None) -> list[str | None]:
+    """The slots' images for the zoom / difference toggles (letters and captions unchanged);
+    source: the caller's IP hash, which must be the round's (None: a caller inside the library)."""
     if state is None:
         return [None] * MAX_SHOWN
+    if state.source is not None and source != state.source:
+        raise InputError(NOT_YOURS)
     images = round_images(state, zoom, difference)
     return images + [None] * (MAX_SHOWN - len(images))
 
@@ -291,38 +324,54 @@ def heatmap(methods: list[str], rates: np.ndarray) -> Figure:
 
 
 def export_csv(store: VoteStore) -> Path:
-    """A copy of the raw votes CSV (complete lines) in a fresh temporary folder, to download."""
+    """The public votes CSV (votes.anonymous_csv: per-export pseudonyms, no rater id, no session,
+    no IP hash) in a fresh scratch folder, written only when a visitor asks for it. The organiser's
+    full file stays on the server."""
     folder = scratch_folder("votes-")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"votes-{stamp}.csv"
-    path.write_bytes(store.complete_bytes())
+    path.write_bytes(anonymous_csv(store.rows()))
     return path
 
 
-def _filtered(store: VoteStore, mode_filter: str, source_filter: str) -> tuple[pd.DataFrame, int]:
-    """(the votes the filters keep, the number of votes in all)."""
+def _filtered(store: VoteStore, mode_filter: str, source_filter: str, leave_out_flagged: bool = False) -> tuple[pd.DataFrame, int, int]:
+    """(the votes the filters keep, the number of votes in all, the flagged sources left out)."""
     every = votes = store.frame()
     for column, value in (("mode", MODE_FILTERS.get(mode_filter)), ("sample_source", SOURCE_FILTERS.get(source_filter))):
         if value is not None:
             votes = votes[votes[column] == value]
-    return votes, len(every)
+    left_out = 0
+    if leave_out_flagged:
+        votes, left_out = stats.without_flagged(votes)
+    return votes, len(every), left_out
 
 
-def board(store: VoteStore, mode_filter: str = "All votes",
-          source_filter: str = "Study set") -> tuple[str, stats.Leaderboard, Figure | None]:
-    """(headline Markdown, the statistics, the heatmap) for the chosen votes."""
-    votes, total = _filtered(store, mode_filter, source_filter)
+def board(store: VoteStore, mode_filter: str = "All votes", source_filter: str = "Study set",
+          leave_out_flagged: bool = False) -> tuple[str, stats.Leaderboard, Figure | None]:
+    """(headline Markdown, the statistics, the heatmap) for the chosen votes; leave_out_flagged:
+    the organiser's choice to count no vote of a flagged source (stats.source_table)."""
+    votes, total, left_out = _filtered(store, mode_filter, source_filter, leave_out_flagged)
     result = stats.leaderboard(votes)
     if not result.methods:
         note = "No votes match these filters yet." if total else "No votes yet: vote in the **Blind study** tab."
         return note, result, None
     lines = [result.headline,
-             f"{result.votes} vote(s) from {result.raters} rater(s). Scores: Bradley-Terry log-strength (mean 0) "
-             f"with a 95% bootstrap interval over raters; *rank* is a range where those intervals overlap; "
-             f"*provisional* = fewer than {stats.PROVISIONAL_BELOW} votes showed the method."]
+             f"{result.votes} vote(s) from {result.sources} source(s) ({result.raters} rater id(s)); a source is one "
+             f"network address, and all its votes count as one cluster however many rater ids it used. Scores: "
+             f"Bradley-Terry log-strength (mean 0) with a 95% bootstrap interval over sources (none below "
+             f"{stats.MIN_SOURCES} sources); *rank* is a range where those intervals overlap; *provisional* = fewer "
+             f"than {stats.PROVISIONAL_BELOW} votes showed the method, or fewer than {stats.MIN_SOURCES} sources voted."]
+    if left_out:
+        lines.append(f"{left_out} flagged source(s) left out (see *Sources*).")
     return "\n\n".join(lines), result, heatmap(result.methods, result.rates)
 
 
-def pair_board(store: VoteStore, mode_filter: str = "All votes", source_filter: str = "Study set") -> pd.DataFrame:
+def pair_board(store: VoteStore, mode_filter: str = "All votes", source_filter: str = "Study set",
+               leave_out_flagged: bool = False) -> pd.DataFrame:
     """Per pair of methods: comparisons, win rate, and how many more votes would separate them."""
-    return stats.leaderboard(_filtered(store, mode_filter, source_filter)[0], n_boot=0).pairs
+    return stats.leaderboard(_filtered(store, mode_filter, source_filter, leave_out_flagged)[0], n_boot=0).pairs
+
+
+def sources_board(store: VoteStore, mode_filter: str = "All votes", source_filter: str = "Study set") -> pd.DataFrame:
+    """The organiser's Sources table for the chosen votes (every source, flagged ones included)."""
+    return stats.source_table(_filtered(store, mode_filter, source_filter)[0])

@@ -75,6 +75,43 @@ def ip_hash(ip: str | None, secret: bytes) -> str:
     return hmac.new(secret, ip.encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def session_key(session_hash: str | None, secret: bytes) -> str:
+    """What the store keeps of a Gradio session hash: a keyed hash, so no file (the organiser's
+    included) holds a value that could address a live session's state."""
+    if not session_hash:
+        return ""
+    key = hmac.new(secret, b"session", hashlib.sha256).digest()
+    return hmac.new(key, str(session_hash)[:MAX_FIELD_CHARS].encode(), hashlib.sha256).hexdigest()[:16]
+
+
+PUBLIC_COLUMNS = tuple(c for c in COLUMNS if c not in ("rater_id", "session_hash", "ip_hash")) + ("rater", "source")
+"""The published CSV: no rater id (a bearer token), no session hash, no server-keyed IP hash; `rater`
+and `source` (the IP hash, or the rater where none was recorded) are pseudonyms drawn afresh for
+each export, so two exports cannot be joined on them and nothing in them addresses a session."""
+
+
+def anonymous_csv(rows: list[dict[str, str]]) -> bytes:
+    """The votes as PUBLIC_COLUMNS, with pseudonyms keyed by a random key used for this export only."""
+    key = secrets.token_bytes(32)
+
+    def pseudonym(prefix: str, value: str) -> str:
+        return prefix + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:12]
+
+    lines = [_encode(PUBLIC_COLUMNS)]
+    for row in rows:
+        public = {c: row[c] for c in COLUMNS}
+        public["rater"] = pseudonym("r", row["rater_id"])
+        public["source"] = pseudonym("s", source_of(row))
+        lines.append(_encode([public[c] for c in PUBLIC_COLUMNS]))
+    return b"".join(lines)
+
+
+def source_of(row: dict[str, str]) -> str:
+    """Who is behind a vote, as far as the server can tell: its IP hash, else its rater id. Votes
+    from one source are one cluster in the statistics (many rater ids can share one address)."""
+    return ("ip:" + row["ip_hash"]) if row.get("ip_hash") else ("rater:" + row.get("rater_id", ""))
+
+
 def load_secret(folder: str | os.PathLike) -> bytes:
     """The HMAC secret: $HARMONY_VOTE_SECRET, else `<folder>/.ip_hash_secret` (created 0600 once)."""
     if os.environ.get(SECRET_ENV):
