@@ -15,6 +15,7 @@ from __future__ import annotations
 from harmony_core.studio import serving  # isort: skip
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -255,7 +256,10 @@ def _export_controls() -> dict[str, Any]:
 
 def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], runnable: list[str], note: str) -> CompareTab:
     c = _compare_controls(server, all_methods, runnable, note)
-    run_button = gr.Button("Harmonize", variant="primary", elem_id="compare-run")
+    with gr.Row():
+        run_button = gr.Button("Harmonize", variant="primary", elem_id="compare-run")
+        stop_button = gr.Button("Stop", variant="stop", elem_id="compare-stop")
+    running = gr.Markdown(elem_id="compare-progress")
     gallery = gr.Gallery(label="Results", columns=4, format="png", object_fit="contain", height="auto", elem_id="compare-gallery")
     slider = gr.ImageSlider(label="Before / after (click a result to choose it)", format="png")
     status = gr.Dataframe(headers=serving.STATUS_COLUMNS, label="Status", interactive=False, wrap=True, elem_id="compare-status")
@@ -279,12 +283,19 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
                                                       prompt=prompt, background=background)
         for note_text in notes:
             gr.Warning(note_text)
-        for state in compare.run_methods(request, names, lambda f, msg: progress(f, desc=msg)):
-            yield state.gallery, state.before_after, state.status, state.metrics or None, state.finished
+        unchanged = (gr.skip(),) * 5
+        yield unchanged  # Gradio can stop a generator only between yields, and only after its first
+        with contextlib.closing(compare.run_methods(request, names, lambda f, msg: progress(f, desc=msg), ticks=True)) as states:
+            for state in states:
+                yield unchanged if state is None else (
+                    state.gallery, state.before_after, state.status, state.metrics or None, state.finished)
 
-    run_button.click(harmonize, [composed.composite, composed.mask, composed.ground_truth, c["methods"], c["seed"],
-                                 c["prompt"], composed.background],
-                     [gallery, slider, status, metrics, results], api_name="compare", **GPU_QUEUE, **RAW)
+    # The progress shows on its own line, so results already shown stay visible while others run.
+    run_event = run_button.click(harmonize, [composed.composite, composed.mask, composed.ground_truth, c["methods"],
+                                             c["seed"], c["prompt"], composed.background],
+                                 [gallery, slider, status, metrics, results], api_name="compare",
+                                 show_progress_on=[running], **GPU_QUEUE, **RAW)
+    stop_button.click(None, None, None, cancels=[run_event], api_name=False)
 
     @user_errors
     def use_weights(*sources):
@@ -320,7 +331,9 @@ def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) ->
         names = gr.CheckboxGroup(choices=all_methods, value=explain.default_methods(), label="Methods")
         point_x = gr.Number(value=None, precision=0, label="point x (px)")
         point_y = gr.Number(value=None, precision=0, label="point y (px)")
-    run_button = gr.Button("Explain", variant="primary", elem_id="explain-run")
+    with gr.Row():
+        run_button = gr.Button("Explain", variant="primary", elem_id="explain-run")
+        stop_button = gr.Button("Stop", variant="stop", elem_id="explain-stop")
     with gr.Row():
         map_choice = gr.Dropdown(choices=[], label="Map shown above the legend")
         colormap = gr.Dropdown(choices=explain.COLORMAPS, value=explain.COLORMAPS[0], label="Colormap")
@@ -344,16 +357,23 @@ def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) ->
     def explain_run(composite, mask, methods, x, y, cmap, alpha, chosen, progress=gr.Progress(track_tqdm=True)):
         point = (int(x), int(y)) if x is not None and y is not None else None
         request, methods, request_notes = request_for(composite, mask, methods, point)
-        result = explain.explain(request, methods, lambda f, m: progress(f, desc=m))
-        result.notes = request_notes + result.notes
-        return shown(result, request.composite, point, cmap, alpha, chosen)
+        unchanged = (gr.skip(),) * len(outputs)
+        yield unchanged  # Gradio can stop a generator only between yields, and only after its first
+        with contextlib.closing(explain.explain_stream(request, methods, lambda f, m: progress(f, desc=m))) as steps:
+            for step in steps:
+                if step is not None:
+                    step.notes = request_notes + step.notes
+                yield unchanged if step is None else shown(step, request.composite, point, cmap, alpha, chosen)
 
     @user_errors
     def explain_click(composite, mask, previous, cmap, alpha, chosen, event: gr.SelectData, progress=gr.Progress(track_tqdm=True)):
         x, y = (int(v) for v in event.index)
         request, _, _ = request_for(composite, mask, None, (x, y))
-        result = explain.explain_point(previous, request, lambda f, m: progress(f, desc=m))
-        return (x, y, *shown(result, request.composite, (x, y), cmap, alpha, chosen))
+        unchanged = (gr.skip(),) * (len(outputs) + 2)
+        yield unchanged
+        with contextlib.closing(explain.point_stream(previous, request, lambda f, m: progress(f, desc=m))) as steps:
+            for step in steps:
+                yield unchanged if step is None else (x, y, *shown(step, request.composite, (x, y), cmap, alpha, chosen))
 
     @user_errors
     def explain_restyle(composite, previous, x, y, cmap, alpha, chosen):
@@ -364,10 +384,11 @@ def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) ->
         image = imaging.cap_long_side(imaging.load_rgb(composite, "composite"), server.max_side)
         return shown(previous, image, point, cmap, alpha, chosen)
 
-    run_button.click(explain_run, [composed.composite, composed.mask, names, point_x, point_y, colormap, opacity, map_choice],
-                     outputs, api_name="explain", **GPU_QUEUE, **RAW)
-    view.select(explain_click, [composed.composite, composed.mask, state, colormap, opacity, map_choice],
-                [point_x, point_y, *outputs], api_name=False, **GPU_QUEUE, **RAW)
+    runs = [run_button.click(explain_run, [composed.composite, composed.mask, names, point_x, point_y, colormap, opacity,
+                                           map_choice], outputs, api_name="explain", **GPU_QUEUE, **RAW),
+            view.select(explain_click, [composed.composite, composed.mask, state, colormap, opacity, map_choice],
+                        [point_x, point_y, *outputs], api_name=False, **GPU_QUEUE, **RAW)]
+    stop_button.click(None, None, None, cancels=runs, api_name=False)
     gr.on([map_choice.input, colormap.change, opacity.release], explain_restyle,
           [composed.composite, state, point_x, point_y, colormap, opacity, map_choice], outputs, api_name=False, **RAW)
 

@@ -16,6 +16,10 @@ does the rest, the same way for all of them:
   an InputError. `with_settings(...)` gives a copy for one request (or one benchmark row) that
   shares the loaded model; the shared instance is never changed per user.
 - **weights_source**: what the result's metadata records.
+- **One run at a time**: `run` holds a process-wide lock for the whole run, because models are
+  shared between methods through components' cache (and freepih hooks them): two runs inside
+  one model would mix their hooks and optimizer state. While it waits, it reports progress, so
+  a cancelled waiting run stops there (see `registry.checked`).
 
 Subclasses implement `_load(source)` (and `harmonize`); `_check(folder)` may add checks of the
 files' content, `adopt(model, label)` installs an already-built model (random weights, tests).
@@ -34,8 +38,8 @@ import torch
 
 from harmony_core.diffusion import components
 from harmony_core.errors import InputError, MethodUnavailable
-from harmony_core.registry import Method
-from harmony_core.types import Availability
+from harmony_core.registry import Method, Progress, no_progress
+from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 Settings = TypeVar("Settings")
 M = TypeVar("M", bound="ModelMethod")
@@ -60,6 +64,11 @@ def make_settings(owner: str, settings_class: type[Settings], base: Settings | N
         if isinstance(exc, InputError):
             raise
         raise InputError(f"{owner}: {exc}") from None
+
+
+RUNS = threading.RLock()
+"""Held by every model-backed run from start to end (module docstring: one run at a time)."""
+WAIT_REPORT_SECONDS = 0.25
 
 
 class _WeightsState:
@@ -96,6 +105,16 @@ class ModelMethod(Method):
         self._state = _WeightsState(weights)
         self._device = None if device is None else str(torch.device(device))
         self._dtype = dtype
+
+    def run(self, request: HarmonizationRequest, progress: Progress | None = None) -> HarmonizationResult:
+        """`Method.run` under `RUNS`; while another run holds it, progress says so every quarter second."""
+        progress = progress or no_progress
+        while not RUNS.acquire(timeout=WAIT_REPORT_SECONDS):
+            progress(0.0, f"{self.name}: waiting for the run before this one to stop")
+        try:
+            return super().run(request, progress)
+        finally:
+            RUNS.release()
 
     # --- settings ------------------------------------------------------------------------------
 

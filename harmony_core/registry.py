@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Literal
 import numpy as np
 
 from harmony_core import imaging
-from harmony_core.errors import InputError, MethodUnavailable
+from harmony_core.errors import Cancelled, InputError, MethodUnavailable
 from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 Family = Literal["classical", "network", "diffusion"]
@@ -26,6 +26,19 @@ Progress = Callable[[float, str], None]
 
 def no_progress(fraction: float, message: str) -> None:
     """The default progress callback: ignore."""
+
+
+def checked(progress: Progress, cancel: threading.Event) -> Progress:
+    """`progress` that raises Cancelled once `cancel` is set. Every model-backed method reports
+    progress between its steps (and while it waits for another run), so a cancelled run stops
+    within one step, wherever it is."""
+
+    def report(fraction: float, message: str) -> None:
+        if cancel.is_set():
+            raise Cancelled("the run was stopped")
+        progress(fraction, message)
+
+    return report
 
 
 class Method(ABC):

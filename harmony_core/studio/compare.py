@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -17,7 +18,7 @@ from harmony_core.metrics import ImageMetrics, image_metrics
 from harmony_core.registry import Progress, get_method, resolve_methods, weighted_methods
 from harmony_core.studio.compose import finish
 from harmony_core.studio.scratch import scratch_folder
-from harmony_core.studio.serving import MethodStatus, method_statuses, serve
+from harmony_core.studio.serving import MethodProgress, MethodStatus, method_statuses, serve_stream
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 log = logging.getLogger(__name__)
@@ -149,13 +150,28 @@ class CompareState:
     """Set on the last state only: a vote or an export needs every method's result."""
 
 
-def run_methods(request: HarmonizationRequest, names: list[str], progress: Progress) -> Iterator[CompareState]:
+def run_methods(request: HarmonizationRequest, names: list[str], progress: Progress,
+                ticks: bool = False) -> Iterator[CompareState | None]:
     """Run each method, yielding the state once per method in order; a failure is reported in its
-    status row and never stops the others. The last state carries the finished run."""
+    status row and never stops the others. The last state carries the finished run.
+
+    progress gets each method's own fraction, with which method of how many it is and an ETA.
+    ticks: also yield None at every progress event (nothing new to show), so that a consumer that
+    can only stop between yields (Gradio) can stop the run within one step; closing this
+    generator stops the method that is running."""
     state = CompareState()
     values: dict[str, dict[str, float]] = {}
     for i, name in enumerate(names):
-        result, row = serve(name, request, lambda f, m, i=i: progress((i + f) / len(names), m))
+        pace = MethodProgress(i, len(names))
+        with contextlib.closing(serve_stream(name, request)) as events:
+            for event in events:
+                if event[0] == "progress":
+                    progress(event[1], pace.describe(event[1], event[2]))
+                if event[0] != "done":
+                    if ticks:
+                        yield None
+                    continue
+                result, row = event[1], event[2]
         state.status.append(row.cells())
         if result is not None:
             state.results[name] = result

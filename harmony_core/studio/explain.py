@@ -8,7 +8,9 @@ map with the word "point", and only such methods are re-run when the user clicks
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -20,7 +22,7 @@ from matplotlib.figure import Figure
 
 from harmony_core.errors import InputError
 from harmony_core.registry import Progress, get_method
-from harmony_core.studio.serving import serve
+from harmony_core.studio.serving import MethodProgress, serve_stream
 from harmony_core.types import HarmonizationRequest
 
 COLORMAPS = ["inferno", "viridis", "magma", "coolwarm", "gray"]
@@ -108,9 +110,25 @@ def availability_note() -> str:
 
 def explain(request: HarmonizationRequest, names: list[str], progress: Progress) -> Explained:
     """Run each method and collect its maps; a method that cannot run or has no maps gets a note."""
+    with contextlib.closing(explain_stream(request, names, progress)) as steps:
+        return [step for step in steps if step is not None][-1]
+
+
+def explain_stream(request: HarmonizationRequest, names: list[str], progress: Progress) -> Iterator[Explained | None]:
+    """`explain` as a stream: None at every progress event (so that a consumer that can only stop
+    between yields stops the run within one step; closing the stream stops the running method),
+    then the maps."""
     out = Explained()
     for i, name in enumerate(names):
-        result, row = serve(name, request, lambda f, m, i=i: progress((i + f) / len(names), m))
+        pace = MethodProgress(i, len(names))
+        with contextlib.closing(serve_stream(name, request)) as events:
+            for event in events:
+                if event[0] == "progress":
+                    progress(event[1], pace.describe(event[1], event[2]))
+                if event[0] != "done":
+                    yield None
+                    continue
+                result, row = event[1], event[2]
         if result is None:
             out.notes.append(f"**{name}** " + (f"cannot run here: {row.reason}" if row.state == "not available"
                                               else f"failed: {row.reason}"))
@@ -124,17 +142,26 @@ def explain(request: HarmonizationRequest, names: list[str], progress: Progress)
                 out.notes.append(f"**{name}** map '{key}' not shown: {exc}")
                 continue
             out.panels.append(MapPanel(name, key, unit, note))
-    return out
+    yield out
 
 
 def explain_point(previous: Explained | None, request: HarmonizationRequest, progress: Progress) -> Explained:
     """The maps after a click on `request.point`: only methods with a point map re-run."""
+    with contextlib.closing(point_stream(previous, request, progress)) as steps:
+        return [step for step in steps if step is not None][-1]
+
+
+def point_stream(previous: Explained | None, request: HarmonizationRequest, progress: Progress) -> Iterator[Explained | None]:
+    """`explain_point` as a stream (see `explain_stream`)."""
     if previous is None:
         raise InputError("Press **Explain** first, then click a point.")
     rerun = previous.point_methods()
     if not rerun:
-        return Explained(previous.panels, ["None of the chosen methods has a point map; nothing to re-run."])
-    return merge(previous, explain(request, rerun, progress), rerun)
+        yield Explained(previous.panels, ["None of the chosen methods has a point map; nothing to re-run."])
+        return
+    with contextlib.closing(explain_stream(request, rerun, progress)) as steps:
+        for step in steps:
+            yield None if step is None else merge(previous, step, rerun)
 
 
 @dataclass

@@ -1,0 +1,113 @@
+"""The diffusion methods (tiny random weights) driven through the studio's API as users and
+hostile clients would: cancel-then-submit loops, and runs that must never overlap in a model."""
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.utils import Status
+
+from harmony_core import registry
+from harmony_core.errors import Cancelled
+from harmony_core.methods.diffharmony import DiffHarmony
+from harmony_core.methods.freepih import FreePIH
+from harmony_core.methods.hspace import HSpace
+from tests.conftest import free_port
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+DIFFUSION = ("diffharmony", "freepih", "hspace")
+
+
+class Inside:
+    """Counts the runs inside any model at once, and how each run ended (wraps `harmonize`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+        self.stopped: dict[str, int] = {}
+        self.finished: dict[str, int] = {}
+
+    def wrap(self, method: registry.Method) -> None:
+        original = method.harmonize
+
+        def harmonize(request, progress):
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            try:
+                out = original(request, progress)
+                self.finished[method.name] = self.finished.get(method.name, 0) + 1
+                return out
+            except Cancelled:
+                self.stopped[method.name] = self.stopped.get(method.name, 0) + 1
+                raise
+            finally:
+                with self.lock:
+                    self.now -= 1
+
+        method.harmonize = harmonize
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """(user A, user B, the counter, the composite and mask) on a studio whose diffusion methods
+    have tiny random weights, each run taking a few dozen steps."""
+    from app import build_app
+
+    instances = {
+        "hspace": HSpace.random_weights("tiny", device="cpu", n_inv=4, n_gen=60),
+        "freepih": FreePIH.random_weights("tiny", device="cpu", resolution=64, num_inference_steps=10,
+                                          noise_level=0.2, lbfgs_max_iter=3),
+        "diffharmony": DiffHarmony.random_weights("tiny", device="cpu", resolution=64, steps=40),
+    }
+    saved = {name: registry._INSTANCES.get(name) for name in instances}
+    inside = Inside()
+    for name, method in instances.items():
+        inside.wrap(method)
+        registry._INSTANCES[name] = method
+    demo = build_app(max_side=128, votes_dir=tmp_path_factory.mktemp("votes"))
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        a, b = (Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(2))
+        composite, mask, _, _ = a.predict(handle_file(str(EXAMPLES / "cup_rocket_composite.jpg")),
+                                          handle_file(str(EXAMPLES / "cup_rocket_mask.png")), api_name="/compose_upload")
+        yield a, b, inside, handle_file(composite), handle_file(mask)
+    finally:
+        demo.close()
+        for name, method in saved.items():
+            if method is None:
+                registry._INSTANCES.pop(name, None)
+            else:
+                registry._INSTANCES[name] = method
+
+
+def wait_until_running(job, timeout: float = 60) -> None:
+    """Until the job reports progress from inside a method (it holds the queue slot and a model)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        status = job.status()
+        if status.code == Status.PROGRESS and status.progress_data and "method 1 of 1" in (status.progress_data[0].desc or ""):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the job never started: {job.status()}")
+
+
+@pytest.mark.parametrize("name", DIFFUSION)
+def test_a_cancelled_run_stops_and_never_breaks_the_next_users_run(studio, name):
+    """Issue 30, 1: user A submits and cancels, user B submits at once, three times over: every B
+    run is done, A's runs stopped inside the method, and no two runs were ever inside a model."""
+    a, b, inside, composite, mask = studio
+    stopped_before = inside.stopped.get(name, 0)
+    for attempt in range(3):
+        first = a.submit(composite, mask, None, [name], 1, "a cup", api_name="/compare")
+        wait_until_running(first)
+        first.cancel()
+        second = b.submit(composite, mask, None, [name], 2, "a cup", api_name="/compare")
+        _, _, status, _ = second.result(timeout=300)
+        assert [row[:2] for row in status["data"]] == [[name, "done"]], status
+    assert inside.most == 1
+    assert inside.stopped.get(name, 0) - stopped_before == 3  # each cancelled run stopped mid-way
+    assert inside.now == 0
