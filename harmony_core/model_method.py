@@ -9,6 +9,10 @@ does the rest, the same way for all of them:
   Hub id comes from the local Hugging Face cache (see `diffusion/components.py`).
 - **available()** checks the declared `required_files` without loading or downloading anything;
   the reason says what is missing and where to set another source (`how_to_set`, `missing_help`).
+  It also reads what it can without loading: the configs parse, the safetensors headers fit their
+  files, and `_check` looks at the config's class and key fields. What fails there, or in a load,
+  is reported as "the weights at <source> could not be loaded: <reason>" (`unloadable`), and a
+  failed load is remembered for that source (until `set_weights`).
 - **load()**: one lazy load per source under a lock shared by the instance and its copies.
 - **Device / dtype**: cuda when visible, else cpu; fp16 on cuda and fp32 on the cpu unless the
   method says otherwise (`default_dtype`).
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import threading
 from pathlib import Path
@@ -41,6 +46,7 @@ from harmony_core.errors import InputError, MethodUnavailable
 from harmony_core.registry import Method, Progress, no_progress
 from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
+log = logging.getLogger(__name__)
 Settings = TypeVar("Settings")
 M = TypeVar("M", bound="ModelMethod")
 
@@ -79,6 +85,8 @@ class _WeightsState:
         self.explicit = explicit
         self.model: Any = None
         self.loaded_from: str | None = None
+        self.failed: tuple[str, str] | None = None
+        """(source, reason) of the last load that failed."""
 
 
 class ModelMethod(Method):
@@ -146,6 +154,7 @@ class ModelMethod(Method):
             self._state.explicit = source
             self._state.model = None
             self._state.loaded_from = None
+            self._state.failed = None
 
     @property
     def weights_source(self) -> str:  # type: ignore[override]
@@ -182,10 +191,20 @@ class ModelMethod(Method):
             return Availability(False, f"{reason}. {self.missing_help}" if self.missing_help else reason)
         if components.is_hub_id(source) and components.downloads_allowed() and found.reason:
             return found  # not fetched yet: the files are checked when they are loaded
-        return self._check(components.resolve(source), found)
+        failed = self._state.failed
+        if failed is not None and failed[0] == source:
+            return Availability(False, failed[1])
+        folder = components.resolve(source)
+        problem = components.files_problem(folder, self.required_files)
+        return self.unloadable(problem) if problem else self._check(folder, found)
+
+    def unloadable(self, problem: str) -> Availability:
+        """Not available because the weights at the current source cannot be loaded, in words."""
+        return Availability(False, f"the weights at {self.source()} could not be loaded: {problem}")
 
     def _check(self, folder: Path, found: Availability) -> Availability:
-        """More checks of a folder that has the required files (e.g. a model's shape); default none."""
+        """More checks of a folder that has the required files, without loading them (the config's
+        class and key fields, see `components.config_problem`); default none."""
         return found
 
     def load(self) -> Any:
@@ -199,7 +218,15 @@ class ModelMethod(Method):
             if not availability:
                 raise MethodUnavailable(f"{self.name} cannot run here: {availability.reason}")
             source = self.source()
-            state.model = self._load(source)
+            try:
+                state.model = self._load(source)
+            except Exception as exc:
+                if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+                    raise  # the machine's state, not the weights'
+                log.exception("loading %s from %s failed", self.name, source)
+                reason = self.unloadable(_in_words(exc)).reason
+                state.failed = (source, reason)
+                raise MethodUnavailable(f"{self.name} cannot run here: {reason}") from exc
             state.loaded_from = source
             return state.model
 
@@ -213,3 +240,10 @@ class ModelMethod(Method):
         with self._state.lock:
             self._state.explicit = self._state.loaded_from = label
             self._state.model = model
+
+
+def _in_words(exc: BaseException) -> str:
+    """An exception's message as one line of at most ~300 characters, with its kind when it has no message."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return text or type(exc).__name__

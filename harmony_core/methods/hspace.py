@@ -34,7 +34,7 @@ from harmony_core.diffusion.pixels import to_tensor, to_uint8
 from harmony_core.errors import InputError
 from harmony_core.model_method import ModelMethod
 from harmony_core.registry import Progress, register
-from harmony_core.types import HarmonizationRequest, HarmonizationResult
+from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 WEIGHTS_ENV = "HARMONY_HSPACE_WEIGHTS"
 DEFAULT_WEIGHTS = "google/ddpm-ema-church-256"
@@ -210,6 +210,12 @@ class HSpace(ModelMethod):
         unet = tiny.ddpm_unet("full" if scale == "full" else "tiny", seed=0, device=device)
         label = f"random weights ({'google/ddpm-*-256 architecture' if scale == 'full' else 'tiny'})"
         return cls(unet=unet, device=device, weights_label=label, **options)
+
+    def _check(self, folder: Path, found: Availability) -> Availability:
+        """An unconditional UNet2DModel (a text-to-image pipeline's UNet needs a prompt it never gets)."""
+        config = "unet/config.json" if (folder / "unet" / "config.json").is_file() else "config.json"
+        problem = components.config_problem(folder, config, "UNet2DModel")
+        return self.unloadable(problem) if problem else found
 
     def _load(self, source: str) -> DDPM:
         from diffusers import UNet2DModel
