@@ -285,8 +285,12 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
             gr.Warning(note_text)
         unchanged = (gr.skip(),) * 5
         yield unchanged  # Gradio can stop a generator only between yields, and only after its first
+        shown = 0
         with contextlib.closing(compare.run_methods(request, names, lambda f, msg: progress(f, desc=msg), ticks=True)) as states:
             for state in states:
+                for note_text in state.notes[shown:] if state is not None else ():
+                    shown += 1
+                    gr.Warning(note_text)
                 yield unchanged if state is None else (
                     state.gallery, state.before_after, state.status, state.metrics or None, state.finished)
 

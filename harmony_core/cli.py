@@ -24,7 +24,7 @@ from harmony_core import __version__, atomic, export, imaging
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.metrics import image_metrics
 from harmony_core.registry import Progress, availability_table, get_method, resolve_methods, weighted_methods
-from harmony_core.types import HarmonizationRequest
+from harmony_core.types import HarmonizationRequest, parse_seed
 
 
 def _table(rows: list[dict[str, str]], columns: Sequence[str]) -> str:
@@ -80,7 +80,7 @@ def build_request(args: argparse.Namespace) -> HarmonizationRequest:
     ground_truth = imaging.load_rgb(args.ground_truth, f"ground truth '{args.ground_truth}'") if args.ground_truth else None
     return HarmonizationRequest(
         composite=composite, mask=mask, background=background, prompt=args.prompt,
-        ground_truth=ground_truth, seed=args.seed,
+        ground_truth=ground_truth, seed=parse_seed(args.seed),
     )
 
 
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="foreground scale factor")
     p.add_argument("--ground-truth", help="real image, to report metrics")
     p.add_argument("--prompt", default="", help="text describing the foreground (diffusion methods)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", default="0", help="a whole number from 0 to 2^63 - 1")
     p.add_argument("--out", required=True, help="output folder (images + results.json); never one holding the inputs")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are removed first)")
     p.add_argument("--figure", action="store_true",

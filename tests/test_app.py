@@ -88,6 +88,19 @@ def test_compose_then_compare_with_ground_truth(client):
     assert before_after is not None
 
 
+@pytest.mark.parametrize("seed", ["nan", "abc", [1, 2], 99999999999999999999, 2 ** 63, -1, 1.5])
+def test_a_bad_seed_gets_the_one_line_message(client, seed):
+    """Issue 30, 3: such seeds gave "internal error" or "Something went wrong"."""
+    from harmony_core.types import SEED_RULE
+
+    composite, mask = handle_file(str(EXAMPLES / "cat_composite.jpg")), handle_file(str(EXAMPLES / "cat_mask.png"))
+    with pytest.raises(AppError) as raised:
+        client.predict(composite, mask, None, ["reinhard"], seed, "", api_name="/compare")
+    assert str(raised.value) == SEED_RULE
+    _, _, status, _ = client.predict(composite, mask, None, ["reinhard"], 2 ** 63 - 1, "", api_name="/compare")
+    assert status["data"][0][:2] == ["reinhard", "done"]
+
+
 def test_place_foreground(client):
     composite, mask, _, message = client.predict(
         handle_file(str(EXAMPLES / "rocket_background.jpg")), handle_file(str(EXAMPLES / "cup_foreground.png")),
@@ -246,6 +259,18 @@ def test_weights_field_points_a_method_at_a_folder(client, tmp_path):
         _, note = client.predict("", "", str(tmp_path / "ddpm"), api_name="/set_weights")
         assert get_method("hspace").available()
         assert "**hspace**" not in note
+    finally:
+        client.predict("", "", "", api_name="/set_weights")
+
+
+def test_weights_that_cannot_load_are_not_offered(client, tmp_path):
+    """Issue 30, 2: hspace pointed at a text-to-image pipeline was listed as runnable."""
+    from harmony_core.diffusion.tiny import save_tiny_sd_pipeline
+
+    pipeline = save_tiny_sd_pipeline(tmp_path / "sd", seed=0)
+    try:
+        runnable, note = client.predict("", "", str(pipeline), api_name="/set_weights")
+        assert "hspace" not in runnable["value"] and "<strong>hspace</strong> cannot run here" in note
     finally:
         client.predict("", "", "", api_name="/set_weights")
 

@@ -4,9 +4,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from harmony_core.cli import main
+from harmony_core.types import SEED_RULE
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -182,3 +184,12 @@ def test_map_files_are_named_without_spaces():
     assert names == {"ltl attention": "ptl_ltl-attention.png", "ptl point contribution": "ptl_ptl-point-contribution.png"}
     assert map_file_names("hspace", {"hspace |h~-h|": 0, "hspace injection mask": 0})["hspace |h~-h|"] == "hspace_hspace-h-h.png"
     assert len(set(map_file_names("x", {"a b": 0, "a-b": 0}).values())) == 2
+
+
+@pytest.mark.parametrize("seed", ["18446744073709551616", "nan"])
+def test_a_bad_seed_is_one_error_line_and_no_traceback(tmp_path, seed):
+    """Issue 30, 3: `harmonize --seed 18446744073709551616` printed a traceback."""
+    proc = _harmonize("--method", "reinhard", "--seed", seed, "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {SEED_RULE}"]
+    assert not (tmp_path / "run").exists()

@@ -19,7 +19,7 @@ from harmony_core.registry import Progress, get_method, resolve_methods, weighte
 from harmony_core.studio.compose import finish
 from harmony_core.studio.scratch import scratch_folder
 from harmony_core.studio.serving import MethodProgress, MethodStatus, method_statuses, serve_stream
-from harmony_core.types import HarmonizationRequest, HarmonizationResult
+from harmony_core.types import HarmonizationRequest, HarmonizationResult, parse_seed
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ STYLE_METHOD = "hspace"
 """The method that takes a style image (request.background)."""
 PROMPT_METHOD = "freepih"
 """The method that reads the text prompt."""
+PROMPT_CHARACTERS = 500
+"""The longest prompt kept (CLIP's 77 tokens are rarely more than ~400 characters)."""
+PROMPT_TOKENS = 77
 
 
 def availability_note(statuses: list[MethodStatus], pointed: dict[str, str] | None = None) -> str:
@@ -100,9 +103,13 @@ def build_request(composite: Any, mask: Any, names: Sequence[str] | None, max_si
     if background is not None and background.shape != composed.composite.shape:
         background = None
         notes.append(f"The background from Compose no longer matches the composite; {STYLE_METHOD} uses the composite as its style image.")
+    prompt = str(prompt or "")
+    if len(prompt) > PROMPT_CHARACTERS:
+        notes.append(f"The prompt was cut to its first {PROMPT_CHARACTERS} characters (of {len(prompt)}); "
+                     f"{PROMPT_METHOD}'s text encoder reads at most {PROMPT_TOKENS} tokens of it.")
+        prompt = prompt[:PROMPT_CHARACTERS]
     request = HarmonizationRequest(composite=composed.composite, mask=composed.mask, ground_truth=gt,
-                                   seed=int(seed or 0), point=point, prompt=str(prompt or "")[:500],
-                                   background=background)
+                                   seed=parse_seed(seed), point=point, prompt=prompt, background=background)
     return request, names, notes
 
 
@@ -146,6 +153,8 @@ class CompareState:
     metrics: list[list[object]] = field(default_factory=list)
     results: dict[str, HarmonizationResult] = field(default_factory=dict)
     before_after: tuple[np.ndarray, np.ndarray] | None = None
+    notes: list[str] = field(default_factory=list)
+    """What a method said about the inputs it was given (e.g. a prompt cut to the encoder's length)."""
     finished: CompareRun | None = None
     """Set on the last state only: a vote or an export needs every method's result."""
 
@@ -175,6 +184,8 @@ def run_methods(request: HarmonizationRequest, names: list[str], progress: Progr
         state.status.append(row.cells())
         if result is not None:
             state.results[name] = result
+            if result.metadata.get("prompt_note"):
+                state.notes.append(f"{name}: {result.metadata['prompt_note']}.")
             state.gallery.append((result.image, f"{name} · {result.metadata['seconds']:.2f} s · {result.metadata['device']}"))
             if state.before_after is None and name != "composite":
                 state.before_after = (request.composite, result.image)
