@@ -174,7 +174,7 @@ def time_method(row: Timing, method: Method, repeats: int, deadline: Deadline) -
             synchronize(method.device)
             if seed:
                 times.append((time.perf_counter() - start) * 1000)
-                row.metadata = {k: v for k, v in result.metadata.items() if k not in ("parameters", "steps")}
+                row.metadata = {k: v for k, v in result.metadata.items() if k not in ("parameters", "step_log")}
 
     try:
         row.peak_mb = peak_memory_mb(runs, method.device)

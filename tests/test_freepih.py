@@ -301,4 +301,5 @@ def test_random_weights_instance_runs_without_files(request64):
     result = method.run(request64)
     assert result.metadata["weights"] == "random-tiny"
     assert result.metadata["lbfgs_iterations"][1] == 0  # only the first step is optimized
-    assert "loss_end" in result.metadata["steps"][0] and "loss_end" not in result.metadata["steps"][1]
+    assert "loss_end" in result.metadata["step_log"][0] and "loss_end" not in result.metadata["step_log"][1]
+    assert result.metadata["steps"] == 2  # a count: the status table's cell (issue 30, 4)

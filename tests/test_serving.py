@@ -162,3 +162,17 @@ def test_app_is_wiring_no_function_over_80_lines():
     long = {f.name: f.end_lineno - f.lineno + 1 for f in ast.walk(tree)
             if isinstance(f, ast.FunctionDef) and f.end_lineno - f.lineno + 1 > 80}
     assert not long, long
+
+
+def test_progress_is_per_method_with_an_eta_from_its_pace(monkeypatch):
+    """Issue 30, 5: a per-method fraction, which method of how many, and the time left."""
+    now = [100.0]
+    monkeypatch.setattr(serving.time, "monotonic", lambda: now[0])
+    pace = serving.MethodProgress(1, 3)
+    assert pace.describe(0.0, "hspace: starting") == "hspace: starting · method 2 of 3"
+    now[0] += 29
+    assert pace.describe(0.25, "hspace: generating 250/1000") == (
+        "hspace: generating 250/1000 · method 2 of 3 · about 87 s left")
+    now[0] += 271
+    assert pace.describe(0.5, "x").endswith("about 5 min left")
+    assert serving.eta_text(3 * 3600 + 600) == "about 3 h 10 min left"

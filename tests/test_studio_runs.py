@@ -108,6 +108,8 @@ def test_a_cancelled_run_stops_and_never_breaks_the_next_users_run(studio, name)
         second = b.submit(composite, mask, None, [name], 2, "a cup", api_name="/compare")
         _, _, status, _ = second.result(timeout=300)
         assert [row[:2] for row in status["data"]] == [[name, "done"]], status
+        steps = dict(zip(status["headers"], status["data"][0]))["steps"]
+        assert steps.isdigit() and int(steps) > 0  # issue 30, 4: a count, not freepih's per-step log
     assert inside.most == 1
     assert inside.stopped.get(name, 0) - stopped_before == 3  # each cancelled run stopped mid-way
     assert inside.now == 0

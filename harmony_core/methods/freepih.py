@@ -402,7 +402,8 @@ def run_freepih(parts: SDParts, image: torch.Tensor, mask: torch.Tensor, prompt:
         "timesteps": timesteps,
         "seconds_per_step": [r["seconds"] for r in per_step],
         "lbfgs_iterations": [r.get("lbfgs_iterations", 0) for r in per_step],
-        "steps": per_step,
+        "steps": n_steps,
+        "step_log": per_step,
     }
     return Outcome(result, metadata)
 

@@ -322,17 +322,20 @@ class HSpace(ModelMethod):
         total = sum(self.settings.n_inv - 1 for _ in images) + self.settings.n_gen
         done = 0
 
-        def tick(what: str) -> Callable[[], None]:
+        def tick(what: str, steps: int) -> Callable[[], None]:
+            """progress: the fraction of all UNet steps of the run, the count within this phase."""
+            phase = 0
+
             def step() -> None:
-                nonlocal done
-                done += 1
-                progress(min(done / total, 0.99), f"hspace: {what} {done}/{total}")
+                nonlocal done, phase
+                done, phase = done + 1, phase + 1
+                progress(min(done / total, 0.99), f"hspace: {what} {min(phase, steps)}/{steps}")
             return step
 
         start = time.perf_counter()
-        content, content_hit = self.invert(request.composite, tick("inverting"))
+        content, content_hit = self.invert(request.composite, tick("inverting the composite", self.settings.n_inv - 1))
         if len(images) == 2:
-            style, style_hit = self.invert(style_image, tick("inverting"))
+            style, style_hit = self.invert(style_image, tick("inverting the style image", self.settings.n_inv - 1))
         else:
             style, style_hit = content, content_hit
         done = total - self.settings.n_gen
@@ -340,7 +343,7 @@ class HSpace(ModelMethod):
         grid = next(iter(content.h.values())).shape[-2:]
         soft = mask_grid(request.mask, (grid[0], grid[1]))
         mask = torch.from_numpy(soft).to(self.device)[None, None]
-        x0, change, injections = self.generate(style, content, mask, request.seed, tick("generating"))
+        x0, change, injections = self.generate(style, content, mask, request.seed, tick("generating", self.settings.n_gen))
         image = imaging.resize_rgb(to_uint8(x0), request.size)
         width, height = request.size
         change_map = change.cpu().numpy()
@@ -354,6 +357,8 @@ class HSpace(ModelMethod):
             "inversion_cache_hits": int(content_hit) + (int(style_hit) if len(images) == 2 else 0),
             "inversion_seconds": inverted - start,
             "generation_seconds": time.perf_counter() - inverted,
+            "steps": self.settings.n_gen,
+            "inversion_steps": self.settings.n_inv,
             "injection_steps": injections,
             "working_size": int(self.unet().config.sample_size),
             "dtype": components.dtype_name(self.dtype),

@@ -235,7 +235,12 @@ class StatusRow:
             return [self.method, f"{self.state}: {self.reason}", *[""] * (len(STATUS_COLUMNS) - 2)]
         m = self.metadata
         return [self.method, "done", f"{m['seconds']:.2f}", m["device"], m["resolution"], str(m["seed"]),
-                str(m.get("steps", "")), m.get("peak_memory", ""), str(m["weights"])]
+                _count(m.get("steps", "")), m.get("peak_memory", ""), str(m["weights"])]
+
+
+def _count(steps: Any) -> str:
+    """The steps cell: a count (a method that records a per-step log there shows its length)."""
+    return str(len(steps)) if isinstance(steps, (list, tuple, dict)) else str(steps)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
