@@ -218,6 +218,9 @@ class CompareTab:
     results: gr.State
     """The finished run (compare.CompareRun), for the blind vote and the export."""
     blind_button: gr.Button
+    seed: gr.Number
+    prompt: gr.Textbox
+    """Explain runs with the same seed and prompt."""
 
 
 def _compare_controls(server: Server, all_methods: list[str], runnable: list[str], note: str) -> dict[str, Any]:
@@ -321,18 +324,19 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
         return str(figure), [str(figure), str(archive)]
 
     e["button"].click(export_results, [results, e["zoom"]], [e["figure"], e["files"]], api_name="export", concurrency_limit=2)
-    return CompareTab(results, blind_button)
+    return CompareTab(results, blind_button, c["seed"], c["prompt"])
 
 
 # --- Explain ------------------------------------------------------------------------------------
 
 
-def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) -> None:
-    gr.Markdown("What each method's maps show, over the working composite. **Click a point on the object** "
-                "to see which background regions it draws on (methods with a point map re-run).")
+def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab) -> None:
+    gr.Markdown("What each method's maps show, over the working composite, with the seed, prompt and background of "
+                "**Compare**. **Click a point on the object** to see which background regions it draws on (methods "
+                "with a point map re-run).")
     gr.Markdown(explain.availability_note())
     with gr.Row():
-        names = gr.CheckboxGroup(choices=all_methods, value=explain.default_methods(), label="Methods")
+        names = gr.CheckboxGroup(choices=explain.choices(), value=explain.default_methods(), label="Methods with maps")
         point_x = gr.Number(value=None, precision=0, label="point x (px)")
         point_y = gr.Number(value=None, precision=0, label="point y (px)")
     with gr.Row():
@@ -354,13 +358,16 @@ def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) ->
         v = explain.render(result, composite, point, cmap, alpha, chosen)
         return result, v.main, gr.update(choices=v.labels, value=v.chosen), v.overlays, v.legend, v.notes
 
-    def request_for(composite, mask, methods, point):
-        return compare.build_request(image_in(composite, "composite"), image_in(mask, "mask"), methods, server.max_side, point=point)
+    def request_for(composite, mask, methods, point, background, seed, prompt):
+        """The request Compare would make (the same background, seed and prompt), with the point."""
+        return compare.build_request(image_in(composite, "composite"), image_in(mask, "mask"), methods, server.max_side,
+                                     seed=seed, point=point, prompt=prompt, background=background)
 
     @user_errors
-    def explain_run(composite, mask, methods, x, y, cmap, alpha, chosen, progress=gr.Progress(track_tqdm=True)):
+    def explain_run(composite, mask, methods, x, y, cmap, alpha, chosen, background, seed, prompt,
+                    progress=gr.Progress(track_tqdm=True)):
         point = (int(x), int(y)) if x is not None and y is not None else None
-        request, methods, request_notes = request_for(composite, mask, methods, point)
+        request, methods, request_notes = request_for(composite, mask, methods, point, background, seed, prompt)
         unchanged = (gr.skip(),) * len(outputs)
         yield unchanged  # Gradio can stop a generator only between yields, and only after its first
         with contextlib.closing(explain.explain_stream(request, methods, lambda f, m: progress(f, desc=m))) as steps:
@@ -370,9 +377,10 @@ def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) ->
                 yield unchanged if step is None else shown(step, request.composite, point, cmap, alpha, chosen)
 
     @user_errors
-    def explain_click(composite, mask, previous, cmap, alpha, chosen, event: gr.SelectData, progress=gr.Progress(track_tqdm=True)):
+    def explain_click(composite, mask, previous, cmap, alpha, chosen, background, seed, prompt, event: gr.SelectData,
+                      progress=gr.Progress(track_tqdm=True)):
         x, y = (int(v) for v in event.index)
-        request, _, _ = request_for(composite, mask, None, (x, y))
+        request, _, _ = request_for(composite, mask, None, (x, y), background, seed, prompt)
         unchanged = (gr.skip(),) * (len(outputs) + 2)
         yield unchanged
         with contextlib.closing(explain.point_stream(previous, request, lambda f, m: progress(f, desc=m))) as steps:
@@ -388,10 +396,11 @@ def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) ->
         image = imaging.cap_long_side(imaging.load_rgb(composite, "composite"), server.max_side)
         return shown(previous, image, point, cmap, alpha, chosen)
 
+    same_as_compare = [composed.background, compared.seed, compared.prompt]
     runs = [run_button.click(explain_run, [composed.composite, composed.mask, names, point_x, point_y, colormap, opacity,
-                                           map_choice], outputs, api_name="explain", **GPU_QUEUE, **RAW),
-            view.select(explain_click, [composed.composite, composed.mask, state, colormap, opacity, map_choice],
-                        [point_x, point_y, *outputs], api_name=False, **GPU_QUEUE, **RAW)]
+                                           map_choice, *same_as_compare], outputs, api_name="explain", **GPU_QUEUE, **RAW),
+            view.select(explain_click, [composed.composite, composed.mask, state, colormap, opacity, map_choice,
+                                        *same_as_compare], [point_x, point_y, *outputs], api_name=False, **GPU_QUEUE, **RAW)]
     stop_button.click(None, None, None, cancels=runs, api_name=False)
     gr.on([map_choice.input, colormap.change, opacity.release], explain_restyle,
           [composed.composite, state, point_x, point_y, colormap, opacity, map_choice], outputs, api_name=False, **RAW)
@@ -568,7 +577,7 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
             with gr.Tab("Compare", id="compare"):
                 compared = compare_tab(server, composed, all_methods, runnable, note)
             with gr.Tab("Explain", id="explain"):
-                explain_tab(server, composed, all_methods)
+                explain_tab(server, composed, compared)
             with gr.Tab("Blind study", id="study"):
                 studied = study_tab(server, rater, demo)
             with gr.Tab("Leaderboard", id="leaderboard") as board:

@@ -49,6 +49,9 @@ class Method(ABC):
     title: ClassVar[str]
     summary: ClassVar[str]
 
+    has_maps: ClassVar[bool] = False
+    """Whether results carry maps (result.maps): the Explain tab runs only such methods."""
+
     device: str = "cpu"
     weights_source: str = "none"
 
@@ -142,6 +145,12 @@ def get_method(name: str) -> Method:
                 raise KeyError(f"Unknown method '{name}'. Known methods: {known}")
             _INSTANCES[name] = _FACTORIES[name]()
         return _INSTANCES[name]
+
+
+def map_methods() -> list[str]:
+    """Names of the methods whose results carry maps (`Method.has_maps`), in registration order."""
+    _load_builtins()
+    return [name for name, cls in _FACTORIES.items() if cls.has_maps]
 
 
 def weighted_methods() -> list[str]:

@@ -22,6 +22,7 @@ class Mapper(Method):
     """Stands in for ptl in the Explain tab: a background map, and a point map when clicked."""
 
     name, family, title, summary = "test-mapper", "network", "x", "x"
+    has_maps = True
 
     def harmonize(self, request, progress):
         h, w = request.mask.shape
@@ -237,7 +238,7 @@ def test_explain_shows_any_methods_maps_and_a_point_map(client):
     main, choice, gallery, legend, notes = job.result(timeout=120)
     assert [item["caption"] for item in gallery] == ["test-mapper · background contribution"]
     assert load(main).shape[:2] == load(composite).shape[:2]
-    assert "reinhard** returns no maps" in notes
+    assert "reinhard** has no maps, so it was not run here" in notes
     main, _, gallery, _, _ = client.predict(handle_file(composite), handle_file(mask), ["test-mapper"], 100, 80,
                                             "viridis", 0.5, None, api_name="/explain")
     assert [item["caption"].split(" · ")[1] for item in gallery] == ["background contribution", "point contribution"]
@@ -355,3 +356,18 @@ def test_every_handler_of_the_app_runs_under_the_one_error_policy(tmp_path):
     demo = build_app(max_side=256, votes_dir=tmp_path)
     ours = [d.fn for d in demo.fns.values() if d.fn is not None and d.fn.__module__ != "gradio.helpers"]
     assert len(ours) > 20 and all(hasattr(fn, "__wrapped__") for fn in ours)  # functools.wraps of user_errors
+
+
+def test_stop_buttons_cancel_the_runs_and_progress_leaves_results_visible(tmp_path):
+    """Issue 30, 5: no Stop button, and the progress overlay hid the finished results."""
+    from app import build_app
+
+    config = build_app(votes_dir=tmp_path).config
+    ids = {c.get("props", {}).get("elem_id"): c["id"] for c in config["components"] if c.get("props", {}).get("elem_id")}
+    deps = config["dependencies"]
+    by_api = {d.get("api_name"): i for i, d in enumerate(deps)}
+    for run, stop in (("compare", "compare-stop"), ("explain", "explain-stop")):
+        cancelled = {i for d in deps if [t[0] for t in d["targets"]] == [ids[stop]] for i in d["cancels"]}
+        assert by_api[run] in cancelled
+    compare = deps[by_api["compare"]]
+    assert compare["show_progress_on"] == [ids["compare-progress"]]

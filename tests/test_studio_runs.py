@@ -28,11 +28,13 @@ class Inside:
         self.now = self.most = 0
         self.stopped: dict[str, int] = {}
         self.finished: dict[str, int] = {}
+        self.requests: list = []
 
     def wrap(self, method: registry.Method) -> None:
         original = method.harmonize
 
         def harmonize(request, progress):
+            self.requests.append((method.name, request))
             with self.lock:
                 self.now += 1
                 self.most = max(self.most, self.now)
@@ -113,3 +115,20 @@ def test_a_cancelled_run_stops_and_never_breaks_the_next_users_run(studio, name)
     assert inside.most == 1
     assert inside.stopped.get(name, 0) - stopped_before == 3  # each cancelled run stopped mid-way
     assert inside.now == 0
+
+
+def test_explain_runs_only_methods_with_maps_on_compares_inputs(studio):
+    """Issue 30, 6: Explain ran diffharmony and freepih in full just to say "returns no maps", and
+    hspace there ignored the Compose background (and freepih got no prompt)."""
+    a, _, inside, _, _ = studio
+    composite, mask, _, _ = a.predict(
+        handle_file(str(EXAMPLES / "rocket_background.jpg")), handle_file(str(EXAMPLES / "cup_foreground.png")), None,
+        0.25, 0.75, 0.9, api_name="/compose_place")
+    inside.requests.clear()
+    _, _, gallery, _, notes = a.predict(handle_file(composite), handle_file(mask), ["diffharmony", "hspace", "freepih"],
+                                        None, None, "inferno", 0.6, None, 5, "a white cup", api_name="/explain")
+    assert [name for name, _ in inside.requests] == ["hspace"]
+    request = inside.requests[0][1]
+    assert request.background is not None and request.seed == 5 and request.prompt == "a white cup"
+    assert {item["caption"].split(" · ")[0] for item in gallery} == {"hspace"}
+    assert "**diffharmony** has no maps" in notes and "**freepih** has no maps" in notes

@@ -167,6 +167,7 @@ def scheduler_config(folder: Path) -> dict[str, Any] | None:
 class HSpace(ModelMethod):
     name = "hspace"
     family = "diffusion"
+    has_maps = True
     title = "h-space content injection (DiffStyle)"
     summary = "training-free: the object's h-space content injected into a DDPM generation of the background's style"
     weights_env = WEIGHTS_ENV

@@ -112,6 +112,7 @@ def full_resolution(output: PTLOutput, small: torch.Tensor, composite: np.ndarra
 class PTLMethod(ModelMethod):
     name = "ptl"
     family = "network"
+    has_maps = True
     title = "Regional reference network (LTL + PTL)"
     summary = ("A colour map per object location, from content-related background regions, that corrects "
                "one fitted to the Poisson blend (model card: weights/ptl/README.md).")

@@ -21,7 +21,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from harmony_core.errors import InputError
-from harmony_core.registry import Progress, get_method
+from harmony_core.registry import Progress, get_method, map_methods
 from harmony_core.studio.serving import MethodProgress, serve_stream
 from harmony_core.types import HarmonizationRequest
 
@@ -102,6 +102,11 @@ def default_methods() -> list[str]:
     return [EXPLAINER]
 
 
+def choices() -> list[str]:
+    """The methods the tab offers: those whose results carry maps."""
+    return map_methods()
+
+
 def availability_note() -> str:
     """Why the tab's main method cannot run here, or '' when it can."""
     state = get_method(EXPLAINER).available()
@@ -119,6 +124,9 @@ def explain_stream(request: HarmonizationRequest, names: list[str], progress: Pr
     between yields stops the run within one step; closing the stream stops the running method),
     then the maps."""
     out = Explained()
+    mapped = set(map_methods())
+    out.notes += [f"**{name}** has no maps, so it was not run here (Compare runs it)." for name in names if name not in mapped]
+    names = [name for name in names if name in mapped]
     for i, name in enumerate(names):
         pace = MethodProgress(i, len(names))
         with contextlib.closing(serve_stream(name, request)) as events:
