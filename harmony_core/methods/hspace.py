@@ -233,9 +233,11 @@ class HSpace(ModelMethod):
     # --- inversion with a bounded cache ------------------------------------------------------
 
     def _cache_key(self, image: np.ndarray) -> str:
+        """The image's bytes and every setting of the run, n_gen too: a run with other generation
+        settings inverts afresh, so its time (say, a benchmark row's) always includes inversion."""
         digest = hashlib.sha256(image.tobytes())
         digest.update(repr((image.shape, self.weights_source, id(self.unet()), self.settings.n_inv,
-                            self.device, str(self.dtype))).encode())
+                            self.settings.n_gen, self.device, str(self.dtype))).encode())
         return digest.hexdigest()
 
     def invert(self, image: np.ndarray, on_step: Callable[[], None] | None = None) -> tuple[Inversion, bool]:
