@@ -31,6 +31,7 @@ import numpy as np
 
 from harmony_core import __version__, imaging
 from harmony_core.errors import HarmonyError, InputError
+from harmony_core.registry import no_progress
 from harmony_core.studio import compare, compose, explain, study
 from harmony_core.studio.raters import RateLimiter, RateLimits, client_address, proxy_hops
 from harmony_core.studio.uploads import editor_paths, upload_path
@@ -262,7 +263,6 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
     with gr.Row():
         run_button = gr.Button("Harmonize", variant="primary", elem_id="compare-run")
         stop_button = gr.Button("Stop", variant="stop", elem_id="compare-stop")
-    running = gr.Markdown(elem_id="compare-progress")
     gallery = gr.Gallery(label="Results", columns=4, format="png", object_fit="contain", height="auto", elem_id="compare-gallery")
     slider = gr.ImageSlider(label="Before / after (click a result to choose it)", format="png")
     status = gr.Dataframe(headers=serving.STATUS_COLUMNS, label="Status", interactive=False, wrap=True, elem_id="compare-status")
@@ -280,7 +280,7 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
         event.then(show_inputs, [composed.composite, composed.background], [c["run_on"], c["style_note"]], api_name=False, **RAW)
 
     @user_errors
-    def harmonize(composite, mask, gt, names, seed_value, prompt, background, progress=gr.Progress(track_tqdm=True)):
+    def harmonize(composite, mask, gt, names, seed_value, prompt, background):
         request, names, notes = compare.build_request(image_in(composite, "composite"), image_in(mask, "mask"), names,
                                                       server.max_side, image_in(gt, "ground truth"), seed_value,
                                                       prompt=prompt, background=background)
@@ -289,19 +289,22 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
         unchanged = (gr.skip(),) * 5
         yield unchanged  # Gradio can stop a generator only between yields, and only after its first
         shown = 0
-        with contextlib.closing(compare.run_methods(request, names, lambda f, msg: progress(f, desc=msg), ticks=True)) as states:
+        with contextlib.closing(compare.run_methods(request, names, no_progress, ticks=True)) as states:
             for state in states:
-                for note_text in state.notes[shown:] if state is not None else ():
+                if state is None or isinstance(state, compare.Running):
+                    yield (gr.skip(), gr.skip(), state.status, gr.skip(), gr.skip()) if state else unchanged
+                    continue
+                for note_text in state.notes[shown:]:
                     shown += 1
                     gr.Warning(note_text)
-                yield unchanged if state is None else (
-                    state.gallery, state.before_after, state.status, state.metrics or None, state.finished)
+                yield state.gallery, state.before_after, state.status, state.metrics or None, state.finished
 
-    # The progress shows on its own line, so results already shown stay visible while others run.
+    # The running method's progress and time left show in its status row, not as an overlay, so
+    # results already shown stay visible while others run.
     run_event = run_button.click(harmonize, [composed.composite, composed.mask, composed.ground_truth, c["methods"],
                                              c["seed"], c["prompt"], composed.background],
                                  [gallery, slider, status, metrics, results], api_name="compare",
-                                 show_progress_on=[running], **GPU_QUEUE, **RAW)
+                                 show_progress="hidden", **GPU_QUEUE, **RAW)
     stop_button.click(None, None, None, cancels=[run_event], api_name=False)
 
     @user_errors
@@ -363,29 +366,32 @@ def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab) -> N
         return compare.build_request(image_in(composite, "composite"), image_in(mask, "mask"), methods, server.max_side,
                                      seed=seed, point=point, prompt=prompt, background=background)
 
-    @user_errors
-    def explain_run(composite, mask, methods, x, y, cmap, alpha, chosen, background, seed, prompt,
-                    progress=gr.Progress(track_tqdm=True)):
-        point = (int(x), int(y)) if x is not None and y is not None else None
-        request, methods, request_notes = request_for(composite, mask, methods, point, background, seed, prompt)
-        unchanged = (gr.skip(),) * len(outputs)
-        yield unchanged  # Gradio can stop a generator only between yields, and only after its first
-        with contextlib.closing(explain.explain_stream(request, methods, lambda f, m: progress(f, desc=m))) as steps:
-            for step in steps:
-                if step is not None:
-                    step.notes = request_notes + step.notes
-                yield unchanged if step is None else shown(step, request.composite, point, cmap, alpha, chosen)
+    def running(step: str | None, count: int) -> tuple:
+        """While the maps are computed: the progress line in the notes, every other output unchanged."""
+        return (gr.skip(),) * (count - 1) + (gr.skip() if step is None else step,)
 
     @user_errors
-    def explain_click(composite, mask, previous, cmap, alpha, chosen, background, seed, prompt, event: gr.SelectData,
-                      progress=gr.Progress(track_tqdm=True)):
+    def explain_run(composite, mask, methods, x, y, cmap, alpha, chosen, background, seed, prompt):
+        point = (int(x), int(y)) if x is not None and y is not None else None
+        request, methods, request_notes = request_for(composite, mask, methods, point, background, seed, prompt)
+        yield running(None, len(outputs))  # Gradio can stop a generator only between yields, and only after its first
+        with contextlib.closing(explain.explain_stream(request, methods, no_progress)) as steps:
+            for step in steps:
+                if not isinstance(step, explain.Explained):
+                    yield running(step, len(outputs))
+                    continue
+                step.notes = request_notes + step.notes
+                yield shown(step, request.composite, point, cmap, alpha, chosen)
+
+    @user_errors
+    def explain_click(composite, mask, previous, cmap, alpha, chosen, background, seed, prompt, event: gr.SelectData):
         x, y = (int(v) for v in event.index)
         request, _, _ = request_for(composite, mask, None, (x, y), background, seed, prompt)
-        unchanged = (gr.skip(),) * (len(outputs) + 2)
-        yield unchanged
-        with contextlib.closing(explain.point_stream(previous, request, lambda f, m: progress(f, desc=m))) as steps:
+        yield running(None, len(outputs) + 2)
+        with contextlib.closing(explain.point_stream(previous, request, no_progress)) as steps:
             for step in steps:
-                yield unchanged if step is None else (x, y, *shown(step, request.composite, (x, y), cmap, alpha, chosen))
+                yield ((x, y, *shown(step, request.composite, (x, y), cmap, alpha, chosen))
+                       if isinstance(step, explain.Explained) else running(step, len(outputs) + 2))
 
     @user_errors
     def explain_restyle(composite, previous, x, y, cmap, alpha, chosen):
@@ -398,9 +404,11 @@ def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab) -> N
 
     same_as_compare = [composed.background, compared.seed, compared.prompt]
     runs = [run_button.click(explain_run, [composed.composite, composed.mask, names, point_x, point_y, colormap, opacity,
-                                           map_choice, *same_as_compare], outputs, api_name="explain", **GPU_QUEUE, **RAW),
+                                           map_choice, *same_as_compare], outputs, api_name="explain", show_progress="hidden",
+                             **GPU_QUEUE, **RAW),
             view.select(explain_click, [composed.composite, composed.mask, state, colormap, opacity, map_choice,
-                                        *same_as_compare], [point_x, point_y, *outputs], api_name=False, **GPU_QUEUE, **RAW)]
+                                        *same_as_compare], [point_x, point_y, *outputs], api_name=False,
+                        show_progress="hidden", **GPU_QUEUE, **RAW)]
     stop_button.click(None, None, None, cancels=runs, api_name=False)
     gr.on([map_choice.input, colormap.change, opacity.release], explain_restyle,
           [composed.composite, state, point_x, point_y, colormap, opacity, map_choice], outputs, api_name=False, **RAW)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
-from gradio_client.utils import Status
 
 from harmony_core import registry
 from harmony_core.errors import Cancelled
@@ -86,13 +85,16 @@ def studio(tmp_path_factory):
                 registry._INSTANCES[name] = method
 
 
-def wait_until_running(job, timeout: float = 60) -> None:
-    """Until the job reports progress from inside a method (it holds the queue slot and a model)."""
+def wait_until_running(job, name: str, timeout: float = 60) -> None:
+    """Until the job's status table shows the method running inside its model (a step done)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        status = job.status()
-        if status.code == Status.PROGRESS and status.progress_data and "method 1 of 1" in (status.progress_data[0].desc or ""):
-            return
+        for output in job.outputs()[::-1]:
+            status = output[2] if isinstance(output, (list, tuple)) and len(output) > 2 else None
+            rows = status.get("data", []) if isinstance(status, dict) else []
+            if any(row[0] == name and row[1].startswith(f"running: {name}: ") and "starting" not in row[1]
+                   for row in rows):
+                return
         time.sleep(0.05)
     raise AssertionError(f"the job never started: {job.status()}")
 
@@ -105,7 +107,7 @@ def test_a_cancelled_run_stops_and_never_breaks_the_next_users_run(studio, name)
     stopped_before = inside.stopped.get(name, 0)
     for attempt in range(3):
         first = a.submit(composite, mask, None, [name], 1, "a cup", api_name="/compare")
-        wait_until_running(first)
+        wait_until_running(first, name)
         first.cancel()
         second = b.submit(composite, mask, None, [name], 2, "a cup", api_name="/compare")
         _, _, status, _ = second.result(timeout=300)

@@ -6,6 +6,7 @@ import contextlib
 import html
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -18,7 +19,7 @@ from harmony_core.metrics import ImageMetrics, image_metrics
 from harmony_core.registry import Progress, get_method, resolve_methods, weighted_methods
 from harmony_core.studio.compose import finish
 from harmony_core.studio.scratch import scratch_folder
-from harmony_core.studio.serving import MethodProgress, MethodStatus, method_statuses, serve_stream
+from harmony_core.studio.serving import MethodProgress, MethodStatus, StatusRow, method_statuses, serve_stream
 from harmony_core.types import HarmonizationRequest, HarmonizationResult, parse_seed
 
 log = logging.getLogger(__name__)
@@ -159,23 +160,42 @@ class CompareState:
     """Set on the last state only: a vote or an export needs every method's result."""
 
 
+@dataclass
+class Running:
+    """A tick while a method runs: the status rows so far, the running method's last (its progress
+    and the time left)."""
+
+    status: list[list[str]]
+
+
+RUNNING_EVERY_SECONDS = 0.25
+"""The running row is sent at most this often (hspace reports a thousand steps)."""
+
+
 def run_methods(request: HarmonizationRequest, names: list[str], progress: Progress,
-                ticks: bool = False) -> Iterator[CompareState | None]:
+                ticks: bool = False) -> Iterator[CompareState | Running | None]:
     """Run each method, yielding the state once per method in order; a failure is reported in its
     status row and never stops the others. The last state carries the finished run.
 
     progress gets each method's own fraction, with which method of how many it is and an ETA.
-    ticks: also yield None at every progress event (nothing new to show), so that a consumer that
-    can only stop between yields (Gradio) can stop the run within one step; closing this
-    generator stops the method that is running."""
+    ticks: also yield at every progress event, so that a consumer that can only stop between
+    yields (Gradio) can stop the run within one step (closing this generator stops the method
+    that is running): a `Running` with the status table and the running method's row at most
+    every RUNNING_EVERY_SECONDS, None (nothing new) otherwise."""
     state = CompareState()
     values: dict[str, dict[str, float]] = {}
+    shown = 0.0
     for i, name in enumerate(names):
         pace = MethodProgress(i, len(names))
         with contextlib.closing(serve_stream(name, request)) as events:
             for event in events:
                 if event[0] == "progress":
-                    progress(event[1], pace.describe(event[1], event[2]))
+                    text = pace.describe(event[1], event[2])
+                    progress(event[1], text)
+                    if ticks and time.monotonic() - shown >= RUNNING_EVERY_SECONDS:
+                        shown = time.monotonic()
+                        yield Running([*state.status, StatusRow(name, "running", text).cells()])
+                        continue
                 if event[0] != "done":
                     if ticks:
                         yield None

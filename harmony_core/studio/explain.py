@@ -9,6 +9,7 @@ map with the word "point", and only such methods are re-run when the user clicks
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -116,23 +117,33 @@ def availability_note() -> str:
 def explain(request: HarmonizationRequest, names: list[str], progress: Progress) -> Explained:
     """Run each method and collect its maps; a method that cannot run or has no maps gets a note."""
     with contextlib.closing(explain_stream(request, names, progress)) as steps:
-        return [step for step in steps if step is not None][-1]
+        return [step for step in steps if isinstance(step, Explained)][-1]
 
 
-def explain_stream(request: HarmonizationRequest, names: list[str], progress: Progress) -> Iterator[Explained | None]:
-    """`explain` as a stream: None at every progress event (so that a consumer that can only stop
-    between yields stops the run within one step; closing the stream stops the running method),
-    then the maps."""
+PROGRESS_EVERY_SECONDS = 0.25
+
+
+def explain_stream(request: HarmonizationRequest, names: list[str], progress: Progress) -> Iterator[Explained | str | None]:
+    """`explain` as a stream: at every progress event the progress line (what runs, which method of
+    how many, the time left) at most every PROGRESS_EVERY_SECONDS and None otherwise, so that a
+    consumer that can only stop between yields stops the run within one step (closing the stream
+    stops the running method); then the maps."""
     out = Explained()
     mapped = set(map_methods())
     out.notes += [f"**{name}** has no maps, so it was not run here (Compare runs it)." for name in names if name not in mapped]
     names = [name for name in names if name in mapped]
+    shown = 0.0
     for i, name in enumerate(names):
         pace = MethodProgress(i, len(names))
         with contextlib.closing(serve_stream(name, request)) as events:
             for event in events:
                 if event[0] == "progress":
-                    progress(event[1], pace.describe(event[1], event[2]))
+                    text = pace.describe(event[1], event[2])
+                    progress(event[1], text)
+                    if time.monotonic() - shown >= PROGRESS_EVERY_SECONDS:
+                        shown = time.monotonic()
+                        yield text
+                        continue
                 if event[0] != "done":
                     yield None
                     continue
@@ -156,10 +167,10 @@ def explain_stream(request: HarmonizationRequest, names: list[str], progress: Pr
 def explain_point(previous: Explained | None, request: HarmonizationRequest, progress: Progress) -> Explained:
     """The maps after a click on `request.point`: only methods with a point map re-run."""
     with contextlib.closing(point_stream(previous, request, progress)) as steps:
-        return [step for step in steps if step is not None][-1]
+        return [step for step in steps if isinstance(step, Explained)][-1]
 
 
-def point_stream(previous: Explained | None, request: HarmonizationRequest, progress: Progress) -> Iterator[Explained | None]:
+def point_stream(previous: Explained | None, request: HarmonizationRequest, progress: Progress) -> Iterator[Explained | str | None]:
     """`explain_point` as a stream (see `explain_stream`)."""
     if previous is None:
         raise InputError("Press **Explain** first, then click a point.")
@@ -169,7 +180,7 @@ def point_stream(previous: Explained | None, request: HarmonizationRequest, prog
         return
     with contextlib.closing(explain_stream(request, rerun, progress)) as steps:
         for step in steps:
-            yield None if step is None else merge(previous, step, rerun)
+            yield merge(previous, step, rerun) if isinstance(step, Explained) else step
 
 
 @dataclass
