@@ -15,6 +15,7 @@ from __future__ import annotations
 from harmony_core.studio import serving  # isort: skip
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -30,6 +31,7 @@ import numpy as np
 
 from harmony_core import __version__, imaging
 from harmony_core.errors import HarmonyError, InputError
+from harmony_core.registry import no_progress
 from harmony_core.studio import budget, compare, compose, explain, notice, study
 from harmony_core.studio.raters import (
     RateLimiter, RateLimits, client_address, distrust_server_proxy_headers, proxy_hops,
@@ -345,6 +347,9 @@ class CompareTab:
     results: gr.State
     """The finished run (compare.CompareRun), for the blind vote and the export."""
     blind_button: gr.Button
+    seed: gr.Number
+    prompt: gr.Textbox
+    """Explain runs with the same seed and prompt."""
 
 
 def _compare_controls(server: Server, all_methods: list[str], runnable: list[str], note: str) -> dict[str, Any]:
@@ -387,7 +392,9 @@ def _export_controls() -> dict[str, Any]:
 
 def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], runnable: list[str], note: str) -> CompareTab:
     c = _compare_controls(server, all_methods, runnable, note)
-    run_button = gr.Button("Harmonize", variant="primary", elem_id="compare-run")
+    with gr.Row():
+        run_button = gr.Button("Harmonize", variant="primary", elem_id="compare-run")
+        stop_button = gr.Button("Stop", variant="stop", elem_id="compare-stop")
     gallery = gr.Gallery(label="Results", columns=4, format="png", object_fit="contain", height="auto", elem_id="compare-gallery")
     slider = gr.ImageSlider(label="Before / after (click a result to choose it)", format="png")
     status = gr.Dataframe(headers=serving.STATUS_COLUMNS, label="Status", interactive=False, wrap=True, elem_id="compare-status")
@@ -405,18 +412,32 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
         event.then(show_inputs, [composed.composite, composed.background], [c["run_on"], c["style_note"]], api_name=False, **RAW)
 
     @user_errors
-    def harmonize(composite, mask, gt, names, seed_value, prompt, background, progress=gr.Progress(track_tqdm=True)):
+    def harmonize(composite, mask, gt, names, seed_value, prompt, background):
         request, names, notes = compare.build_request(image_in(composite, "composite"), image_in(mask, "mask"), names,
                                                       server.max_side, image_in(gt, "ground truth"), seed_value,
                                                       prompt=prompt, background=background)
         for note_text in notes:
             gr.Warning(note_text)
-        for state in compare.run_methods(request, names, lambda f, msg: progress(f, desc=msg)):
-            yield state.gallery, state.before_after, state.status, state.metrics or None, state.finished
+        unchanged = (gr.skip(),) * 5
+        yield unchanged  # Gradio can stop a generator only between yields, and only after its first
+        shown = 0
+        with contextlib.closing(compare.run_methods(request, names, no_progress, ticks=True)) as states:
+            for state in states:
+                if state is None or isinstance(state, compare.Running):
+                    yield (gr.skip(), gr.skip(), state.status, gr.skip(), gr.skip()) if state else unchanged
+                    continue
+                for note_text in state.notes[shown:]:
+                    shown += 1
+                    gr.Warning(note_text)
+                yield state.gallery, state.before_after, state.status, state.metrics or None, state.finished
 
-    run_button.click(harmonize, [composed.composite, composed.mask, composed.ground_truth, c["methods"], c["seed"],
-                                 c["prompt"], composed.background],
-                     [gallery, slider, status, metrics, results], api_name="compare", **GPU_QUEUE, **RAW)
+    # The running method's progress and time left show in its status row, not as an overlay, so
+    # results already shown stay visible while others run.
+    run_event = run_button.click(harmonize, [composed.composite, composed.mask, composed.ground_truth, c["methods"],
+                                             c["seed"], c["prompt"], composed.background],
+                                 [gallery, slider, status, metrics, results], api_name="compare",
+                                 show_progress="hidden", **GPU_QUEUE, **RAW)
+    stop_button.click(None, None, None, cancels=[run_event], api_name=False)
 
     @user_errors
     def show_estimate(composite, names):
@@ -447,21 +468,24 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
         return str(figure), [str(figure), str(archive)]
 
     e["button"].click(export_results, [results, e["zoom"]], [e["figure"], e["files"]], api_name="export", concurrency_limit=2)
-    return CompareTab(results, blind_button)
+    return CompareTab(results, blind_button, c["seed"], c["prompt"])
 
 
 # --- Explain ------------------------------------------------------------------------------------
 
 
-def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) -> None:
-    gr.Markdown("What each method's maps show, over the working composite. **Click a point on the object** "
-                "to see which background regions it draws on (methods with a point map re-run).")
+def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab) -> None:
+    gr.Markdown("What each method's maps show, over the working composite, with the seed, prompt and background of "
+                "**Compare**. **Click a point on the object** to see which background regions it draws on (methods "
+                "with a point map re-run).")
     gr.Markdown(explain.availability_note())
     with gr.Row():
-        names = gr.CheckboxGroup(choices=all_methods, value=explain.default_methods(), label="Methods")
+        names = gr.CheckboxGroup(choices=explain.choices(), value=explain.default_methods(), label="Methods with maps")
         point_x = gr.Number(value=None, precision=0, label="point x (px)")
         point_y = gr.Number(value=None, precision=0, label="point y (px)")
-    run_button = gr.Button("Explain", variant="primary", elem_id="explain-run")
+    with gr.Row():
+        run_button = gr.Button("Explain", variant="primary", elem_id="explain-run")
+        stop_button = gr.Button("Stop", variant="stop", elem_id="explain-stop")
     with gr.Row():
         map_choice = gr.Dropdown(choices=[], label="Map shown above the legend")
         colormap = gr.Dropdown(choices=explain.COLORMAPS, value=explain.COLORMAPS[0], label="Colormap")
@@ -478,27 +502,37 @@ def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) ->
         v = explain.render(result, composite, point, cmap, alpha, chosen)
         return result, v.main, gr.update(choices=v.labels, value=v.chosen), v.overlays, v.legend, v.notes
 
-    def request_for(composite, mask, methods, point):
-        return compare.build_request(image_in(composite, "composite"), image_in(mask, "mask"), methods, server.max_side, point=point)
+    def request_for(composite, mask, methods, point, background, seed, prompt):
+        """The request Compare would make (the same background, seed and prompt), with the point."""
+        return compare.build_request(image_in(composite, "composite"), image_in(mask, "mask"), methods, server.max_side,
+                                     seed=seed, point=point, prompt=prompt, background=background)
+
+    def running(step: str | None, count: int) -> tuple:
+        """While the maps are computed: the progress line in the notes, every other output unchanged."""
+        return (gr.skip(),) * (count - 1) + (gr.skip() if step is None else step,)
 
     @user_errors
-    def explain_run(composite, mask, methods, x, y, cmap, alpha, chosen, progress=gr.Progress(track_tqdm=True)):
+    def explain_run(composite, mask, methods, x, y, cmap, alpha, chosen, background, seed, prompt):
         point = (int(x), int(y)) if x is not None and y is not None else None
-        request, methods, request_notes = request_for(composite, mask, methods, point)
-        result = explain.explain(request, methods, lambda f, m: progress(f, desc=m))
-        result.notes = request_notes + result.notes
-        return shown(result, request.composite, point, cmap, alpha, chosen)
+        request, methods, request_notes = request_for(composite, mask, methods, point, background, seed, prompt)
+        yield running(None, len(outputs))  # Gradio can stop a generator only between yields, and only after its first
+        with contextlib.closing(explain.explain_stream(request, methods, no_progress)) as steps:
+            for step in steps:
+                if not isinstance(step, explain.Explained):
+                    yield running(step, len(outputs))
+                    continue
+                step.notes = request_notes + step.notes
+                yield shown(step, request.composite, point, cmap, alpha, chosen)
 
     @user_errors
-    def explain_click(composite, mask, previous, cmap, alpha, chosen, event: gr.SelectData, progress=gr.Progress(track_tqdm=True)):
-        index = getattr(event, "index", None)
-        if not (isinstance(index, (list, tuple)) and len(index) == 2
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in index)):
-            raise InputError("Click a point of the image (x, y in pixels).")
-        x, y = (int(v) for v in index)
-        request, _, _ = request_for(composite, mask, None, (x, y))
-        result = explain.explain_point(previous, request, lambda f, m: progress(f, desc=m))
-        return (x, y, *shown(result, request.composite, (x, y), cmap, alpha, chosen))
+    def explain_click(composite, mask, previous, cmap, alpha, chosen, background, seed, prompt, event: gr.SelectData):
+        x, y = explain.clicked_point(getattr(event, "index", None))
+        request, _, _ = request_for(composite, mask, None, (x, y), background, seed, prompt)
+        yield running(None, len(outputs) + 2)
+        with contextlib.closing(explain.point_stream(previous, request, no_progress)) as steps:
+            for step in steps:
+                yield ((x, y, *shown(step, request.composite, (x, y), cmap, alpha, chosen))
+                       if isinstance(step, explain.Explained) else running(step, len(outputs) + 2))
 
     @user_errors
     def explain_restyle(composite, previous, x, y, cmap, alpha, chosen):
@@ -509,10 +543,14 @@ def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) ->
         image = imaging.cap_long_side(imaging.load_rgb(composite, "composite"), server.max_side)
         return shown(previous, image, point, cmap, alpha, chosen)
 
-    run_button.click(explain_run, [composed.composite, composed.mask, names, point_x, point_y, colormap, opacity, map_choice],
-                     outputs, api_name="explain", **GPU_QUEUE, **RAW)
-    view.select(explain_click, [composed.composite, composed.mask, state, colormap, opacity, map_choice],
-                [point_x, point_y, *outputs], api_name=False, **GPU_QUEUE, **RAW)
+    same_as_compare = [composed.background, compared.seed, compared.prompt]
+    runs = [run_button.click(explain_run, [composed.composite, composed.mask, names, point_x, point_y, colormap, opacity,
+                                           map_choice, *same_as_compare], outputs, api_name="explain", show_progress="hidden",
+                             **GPU_QUEUE, **RAW),
+            view.select(explain_click, [composed.composite, composed.mask, state, colormap, opacity, map_choice,
+                                        *same_as_compare], [point_x, point_y, *outputs], api_name=False,
+                        show_progress="hidden", **GPU_QUEUE, **RAW)]
+    stop_button.click(None, None, None, cancels=runs, api_name=False)
     gr.on([map_choice.input, colormap.change, opacity.release], explain_restyle,
           [composed.composite, state, point_x, point_y, colormap, opacity, map_choice], outputs, api_name=False, **RAW)
 
@@ -712,7 +750,7 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
             with gr.Tab("Compare", id="compare"):
                 compared = compare_tab(server, composed, all_methods, runnable, note)
             with gr.Tab("Explain", id="explain"):
-                explain_tab(server, composed, all_methods)
+                explain_tab(server, composed, compared)
             with gr.Tab("Blind study", id="study"):
                 studied = study_tab(server, rater, demo)
             with gr.Tab("Leaderboard", id="leaderboard") as board:

@@ -11,6 +11,8 @@ OpenCV's and PyTorch's native buffers).
 from __future__ import annotations
 
 import ast
+import copy
+import dataclasses
 import statistics
 import threading
 import time
@@ -109,16 +111,73 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
     return options
 
 
+def option_names(method: Method) -> list[str]:
+    """The settings a method takes (the fields of its settings dataclass; none when it has none)."""
+    settings = getattr(method, "settings", None)
+    return [f.name for f in dataclasses.fields(settings)] if dataclasses.is_dataclass(settings) else []
+
+
+def with_options(method: Method, options: dict[str, Any]) -> Method:
+    """A copy of `method` with other settings (validated), sharing its weights and source (so
+    `--weights` holds); the instance itself is never changed."""
+    from harmony_core.model_method import ModelMethod
+
+    if not options:
+        return method
+    if isinstance(method, ModelMethod):
+        return method.with_settings(**options)
+    unknown = sorted(set(options) - set(option_names(method)))
+    if unknown:
+        raise InputError(f"{method.name} has no option {', '.join(unknown)}; options: "
+                         f"{', '.join(option_names(method)) or 'none'}")
+    for key, value in options.items():
+        default = getattr(method.settings, key)  # type: ignore[attr-defined]
+        if not _same_kind(value, default):
+            raise InputError(f"{method.name}: {key} takes a {type(default).__name__}, got {value!r}")
+    other = copy.copy(method)
+    try:
+        other.settings = dataclasses.replace(method.settings, **options)  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{method.name}: {exc}") from None
+    return other
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether `value` can stand where `default` does (classical settings are plain dataclasses)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default)) if default is not None else True
+
+
+def split_options(names: list[str], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """--option values per chosen method: METHOD.KEY=VALUE goes to that method, KEY=VALUE to every
+    chosen method that has KEY; a key no chosen method has is an InputError."""
+    per_method: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for key, value in options.items():
+        target, dot, field = key.partition(".")
+        if dot:
+            if target not in per_method:
+                raise InputError(f"--option {key}: {target} is not among the chosen methods ({', '.join(names)})")
+            per_method[target][field] = value
+            continue
+        takers = [name for name in names if key in option_names(get_method(name))]
+        if not takers:
+            raise InputError(f"--option {key}: none of {', '.join(names)} has that option")
+        for name in takers:
+            per_method[name][key] = value
+    return per_method
+
+
 def create_method(name: str, options: dict[str, Any] | None = None, random_weights: bool = False,
                   device: str | None = None) -> Method:
-    """The instance to benchmark: the shared one, or a fresh one with options / random full-size weights."""
-    if not options and not random_weights:
-        return get_method(name)
-    cls = type(get_method(name))
+    """The instance to benchmark: the shared one (with `options`, a copy sharing its weights and
+    source), or one with random full-size weights."""
+    if not random_weights:
+        return with_options(get_method(name), options or {})
     try:
-        if random_weights:
-            return cls.random_weights("full", device, **(options or {}))
-        return cls(**options)
+        return type(get_method(name)).random_weights("full", device, **(options or {}))
     except NotImplementedError as exc:
         raise InputError(f"--random-weights: {exc}") from None
     except TypeError as exc:

@@ -24,7 +24,7 @@ from harmony_core import __version__, atomic, export, imaging
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.metrics import image_metrics
 from harmony_core.registry import Progress, availability_table, get_method, resolve_methods, weighted_methods
-from harmony_core.types import HarmonizationRequest
+from harmony_core.types import HarmonizationRequest, parse_seed
 
 
 def _table(rows: list[dict[str, str]], columns: Sequence[str]) -> str:
@@ -80,7 +80,7 @@ def build_request(args: argparse.Namespace) -> HarmonizationRequest:
     ground_truth = imaging.load_rgb(args.ground_truth, f"ground truth '{args.ground_truth}'") if args.ground_truth else None
     return HarmonizationRequest(
         composite=composite, mask=mask, background=background, prompt=args.prompt,
-        ground_truth=ground_truth, seed=args.seed,
+        ground_truth=ground_truth, seed=parse_seed(args.seed),
     )
 
 
@@ -184,8 +184,12 @@ def method_progress(name: str, stream: TextIO | None = None) -> Iterator[Progres
 
 
 def cmd_harmonize(args: argparse.Namespace) -> int:
+    from harmony_core.bench import parse_options, split_options, with_options
+
     apply_weights(args)
     names = _selected_methods(args)
+    per_method = split_options(names, parse_options(args.option))
+    methods = {name: with_options(get_method(name), per_method[name]) for name in names}
     request = build_request(args)
     out = harmonize_folder(args.out, names, [args.composite, args.mask, args.background, args.foreground,
                                              args.ground_truth], args.overwrite)
@@ -195,7 +199,7 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
     failures = 0
     finished: dict[str, tuple[np.ndarray, float]] = {}
     for name in names:
-        method = get_method(name)
+        method = methods[name]
         with method_progress(name) as progress:
             try:
                 result = method.run(request, progress)
@@ -223,13 +227,14 @@ def cmd_harmonize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harmony_core.bench import bench_method, create_method, markdown_table, parse_options
+    from harmony_core.bench import bench_method, create_method, markdown_table, parse_options, split_options
 
     apply_weights(args)
     args.all = args.all or not args.method
     names = _selected_methods(args)
     options = parse_options(args.option)
-    methods = {name: create_method(name, options, args.random_weights, args.device) for name in names}
+    per_method = split_options(names, options)
+    methods = {name: create_method(name, per_method[name], args.random_weights, args.device) for name in names}
     rows = []
     for size in args.size:
         for name in names:
@@ -238,7 +243,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores")
     for name, method in methods.items():
         if args.random_weights or options:
-            print(f"{name}: device {method.device}, weights: {method.weights_source}, options {options or 'default'}")
+            print(f"{name}: device {method.device}, weights: {method.weights_source}, "
+                  f"options {per_method[name] or 'default'}")
     print(markdown_table(rows))
     return 0
 
@@ -365,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--method", action="append", help="method name (repeatable, or comma-separated)")
         p.add_argument("--all", action="store_true", help="every method that can run here")
 
+    def add_option(p: argparse.ArgumentParser, help_text: str) -> None:
+        p.add_argument("--option", action="append", metavar="[METHOD.]KEY=VALUE", help=help_text)
+
     def add_weights_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--weights", action="append", metavar="METHOD=SOURCE",
                        help="weights folder or Hub id for a method, e.g. diffharmony=/data/diffharmony (repeatable)")
@@ -379,13 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="foreground scale factor")
     p.add_argument("--ground-truth", help="real image, to report metrics")
     p.add_argument("--prompt", default="", help="text describing the foreground (diffusion methods)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", default="0", help="a whole number from 0 to 2^63 - 1")
     p.add_argument("--out", required=True, help="output folder (images + results.json); never one holding the inputs")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are removed first)")
     p.add_argument("--figure", action="store_true",
                    help=f"also write {FIGURE}: the composite, each result and the ground truth in one row, with a zoomed crop")
     add_method_choice(p)
     add_weights_option(p)
+    add_option(p, "a method setting for this run, e.g. n_gen=50 or freepih.resolution=256 (repeatable; KEY=VALUE "
+                  "goes to every chosen method that has KEY)")
     p.set_defaults(func=cmd_harmonize)
 
     p = sub.add_parser("bench", help="latency (median of N) and peak memory per method")
@@ -395,8 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_weights_option(p)
     p.add_argument("--random-weights", action="store_true",
                    help="full-size architectures with random weights (networks only; no download needed)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="a method setting for the benchmarked instances, e.g. n_gen=50 (repeatable)")
+    add_option(p, "a method setting for the benchmarked instances, e.g. n_gen=50 (repeatable; as harmonize's)")
     p.add_argument("--device", help="device for --random-weights models (default: cuda when present, else cpu)")
     p.set_defaults(func=cmd_bench)
 

@@ -11,3 +11,7 @@ class InputError(HarmonyError, ValueError):
 
 class MethodUnavailable(HarmonyError, RuntimeError):
     """A method that cannot run here (weights missing, package missing, ...)."""
+
+
+class Cancelled(HarmonyError):
+    """A run stopped because its user cancelled it or went away (raised between steps)."""

@@ -10,6 +10,10 @@ does the rest, the same way for all of them:
   download fetches exactly the files the method loads (`hub_files`, see `diffusion/hub.py`).
 - **available()** checks the declared `required_files` without loading or downloading anything;
   the reason says what is missing and where to set another source (`how_to_set`, `missing_help`).
+  It also reads what it can without loading: the configs parse, the safetensors headers fit their
+  files, and `_check` looks at the config's class and key fields. What fails there, or in a load,
+  is reported as "the weights at <source> could not be loaded: <reason>" (`unloadable`), and a
+  failed load is remembered for that source (until `set_weights`).
 - **load()**: one lazy load per source under a lock shared by the instance and its copies.
 - **Device / dtype**: cuda when visible, else cpu; fp16 on cuda and fp32 on the cpu unless the
   method says otherwise (`default_dtype`).
@@ -17,6 +21,12 @@ does the rest, the same way for all of them:
   an InputError. `with_settings(...)` gives a copy for one request (or one benchmark row) that
   shares the loaded model; the shared instance is never changed per user.
 - **weights_source**: what the result's metadata records.
+- **One run at a time per shared model**: `run` holds the class's `run_lock` for the whole run.
+  By default that is one process-wide lock, because the diffusion methods share models through
+  components' cache (and freepih hooks them): two runs inside one model would mix their hooks and
+  optimizer state. A method whose model is its own (ptl) has its own lock, so it never waits
+  behind a diffusion run. While it waits, it reports progress, so a cancelled waiting run stops
+  there (see `registry.checked`).
 
 Subclasses implement `_load(source)` (and `harmonize`); `_check(folder)` may add checks of the
 files' content, `adopt(model, label)` installs an already-built model (random weights, tests).
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import threading
 from pathlib import Path
@@ -35,9 +46,10 @@ import torch
 
 from harmony_core.diffusion import components
 from harmony_core.errors import InputError, MethodUnavailable
-from harmony_core.registry import Method
-from harmony_core.types import Availability
+from harmony_core.registry import Method, Progress, no_progress
+from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
+log = logging.getLogger(__name__)
 Settings = TypeVar("Settings")
 M = TypeVar("M", bound="ModelMethod")
 
@@ -63,6 +75,12 @@ def make_settings(owner: str, settings_class: type[Settings], base: Settings | N
         raise InputError(f"{owner}: {exc}") from None
 
 
+RUNS = threading.RLock()
+"""The default `run_lock`: held from start to end by every run of the methods that share models
+(module docstring: one run at a time per shared model)."""
+WAIT_REPORT_SECONDS = 0.25
+
+
 class _WeightsState:
     """What an instance and its `with_settings` copies share: the source, the loaded model, the lock."""
 
@@ -71,6 +89,8 @@ class _WeightsState:
         self.explicit = explicit
         self.model: Any = None
         self.loaded_from: str | None = None
+        self.failed: tuple[str, str] | None = None
+        """(source, reason) of the last load that failed."""
 
 
 class ModelMethod(Method):
@@ -90,6 +110,8 @@ class ModelMethod(Method):
     missing_help: ClassVar[str] = ""
     """Appended to the reason when the weights cannot be used (where to get them)."""
     settings_class: ClassVar[type] = NoSettings
+    run_lock: ClassVar[threading.RLock] = RUNS
+    """Held for a whole run: RUNS where models are shared between methods, a lock of its own otherwise."""
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device | None = None,
                  dtype: torch.dtype | None = None, settings: Any = None, **overrides: Any) -> None:
@@ -100,6 +122,16 @@ class ModelMethod(Method):
         self._state = _WeightsState(weights)
         self._device = None if device is None else str(torch.device(device))
         self._dtype = dtype
+
+    def run(self, request: HarmonizationRequest, progress: Progress | None = None) -> HarmonizationResult:
+        """`Method.run` under `run_lock`; while another run holds it, progress says so every quarter second."""
+        progress = progress or no_progress
+        while not self.run_lock.acquire(timeout=WAIT_REPORT_SECONDS):
+            progress(0.0, f"{self.name}: waiting for the run before this one to stop")
+        try:
+            return super().run(request, progress)
+        finally:
+            self.run_lock.release()
 
     # --- settings ------------------------------------------------------------------------------
 
@@ -131,6 +163,7 @@ class ModelMethod(Method):
             self._state.explicit = source
             self._state.model = None
             self._state.loaded_from = None
+            self._state.failed = None
 
     @property
     def weights_source(self) -> str:  # type: ignore[override]
@@ -175,10 +208,20 @@ class ModelMethod(Method):
             return Availability(False, f"{reason}. {self.missing_help}" if self.missing_help else reason)
         if components.is_hub_id(source) and components.downloads_allowed() and found.reason:
             return found  # not fetched yet: the files are checked when they are loaded
-        return self._check(components.resolve(source, self.hub_files, self.name), found)
+        failed = self._state.failed
+        if failed is not None and failed[0] == source:
+            return Availability(False, failed[1])
+        folder = components.resolve(source, self.hub_files, self.name)
+        problem = components.files_problem(folder, self.required_files)
+        return self.unloadable(problem) if problem else self._check(folder, found)
+
+    def unloadable(self, problem: str) -> Availability:
+        """Not available because the weights at the current source cannot be loaded, in words."""
+        return Availability(False, f"the weights at {self.source()} could not be loaded: {problem}")
 
     def _check(self, folder: Path, found: Availability) -> Availability:
-        """More checks of a folder that has the required files (e.g. a model's shape); default none."""
+        """More checks of a folder that has the required files, without loading them (the config's
+        class and key fields, see `components.config_problem`); default none."""
         return found
 
     def load(self) -> Any:
@@ -194,7 +237,15 @@ class ModelMethod(Method):
             source = self.source()
             if components.is_hub_id(source):
                 components.resolve(source, self.hub_files, self.name)  # fetches exactly hub_files when permitted
-            state.model = self._load(source)
+            try:
+                state.model = self._load(source)
+            except Exception as exc:
+                if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+                    raise  # the machine's state, not the weights'
+                log.exception("loading %s from %s failed", self.name, source)
+                reason = self.unloadable(_in_words(exc)).reason
+                state.failed = (source, reason)
+                raise MethodUnavailable(f"{self.name} cannot run here: {reason}") from exc
             state.loaded_from = source
             return state.model
 
@@ -208,3 +259,10 @@ class ModelMethod(Method):
         with self._state.lock:
             self._state.explicit = self._state.loaded_from = label
             self._state.model = model
+
+
+def _in_words(exc: BaseException) -> str:
+    """An exception's message as one line of at most ~300 characters, with its kind when it has no message."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return text or type(exc).__name__

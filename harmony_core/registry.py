@@ -17,7 +17,7 @@ import numpy as np
 
 from harmony_core import imaging
 from harmony_core.cost import DEFAULT_COST, Cost
-from harmony_core.errors import InputError, MethodUnavailable
+from harmony_core.errors import Cancelled, InputError, MethodUnavailable
 from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 Family = Literal["classical", "network", "diffusion"]
@@ -29,6 +29,19 @@ def no_progress(fraction: float, message: str) -> None:
     """The default progress callback: ignore."""
 
 
+def checked(progress: Progress, cancel: threading.Event) -> Progress:
+    """`progress` that raises Cancelled once `cancel` is set. Every model-backed method reports
+    progress between its steps (and while it waits for another run), so a cancelled run stops
+    within one step, wherever it is."""
+
+    def report(fraction: float, message: str) -> None:
+        if cancel.is_set():
+            raise Cancelled("the run was stopped")
+        progress(fraction, message)
+
+    return report
+
+
 class Method(ABC):
     """A harmonization method. Subclasses set the class attributes and implement `harmonize`."""
 
@@ -38,6 +51,9 @@ class Method(ABC):
     summary: ClassVar[str]
     cost: ClassVar[Cost] = DEFAULT_COST
     """Seconds a run takes per device (harmony_core.cost); a method without one gets a slow GPU default."""
+
+    has_maps: ClassVar[bool] = False
+    """Whether results carry maps (result.maps): the Explain tab runs only such methods."""
 
     device: str = "cpu"
     weights_source: str = "none"
@@ -132,6 +148,12 @@ def get_method(name: str) -> Method:
                 raise KeyError(f"Unknown method '{name}'. Known methods: {known}")
             _INSTANCES[name] = _FACTORIES[name]()
         return _INSTANCES[name]
+
+
+def map_methods() -> list[str]:
+    """Names of the methods whose results carry maps (`Method.has_maps`), in registration order."""
+    _load_builtins()
+    return [name for name, cls in _FACTORIES.items() if cls.has_maps]
 
 
 def weighted_methods() -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +11,34 @@ import numpy as np
 
 from harmony_core import imaging
 from harmony_core.errors import InputError
+
+
+SEED_LIMIT = 2 ** 63
+SEED_RULE = f"The seed must be a whole number from 0 to {SEED_LIMIT - 1} (2^63 - 1)."
+"""Every seed reaches torch.Generator.manual_seed, which takes a signed 64-bit integer."""
+
+
+def parse_seed(value: Any) -> int:
+    """The seed in what a user or an API client sent: an integer, a whole float or a string of
+    digits in [0, 2^63); nothing (None, "") means 0. Anything else is an InputError (SEED_RULE)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return 0
+    if isinstance(value, bool):
+        raise InputError(SEED_RULE)
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise InputError(SEED_RULE)
+        value = int(value)
+    elif isinstance(value, str):
+        if not re.fullmatch(r"\+?\d{1,20}", value.strip()):
+            raise InputError(SEED_RULE)
+        value = int(value.strip())
+    elif not isinstance(value, (int, np.integer)):
+        raise InputError(SEED_RULE)
+    value = int(value)
+    if not 0 <= value < SEED_LIMIT:
+        raise InputError(SEED_RULE)
+    return value
 
 
 @dataclass(frozen=True)
@@ -53,7 +83,7 @@ class HarmonizationRequest:
                 setattr(self, name, value)
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
-        self.seed = int(self.seed)
+        self.seed = parse_seed(self.seed)
         if self.point is not None:
             x, y = (int(v) for v in self.point)
             width, height = self.size

@@ -22,6 +22,7 @@ class Mapper(Method):
     """Stands in for ptl in the Explain tab: a background map, and a point map when clicked."""
 
     name, family, title, summary = "test-mapper", "network", "x", "x"
+    has_maps = True
 
     def harmonize(self, request, progress):
         h, w = request.mask.shape
@@ -86,6 +87,19 @@ def test_compose_then_compare_with_ground_truth(client):
     for item in gallery:
         assert np.array_equal(load(item["image"])[..., :3][~work_mask], load(composite)[..., :3][~work_mask])
     assert before_after is not None
+
+
+@pytest.mark.parametrize("seed", ["nan", "abc", [1, 2], 99999999999999999999, 2 ** 63, -1, 1.5])
+def test_a_bad_seed_gets_the_one_line_message(client, seed):
+    """Issue 30, 3: such seeds gave "internal error" or "Something went wrong"."""
+    from harmony_core.types import SEED_RULE
+
+    composite, mask = handle_file(str(EXAMPLES / "cat_composite.jpg")), handle_file(str(EXAMPLES / "cat_mask.png"))
+    with pytest.raises(AppError) as raised:
+        client.predict(composite, mask, None, ["reinhard"], seed, "", api_name="/compare")
+    assert str(raised.value) == SEED_RULE
+    _, _, status, _ = client.predict(composite, mask, None, ["reinhard"], 2 ** 63 - 1, "", api_name="/compare")
+    assert status["data"][0][:2] == ["reinhard", "done"]
 
 
 def test_place_foreground(client):
@@ -231,7 +245,7 @@ def test_explain_shows_any_methods_maps_and_a_point_map(client):
     main, choice, gallery, legend, notes = job.result(timeout=120)
     assert [item["caption"] for item in gallery] == ["test-mapper · background contribution"]
     assert load(main).shape[:2] == load(composite).shape[:2]
-    assert "reinhard** returns no maps" in notes
+    assert "reinhard** has no maps, so it was not run here" in notes
     main, _, gallery, _, _ = client.predict(handle_file(composite), handle_file(mask), ["test-mapper"], 100, 80,
                                             "viridis", 0.5, None, api_name="/explain")
     assert [item["caption"].split(" · ")[1] for item in gallery] == ["background contribution", "point contribution"]
@@ -253,6 +267,18 @@ def test_weights_field_points_a_method_at_a_folder(client, tmp_path):
         _, note = client.predict("", "", str(tmp_path / "ddpm"), api_name="/set_weights")
         assert get_method("hspace").available()
         assert "**hspace**" not in note
+    finally:
+        client.predict("", "", "", api_name="/set_weights")
+
+
+def test_weights_that_cannot_load_are_not_offered(client, tmp_path):
+    """Issue 30, 2: hspace pointed at a text-to-image pipeline was listed as runnable."""
+    from harmony_core.diffusion.tiny import save_tiny_sd_pipeline
+
+    pipeline = save_tiny_sd_pipeline(tmp_path / "sd", seed=0)
+    try:
+        runnable, note = client.predict("", "", str(pipeline), api_name="/set_weights")
+        assert "hspace" not in runnable["value"] and "<strong>hspace</strong> cannot run here" in note
     finally:
         client.predict("", "", "", api_name="/set_weights")
 
@@ -337,3 +363,17 @@ def test_every_handler_of_the_app_runs_under_the_one_error_policy(tmp_path):
     demo = build_app(max_side=256, votes_dir=tmp_path)
     ours = [d.fn for d in demo.fns.values() if d.fn is not None and d.fn.__module__ != "gradio.helpers"]
     assert len(ours) > 20 and all(hasattr(fn, "__wrapped__") for fn in ours)  # functools.wraps of user_errors
+
+
+def test_stop_buttons_cancel_the_runs_and_no_overlay_hides_results(tmp_path):
+    """Issue 30, 5: no Stop button, and the progress overlay hid the finished results."""
+    from app import build_app
+
+    config = build_app(votes_dir=tmp_path).config
+    ids = {c.get("props", {}).get("elem_id"): c["id"] for c in config["components"] if c.get("props", {}).get("elem_id")}
+    deps = config["dependencies"]
+    by_api = {d.get("api_name"): i for i, d in enumerate(deps)}
+    for run, stop in (("compare", "compare-stop"), ("explain", "explain-stop")):
+        cancelled = {i for d in deps if [t[0] for t in d["targets"]] == [ids[stop]] for i in d["cancels"]}
+        assert by_api[run] in cancelled
+    assert deps[by_api["compare"]]["show_progress"] == "hidden"  # the status table's running row shows it

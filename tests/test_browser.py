@@ -138,3 +138,82 @@ def test_click_through_in_chromium(url, tmp_path):
             page.screenshot(path=str(SHOTS / "studio.png"), full_page=True)
             browser.close()
     assert (SHOTS / "studio.png").stat().st_size > 10_000
+
+
+class SlowMethod:
+    """Registered for the test below: 30 s of small steps unless stopped (records how it ended)."""
+
+    ended: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def slow_url(tmp_path_factory):
+    import time
+
+    from app import build_app
+    from harmony_core import registry
+    from harmony_core.errors import Cancelled
+
+    class Slow(registry.Method):
+        name, family, title, summary = "test-slow", "network", "x", "x"
+
+        def harmonize(self, request, progress):
+            try:
+                for step in range(1500):
+                    progress(step / 1500, f"test-slow: step {step + 1}/1500")
+                    time.sleep(0.02)
+            except Cancelled:
+                SlowMethod.ended.append("stopped")
+                raise
+            SlowMethod.ended.append("finished")
+            return request.composite.copy()
+
+    registry._FACTORIES[Slow.name] = Slow
+    demo = build_app(max_side=400, votes_dir=tmp_path_factory.mktemp("votes"))
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        registry._FACTORIES.pop(Slow.name)
+        registry._INSTANCES.pop(Slow.name, None)
+
+
+def test_finished_results_stay_visible_and_stop_stops_the_run(slow_url):
+    """Issue 30, 1 and 5: the progress overlay hid finished results, and there was no Stop."""
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True,
+                                    args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(slow_url)
+            page.locator("#compose-composite input[type=file]").set_input_files(str(EXAMPLES / "cat_composite.jpg"))
+            page.locator("#compose-mask input[type=file]").set_input_files(str(EXAMPLES / "cat_mask.png"))
+            page.locator("#compose-composite img").first.wait_for()
+            page.locator("#compose-mask img").first.wait_for()
+            page.locator("#compose-use").click()
+            sync_api.expect(page.locator("#compose-notice")).to_contain_text("Ready")
+            page.get_by_role("tab", name="Compare").click()
+            page.locator("#compare-input img").first.wait_for()
+            page.locator("#compare-run").click()
+            status = page.locator("#compare-status")
+            sync_api.expect(status).to_contain_text("running: test-slow: step", timeout=120_000)
+            sync_api.expect(status).to_contain_text("method 6 of 6 · about", timeout=30_000)  # the time left
+            thumb = page.locator("#compare-gallery img").first
+            thumb.wait_for()
+            box = thumb.bounding_box()
+            on_top = page.evaluate("([x, y]) => document.elementFromPoint(x, y).tagName",
+                                   [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
+            assert on_top == "IMG"  # no overlay over the finished results while test-slow runs
+            page.screenshot(path=str(SHOTS / "compare-running.png"), full_page=True)
+            page.locator("#compare-stop").click()
+            deadline = page.evaluate("Date.now()") + 10_000
+            while not SlowMethod.ended and page.evaluate("Date.now()") < deadline:
+                page.wait_for_timeout(100)
+            assert SlowMethod.ended == ["stopped"]
+            sync_api.expect(page.locator("#compare-gallery img").first).to_be_visible()
+        finally:
+            browser.close()

@@ -4,9 +4,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from harmony_core.cli import main
+from harmony_core.types import SEED_RULE
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -211,3 +213,57 @@ def test_explain_agreement_compares_two_networks_point_maps(tmp_path, capsys):
     assert len(pairs) == 6 and all(row[-1] == "1.00" for row in pairs)  # 3 points x 2 point maps
     assert sum("left vs right" in line for line in lines) == 4
     assert main(["explain-agreement", "--data", str(data), "--methods", "ptl"]) == 2  # needs two methods
+
+
+@pytest.mark.parametrize("seed", ["18446744073709551616", "nan"])
+def test_a_bad_seed_is_one_error_line_and_no_traceback(tmp_path, seed):
+    """Issue 30, 3: `harmonize --seed 18446744073709551616` printed a traceback."""
+    proc = _harmonize("--method", "reinhard", "--seed", seed, "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {SEED_RULE}"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def tiny_ddpm(tmp_path):
+    from harmony_core.diffusion.tiny import save_tiny_ddpm
+    from harmony_core.registry import get_method
+
+    folder = save_tiny_ddpm(tmp_path / "ddpm", seed=0)
+    yield folder
+    get_method("hspace").set_weights(None)
+
+
+def test_harmonize_takes_each_methods_options(tmp_path, tiny_ddpm):
+    """Issue 30, 8: steps, n_gen or optimized_steps could not be set per run."""
+    out = tmp_path / "run"
+    assert main(["harmonize", "--composite", str(EXAMPLES / "cat_composite.jpg"), "--mask", str(EXAMPLES / "cat_mask.png"),
+                 "--method", "hspace,reinhard", "--weights", f"hspace={tiny_ddpm}", "--option", "n_gen=3",
+                 "--option", "hspace.n_inv=3", "--option", "std_ratio_max=1.5", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert results["hspace"]["metadata"]["parameters"]["n_gen"] == 3
+    assert results["hspace"]["metadata"]["parameters"]["n_inv"] == 3
+    assert results["reinhard"]["metadata"]["parameters"]["std_ratio_max"] == 1.5
+    assert str(tiny_ddpm) in results["hspace"]["metadata"]["weights"]
+    from harmony_core.registry import get_method
+
+    assert get_method("hspace").settings.n_gen == 1000  # the shared instance keeps its defaults
+
+
+@pytest.mark.parametrize("option, message", [("nope=1", "none of reinhard has that option"),
+                                             ("hspace.n_gen=3", "hspace is not among the chosen methods"),
+                                             ("ring_fraction=abc", "reinhard")])
+def test_a_bad_option_is_one_error_line(tmp_path, capsys, option, message):
+    assert main(["harmonize", "--composite", str(EXAMPLES / "cat_composite.jpg"), "--mask", str(EXAMPLES / "cat_mask.png"),
+                 "--method", "reinhard", "--option", option, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not (tmp_path / "run").exists()
+
+
+def test_bench_honours_weights_with_options(tiny_ddpm, capsys, monkeypatch):
+    """Issue 30, 8: `bench --weights hspace=DIR --option n_gen=5` ignored --weights."""
+    monkeypatch.delenv("HARMONY_HSPACE_WEIGHTS", raising=False)
+    assert main(["bench", "--method", "hspace", "--weights", f"hspace={tiny_ddpm}", "--option", "n_gen=2",
+                 "--option", "n_inv=2", "--size", "32", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"weights: {tiny_ddpm}" in out and "'n_gen': 2" in out and "| hspace |" in out

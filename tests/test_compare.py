@@ -1,7 +1,8 @@
+import numpy as np
 import pytest
 
 from harmony_core import registry
-from harmony_core.errors import MethodUnavailable
+from harmony_core.errors import InputError, MethodUnavailable
 from harmony_core.registry import Availability, Method
 from harmony_core.studio.compare import run_methods
 from harmony_core.types import HarmonizationRequest
@@ -91,3 +92,23 @@ def test_availability_collapses_to_one_line_per_method_with_details_on_demand(mo
     pointed = availability_note([MethodStatus("x", "network", False, long_reason)], {"x": "/some/folder"})
     assert "/some/folder" in pointed and "Download" not in pointed  # never why (no probe of the disk)
     assert availability_note([MethodStatus("reinhard", "classical", True)]) == "All methods can run here."
+
+
+def test_seeds_are_whole_numbers_in_the_generators_range():
+    from harmony_core.types import SEED_RULE, parse_seed
+
+    assert [parse_seed(v) for v in (None, "", 0, 7.0, " 12 ", 2 ** 63 - 1, np.int64(5))] == [0, 0, 0, 7, 12, 2 ** 63 - 1, 5]
+    for bad in ("nan", "abc", [1, 2], 99999999999999999999, 18446744073709551616, 2 ** 63, -1, 1.5,
+                float("nan"), float("inf"), True, "1e3", {"seed": 1}):
+        with pytest.raises(InputError, match="whole number"):
+            parse_seed(bad)
+    assert SEED_RULE.count("\n") == 0
+
+
+def test_a_cut_prompt_is_said_so(scene):
+    from harmony_core.studio.compare import build_request
+
+    _, composite, mask = scene
+    request, _, notes = build_request(composite, mask, ["reinhard"], 400, prompt="x" * 100_000)
+    assert len(request.prompt) == 500 and any("cut to its first 500 characters (of 100000)" in n for n in notes)
+    assert build_request(composite, mask, ["reinhard"], 400, prompt="a cup")[2] == []

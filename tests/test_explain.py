@@ -13,6 +13,7 @@ class Mapper(Method):
     """A stand-in for ptl: a background map and a map around the clicked point."""
 
     name, family, title, summary = "mapper", "network", "x", "x"
+    has_maps = True
     runs = 0
 
     def harmonize(self, request, progress):
@@ -64,7 +65,7 @@ def test_explain_collects_maps_and_reruns_only_point_methods(scene, mapper):
     assert [p.key for p in result.panels] == ["background contribution", "raw logits"]
     assert result.panels[0].values.shape == mask.shape
     assert "rescaled" in result.panels[1].caption
-    assert result.notes == ["**reinhard** returns no maps."]
+    assert result.notes == ["**reinhard** has no maps, so it was not run here (Compare runs it)."]
     assert result.point_methods() == []
     clicked = explain.explain(HarmonizationRequest(composite, mask, point=(60, 50)), ["mapper"], lambda f, m: None)
     assert clicked.point_methods() == ["mapper"]
@@ -102,7 +103,7 @@ def test_a_click_reruns_only_point_methods_and_render_picks_the_map(scene, mappe
     assert Mapper.runs == runs + 1 and "point contribution" in [p.key for p in clicked.panels]
     view = explain.render(clicked, composite, (60, 50), "viridis", 0.5, "nonexistent")
     assert view.chosen == view.labels[0] and len(view.overlays) == len(clicked.panels)
-    assert view.main.shape == composite.shape and "returns no maps" not in view.notes
+    assert view.main.shape == composite.shape and "has no maps" not in view.notes
     with pytest.raises(InputError, match="changed"):
         explain.render(clicked, composite[:50], None, "viridis", 0.5, None)
     none = explain.explain_point(explain.Explained(), HarmonizationRequest(composite, mask, point=(1, 1)), lambda f, m: None)
@@ -197,3 +198,17 @@ def test_a_missing_network_is_named_in_the_note(networks, tmp_path):
     networks(tmp_path / "none", tmp_path / "none")
     note = explain.availability_note()
     assert "**ptl** cannot run here" in note and "**ptl-paper** cannot run here" in note
+
+
+def test_only_methods_with_maps_are_offered_and_run(scene, mapper, monkeypatch):
+    """Issue 30, 6: methods without maps ran in full just to say so."""
+    from harmony_core.registry import get_method
+
+    assert set(explain.choices()) >= {"ptl", "hspace", "mapper"}
+    assert not {"reinhard", "diffharmony", "freepih"} & set(explain.choices())
+    ran = []
+    reinhard = get_method("reinhard")
+    monkeypatch.setattr(reinhard, "harmonize", lambda request, progress: ran.append(request))
+    _, composite, mask = scene
+    result = explain.explain(HarmonizationRequest(composite, mask), ["reinhard"], lambda f, m: None)
+    assert ran == [] and result.panels == [] and "has no maps" in result.notes[0]

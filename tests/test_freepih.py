@@ -183,6 +183,14 @@ def test_pixels_outside_the_mask_equal_the_composite_and_metadata(tiny_method, r
     assert sum("done in" in m and "step" in m for m in messages) == 2  # one per denoising step
 
 
+def test_a_prompt_longer_than_the_text_encoder_reads_is_said_so(tiny_method, request64):
+    """Issue 30, 5: a long prompt was cut without notice (CLIP keeps 77 tokens)."""
+    assert "prompt_note" not in tiny_method.run(request64).metadata
+    request64.prompt = "a white cup " * 40
+    note = tiny_method.run(request64).metadata["prompt_note"]
+    assert "read only its first 77" in note
+
+
 def test_first_step_optimization_lowers_the_total_loss(tiny_method, request64):
     parts = tiny_method.parts()
     settings = replace(tiny_method.settings, lbfgs_max_iter=5)
@@ -293,4 +301,5 @@ def test_random_weights_instance_runs_without_files(request64):
     result = method.run(request64)
     assert result.metadata["weights"] == "random-tiny"
     assert result.metadata["lbfgs_iterations"][1] == 0  # only the first step is optimized
-    assert "loss_end" in result.metadata["steps"][0] and "loss_end" not in result.metadata["steps"][1]
+    assert "loss_end" in result.metadata["step_log"][0] and "loss_end" not in result.metadata["step_log"][1]
+    assert result.metadata["steps"] == 2  # a count: the status table's cell (issue 30, 4)

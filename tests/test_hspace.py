@@ -167,6 +167,17 @@ def test_run_keeps_size_and_background_and_gives_maps(unet, request_):
     assert again.metadata["inversion_cache_hits"] == 2
 
 
+def test_progress_counts_each_phase_and_the_fraction_covers_the_run(unet, request_):
+    """Issue 30, 5: "hspace: generating 80/1049 - 69.2%" mixed a count of the whole run into a phase."""
+    seen = []
+    make(unet, n_inv=5, n_gen=8).run(request_, lambda f, m: seen.append((f, m)))
+    messages = [m for _, m in seen]
+    assert "hspace: inverting the composite 4/4" in messages and "hspace: inverting the style image 4/4" in messages
+    assert "hspace: generating 1/8" in messages and "hspace: generating 8/8" in messages
+    generating = [f for f, m in seen if "generating" in m]
+    assert generating[0] > 0.5 and generating == sorted(generating)  # 8 of the run's 16 UNet steps come last
+
+
 def test_same_seed_same_output_different_seed_differs(unet, request_):
     method = make(unet, n_gen=50)  # boosting (eta 1) at schedule steps with t <= 200 draws noise
     a, b = method.run(request_).image, method.run(request_).image

@@ -116,7 +116,7 @@ def test_ptl_paper_has_its_own_weights_and_the_same_lifecycle(tmp_path, monkeypa
     state = method.available()
     assert not state and "'affine'" in state.reason and "the paper's" in state.reason
     (ours / "config.json").write_text("{not json")
-    assert "unreadable" in method.available().reason
+    assert "readable" in method.available().reason  # "not readable JSON", in the words of every ModelMethod
     method.set_weights(tmp_path / "nowhere")
     reason = method.available().reason
     assert PAPER_WEIGHTS_ENV in reason and "--weights ptl-paper=" in reason and "--head residual" in reason
@@ -200,3 +200,73 @@ def test_ptlnet_saves_and_loads_like_diffusers_models(tmp_path):
     old = PTLNet.from_pretrained(tmp_path / "old")
     assert old.config == PTLConfig(width=0.25) and old.config.head == "affine" and old.config.prior == "poisson"
     assert PTLNet.from_config(saved).config == shipped.config
+
+
+# --- honest availability (issue 30, 2) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd_pipeline(tmp_path_factory):
+    return tiny.save_tiny_sd_pipeline(tmp_path_factory.mktemp("sd") / "pipeline", seed=0)
+
+
+def cut_short(path) -> None:
+    """Keep the safetensors header and half of the tensors, as an interrupted download would."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_hspace_pointed_at_a_text_to_image_pipeline_is_not_runnable(sd_pipeline):
+    state = HSpace(weights=str(sd_pipeline)).available()
+    assert not state
+    assert state.reason.startswith(f"the weights at {sd_pipeline} could not be loaded: ")
+    assert "UNet2DConditionModel, not the UNet2DModel" in state.reason
+
+
+def test_a_truncated_weights_file_is_found_without_loading(sd_pipeline, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(sd_pipeline, tmp_path / "pipeline")
+    assert FreePIH(weights=str(folder)).available()
+    weights = next((folder / "unet").glob("*.safetensors"))
+    cut_short(weights)
+    state = FreePIH(weights=str(folder)).available()
+    assert not state and f"the weights at {folder} could not be loaded: unet/{weights.name} is cut short" in state.reason
+    weights.write_bytes(b"\x00" * 4)
+    assert "is cut short or is not a safetensors file" in FreePIH(weights=str(folder)).available().reason
+
+
+def test_freepih_refuses_an_inpainting_unet(tmp_path):
+    folder = tiny.save_tiny_sd_pipeline(tmp_path / "inpainting", in_channels=9, seed=0)
+    state = FreePIH(weights=str(folder)).available()
+    assert not state and "unet/config.json has in_channels = 9, not 4" in state.reason
+
+
+def test_a_load_failure_is_reported_in_words_and_remembered(tmp_path, monkeypatch, capsys):
+    """What the checks cannot see fails in the load: the run says so, the listing too, until the
+    weights are changed."""
+    from harmony_core.studio import serving
+
+    folder = tiny.save_tiny_ddpm(tmp_path / "ddpm", seed=0)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "block_out_channels": [8, 8]}))
+    monkeypatch.setenv("HARMONY_HSPACE_WEIGHTS", str(folder))
+    method = get_method("hspace")
+    method.set_weights(None)
+    try:
+        assert method.available()
+        composite = np.full((32, 32, 3), 128, np.uint8)
+        mask = np.zeros((32, 32), bool)
+        mask[8:20, 8:20] = True
+        from harmony_core.types import HarmonizationRequest
+
+        result, row = serving.serve("hspace", HarmonizationRequest(composite, mask), lambda f, m: None)
+        assert result is None and row.state == "failed"
+        assert f"the weights at {folder} could not be loaded: " in row.reason and "internal error" not in row.reason
+        assert not method.available() and method.available().reason in row.reason
+        assert main(["methods"]) == 0
+        assert f"the weights at {folder} could not be loaded" in capsys.readouterr().out
+        method.set_weights(None)  # a new source (here: the same one, repaired or not) is checked afresh
+        assert method.available()
+    finally:
+        method.set_weights(None)

@@ -246,3 +246,78 @@ def test_app_is_wiring_no_function_over_80_lines():
     long = {f.name: f.end_lineno - f.lineno + 1 for f in ast.walk(tree)
             if isinstance(f, ast.FunctionDef) and f.end_lineno - f.lineno + 1 > 80}
     assert not long, long
+
+
+def test_progress_is_per_method_with_an_eta_from_its_pace(monkeypatch):
+    """Issue 30, 5: a per-method fraction, which method of how many, and the time left."""
+    now = [100.0]
+    monkeypatch.setattr(serving.time, "monotonic", lambda: now[0])
+    pace = serving.MethodProgress(1, 3)
+    assert pace.describe(0.0, "hspace: starting") == "hspace: starting · method 2 of 3"
+    now[0] += 29
+    assert pace.describe(0.25, "hspace: generating 250/1000") == (
+        "hspace: generating 250/1000 · method 2 of 3 · about 87 s left")
+    now[0] += 271
+    assert pace.describe(0.5, "x").endswith("about 5 min left")
+    assert serving.eta_text(3 * 3600 + 600) == "about 3 h 10 min left"
+
+
+class Slow(Method):
+    """Reports progress every 10 ms for up to 10 s, and records how it ended."""
+
+    name, family, title, summary = "test-serving-slow", "network", "x", "x"
+    ended: list[str] = []
+
+    def harmonize(self, request, progress):
+        import time
+
+        from harmony_core.errors import Cancelled
+
+        try:
+            for step in range(1000):
+                progress(step / 1000, f"step {step}")
+                time.sleep(0.01)
+        except Cancelled:
+            Slow.ended.append("stopped")
+            raise
+        Slow.ended.append("finished")
+        return request.composite.copy()
+
+
+def _wait_for(condition, seconds: float = 10.0) -> None:
+    import time
+
+    end = time.monotonic() + seconds
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.01)
+    assert condition()
+
+
+@pytest.mark.parametrize("zero_gpu", [False, True])
+def test_closing_the_stream_stops_the_method_within_a_step(methods, request_, monkeypatch, zero_gpu):
+    """Issue 30, 1: a cancelled run kept computing. Closing serve_stream (what Gradio does to a
+    cancelled or abandoned handler) stops the method at its next step; on ZeroGPU the GPU call's
+    generator is closed too (which ends the call)."""
+    monkeypatch.setitem(registry._FACTORIES, Slow.name, Slow)
+    monkeypatch.setattr(Slow, "ended", [])
+    gpu_closed = []
+    if zero_gpu:
+        def worker(job):
+            try:
+                yield from serving.job_events(pickle.loads(pickle.dumps(job)))
+            finally:
+                gpu_closed.append(True)
+
+        monkeypatch.setattr(serving, "ON_GPU", worker)
+    stream = serving.serve_stream(Slow.name, request_)
+    assert next(event for event in stream if event[0] == "progress" and event[2] == "step 5")
+    stream.close()
+    _wait_for(lambda: Slow.ended == ["stopped"])
+    assert gpu_closed == ([True] if zero_gpu else [])
+
+
+def test_a_finished_stream_ends_with_the_result_and_its_row(methods, request_):
+    events = list(serving.serve_stream(Mapper.name, request_))
+    assert ("progress", 0.5, "halfway") in events
+    kind, result, row = events[-1]
+    assert kind == "done" and row.state == "done" and np.array_equal(result.image, request_.composite)

@@ -183,7 +183,7 @@ def test_a_hostile_vote_is_refused_and_an_old_hostile_row_is_skipped(client, vot
     ("compose_place", lambda p, ok: [p, ok, None, 0.5, 0.5, 1.0]),
     ("compose_paint", lambda p, ok: [{"background": p, "layers": [], "composite": None}]),
     ("compare", lambda p, ok: [ok, ok, p, ["reinhard"], 0, ""]),  # "": the prompt (a raw call sends every input)
-    ("explain", lambda p, ok: [p, ok, ["reinhard"], None, None, "inferno", 0.6, None]),
+    ("explain", lambda p, ok: [p, ok, ["reinhard"], None, None, "inferno", 0.6, None, 0, ""]),  # + seed, prompt
 ])
 def test_a_server_path_is_refused_whether_or_not_it_exists(server, tmp_path, api_name, data):
     outside = tmp_path / "secret.png"  # a readable image outside the upload folder and the app's folders

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import threading
@@ -134,6 +135,88 @@ def check(source: str | os.PathLike | None, required: Sequence[str], how_to_set:
         return Availability(False, f"'{folder}' lacks {', '.join(missing)}; put the complete weights there "
                                    f"or set {how_to_set} to a folder that has them")
     return Availability(True)
+
+
+def matching_files(folder: Path, required: Sequence[str]) -> list[Path]:
+    """The files of `folder` that the requirements name (every alternative, globs expanded)."""
+    found: list[Path] = []
+    for requirement in required:
+        for pattern in requirement.split("|"):
+            parent = (folder / pattern).parent
+            if parent.is_dir():
+                found += sorted(p for p in parent.iterdir() if p.is_file() and fnmatch.fnmatch(p.name, Path(pattern).name))
+    return list(dict.fromkeys(found))
+
+
+MAX_HEADER_BYTES = 100_000_000
+"""safetensors' own limit on the JSON header."""
+
+
+def safetensors_problem(path: Path, label: str | None = None) -> str | None:
+    """Why a .safetensors file cannot be loaded, judged from its header alone (a few KB read), or
+    None: the 8-byte header length, the JSON header, and tensors that end where the file ends.
+    label: how the reason names the file (default: its name)."""
+    label = label or path.name
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if length < 2 or length > min(size - 8, MAX_HEADER_BYTES):
+            return f"{label} is cut short or is not a safetensors file ({size} bytes)"
+        try:
+            header = json.loads(handle.read(length))
+            ends = [int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return f"{label} has an unreadable header (not a safetensors file)"
+    needed = 8 + length + max(ends, default=0)
+    if needed > size:
+        return f"{label} is cut short: its header describes {needed} bytes, the file has {size}"
+    return None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A JSON config as a dict; ValueError in words when it is not one."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path.name} is not readable JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path.name} is not a JSON object")
+    return config
+
+
+def files_problem(folder: Path, required: Sequence[str]) -> str | None:
+    """Why the required files in `folder` cannot be loaded, from what can be read without loading
+    them (configs parse as JSON objects, safetensors headers fit their files), or None."""
+    for path in matching_files(folder, required):
+        label = path.relative_to(folder).as_posix()
+        if path.suffix == ".json":
+            try:
+                read_config(path)
+            except ValueError as exc:
+                return f"{label}: {exc}"
+        elif path.suffix == ".safetensors":
+            problem = safetensors_problem(path, label)
+            if problem:
+                return problem
+    return None
+
+
+def config_problem(folder: Path, config: str, class_name: str, fields: dict[str, Any] | None = None) -> str | None:
+    """Why `folder/config` is not the config of a `class_name` (diffusers / transformers name the
+    class in it) with the given field values, or None."""
+    path = folder / config
+    try:
+        values = read_config(path)
+    except ValueError as exc:
+        return f"{config}: {exc}"
+    named = values.get("_class_name") or next(iter(values.get("architectures") or []), None)
+    if named is not None and named != class_name:
+        return f"{config} describes a {named}, not the {class_name} this method needs"
+    for key, expected in (fields or {}).items():
+        if values.get(key) != expected:
+            return f"{config} has {key} = {values.get(key)!r}, not {expected!r}"
+    return None
 
 
 def _cached_snapshot(repo_id: str) -> Path | None:

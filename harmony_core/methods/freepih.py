@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
@@ -24,7 +25,7 @@ from harmony_core.diffusion import components, ddim, hooks
 from harmony_core.diffusion.pixels import to_tensor, to_uint8
 from harmony_core.model_method import ModelMethod
 from harmony_core.registry import Progress, register
-from harmony_core.types import HarmonizationRequest, HarmonizationResult
+from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 # --- losses (pure functions of feature tensors, so they can be tested without a model) --------
 
@@ -413,7 +414,8 @@ def run_freepih(parts: SDParts, image: torch.Tensor, mask: torch.Tensor, prompt:
         "timesteps": timesteps,
         "seconds_per_step": [r["seconds"] for r in per_step],
         "lbfgs_iterations": [r.get("lbfgs_iterations", 0) for r in per_step],
-        "steps": per_step,
+        "steps": n_steps,
+        "step_log": per_step,
     }
     return Outcome(result, metadata)
 
@@ -467,6 +469,16 @@ class FreePIH(ModelMethod):
         ), f"random-{size}")
         return method
 
+    def _check(self, folder: Path, found: Availability) -> Availability:
+        """SD-1.5's text-to-image parts (an inpainting UNet has 9 input channels, not 4)."""
+        for config, class_name, fields in (("unet/config.json", "UNet2DConditionModel", {"in_channels": 4}),
+                                           ("vae/config.json", "AutoencoderKL", None),
+                                           ("text_encoder/config.json", "CLIPTextModel", None)):
+            problem = components.config_problem(folder, config, class_name, fields)
+            if problem:
+                return self.unloadable(problem)
+        return found
+
     def _load(self, source: str) -> SDParts:
         return load_parts(source, self.device, self.dtype)
 
@@ -485,4 +497,7 @@ class FreePIH(ModelMethod):
         output = imaging.resize_rgb(to_uint8(outcome.image), (width, height))
         metadata = outcome.metadata | {"working_resolution": f"{size[0]}x{size[1]}", "prompt": request.prompt,
                                        "dtype": components.dtype_name(parts.dtype)}
+        tokens, kept = len(parts.tokenizer(request.prompt).input_ids), parts.tokenizer.model_max_length
+        if tokens > kept:
+            metadata["prompt_note"] = f"the prompt is {tokens} tokens long; the text encoder read only its first {kept}"
         return HarmonizationResult(image=output, metadata=metadata)

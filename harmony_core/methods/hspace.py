@@ -171,6 +171,7 @@ def scheduler_config(folder: Path) -> dict[str, Any] | None:
 class HSpace(ModelMethod):
     name = "hspace"
     family = "diffusion"
+    has_maps = True
     title = "h-space content injection (DiffStyle)"
     summary = "training-free: the object's h-space content injected into a DDPM generation of the background's style"
     cost = Cost(gpu=True, on_cpu=Rate(10.0, 10.3), on_gpu=Rate(5.0, 0.06), units=ddpm_calls,
@@ -226,7 +227,14 @@ class HSpace(ModelMethod):
             return super().available()
         if not Path(source).expanduser().is_file():
             return Availability(False, f"checkpoint '{source}' does not exist; set {HOW_TO_SET}")
-        return Availability(True)
+        failed = self._state.failed
+        return Availability(False, failed[1]) if failed is not None and failed[0] == source else Availability(True)
+
+    def _check(self, folder: Path, found: Availability) -> Availability:
+        """An unconditional UNet2DModel (a text-to-image pipeline's UNet needs a prompt it never gets)."""
+        config = "unet/config.json" if (folder / "unet" / "config.json").is_file() else "config.json"
+        problem = components.config_problem(folder, config, "UNet2DModel")
+        return self.unloadable(problem) if problem else found
 
     def _load(self, source: str) -> DDPM:
         from diffusers import UNet2DModel
@@ -250,9 +258,11 @@ class HSpace(ModelMethod):
     # --- inversion with a bounded cache ------------------------------------------------------
 
     def _cache_key(self, image: np.ndarray) -> str:
+        """The image's bytes and every setting of the run, n_gen too: a run with other generation
+        settings inverts afresh, so its time (say, a benchmark row's) always includes inversion."""
         digest = hashlib.sha256(image.tobytes())
         digest.update(repr((image.shape, self.weights_source, id(self.unet()), self.settings.n_inv,
-                            self.device, str(self.dtype))).encode())
+                            self.settings.n_gen, self.device, str(self.dtype))).encode())
         return digest.hexdigest()
 
     def invert(self, image: np.ndarray, on_step: Callable[[], None] | None = None) -> tuple[Inversion, bool]:
@@ -340,17 +350,20 @@ class HSpace(ModelMethod):
         total = sum(self.settings.n_inv - 1 for _ in images) + self.settings.n_gen
         done = 0
 
-        def tick(what: str) -> Callable[[], None]:
+        def tick(what: str, steps: int) -> Callable[[], None]:
+            """progress: the fraction of all UNet steps of the run, the count within this phase."""
+            phase = 0
+
             def step() -> None:
-                nonlocal done
-                done += 1
-                progress(min(done / total, 0.99), f"hspace: {what} {done}/{total}")
+                nonlocal done, phase
+                done, phase = done + 1, phase + 1
+                progress(min(done / total, 0.99), f"hspace: {what} {min(phase, steps)}/{steps}")
             return step
 
         start = time.perf_counter()
-        content, content_hit = self.invert(request.composite, tick("inverting"))
+        content, content_hit = self.invert(request.composite, tick("inverting the composite", self.settings.n_inv - 1))
         if len(images) == 2:
-            style, style_hit = self.invert(style_image, tick("inverting"))
+            style, style_hit = self.invert(style_image, tick("inverting the style image", self.settings.n_inv - 1))
         else:
             style, style_hit = content, content_hit
         done = total - self.settings.n_gen
@@ -358,7 +371,7 @@ class HSpace(ModelMethod):
         grid = next(iter(content.h.values())).shape[-2:]
         soft = mask_grid(request.mask, (grid[0], grid[1]))
         mask = torch.from_numpy(soft).to(self.device)[None, None]
-        x0, change, injections = self.generate(style, content, mask, request.seed, tick("generating"))
+        x0, change, injections = self.generate(style, content, mask, request.seed, tick("generating", self.settings.n_gen))
         image = imaging.resize_rgb(to_uint8(x0), request.size)
         width, height = request.size
         change_map = change.cpu().numpy()
@@ -372,6 +385,8 @@ class HSpace(ModelMethod):
             "inversion_cache_hits": int(content_hit) + (int(style_hit) if len(images) == 2 else 0),
             "inversion_seconds": inverted - start,
             "generation_seconds": time.perf_counter() - inverted,
+            "steps": self.settings.n_gen,
+            "inversion_steps": self.settings.n_inv,
             "injection_steps": injections,
             "working_size": int(self.unet().config.sample_size),
             "dtype": components.dtype_name(self.dtype),

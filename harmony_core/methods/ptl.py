@@ -21,6 +21,7 @@ Contribution maps (paper fig. 5), all sized like the input, in [0, 1], zero on t
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,9 @@ def full_resolution(output: PTLOutput, small: torch.Tensor, composite: np.ndarra
 class PTLMethod(ModelMethod):
     name = "ptl"
     family = "network"
+    has_maps = True
+    run_lock = threading.RLock()
+    """ptl's network is its own (no hooks, no shared components): its runs never wait behind a diffusion run."""
     title = "Regional reference network (LTL + PTL)"
     summary = ("A colour map per object location, from content-related background regions, that corrects "
                "one fitted to the Poisson blend (model card: weights/ptl/README.md).")

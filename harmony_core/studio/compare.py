@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -17,8 +19,8 @@ from harmony_core.metrics import ImageMetrics, image_metrics
 from harmony_core.registry import Progress, get_method, resolve_methods, weighted_methods
 from harmony_core.studio.compose import finish
 from harmony_core.studio.scratch import scratch_folder
-from harmony_core.studio.serving import MethodStatus, method_statuses, public_value, serve
-from harmony_core.types import HarmonizationRequest, HarmonizationResult
+from harmony_core.studio.serving import MethodProgress, MethodStatus, StatusRow, method_statuses, public_value, serve_stream
+from harmony_core.types import HarmonizationRequest, HarmonizationResult, parse_seed
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,9 @@ STYLE_METHOD = "hspace"
 """The method that takes a style image (request.background)."""
 PROMPT_METHOD = "freepih"
 """The method that reads the text prompt."""
+PROMPT_CHARACTERS = 500
+"""The longest prompt kept (CLIP's 77 tokens are rarely more than ~400 characters)."""
+PROMPT_TOKENS = 77
 
 
 def availability_note(statuses: list[MethodStatus], pointed: dict[str, str] | None = None) -> str:
@@ -99,9 +104,13 @@ def build_request(composite: Any, mask: Any, names: Sequence[str] | None, max_si
     if background is not None and background.shape != composed.composite.shape:
         background = None
         notes.append(f"The background from Compose no longer matches the composite; {STYLE_METHOD} uses the composite as its style image.")
+    prompt = str(prompt or "")
+    if len(prompt) > PROMPT_CHARACTERS:
+        notes.append(f"The prompt was cut to its first {PROMPT_CHARACTERS} characters (of {len(prompt)}); "
+                     f"{PROMPT_METHOD}'s text encoder reads at most {PROMPT_TOKENS} tokens of it.")
+        prompt = prompt[:PROMPT_CHARACTERS]
     request = HarmonizationRequest(composite=composed.composite, mask=composed.mask, ground_truth=gt,
-                                   seed=int(seed or 0), point=point, prompt=str(prompt or "")[:500],
-                                   background=background)
+                                   seed=parse_seed(seed), point=point, prompt=prompt, background=background)
     return request, names, notes
 
 
@@ -145,20 +154,58 @@ class CompareState:
     metrics: list[list[object]] = field(default_factory=list)
     results: dict[str, HarmonizationResult] = field(default_factory=dict)
     before_after: tuple[np.ndarray, np.ndarray] | None = None
+    notes: list[str] = field(default_factory=list)
+    """What a method said about the inputs it was given (e.g. a prompt cut to the encoder's length)."""
     finished: CompareRun | None = None
     """Set on the last state only: a vote or an export needs every method's result."""
 
 
-def run_methods(request: HarmonizationRequest, names: list[str], progress: Progress) -> Iterator[CompareState]:
+@dataclass
+class Running:
+    """A tick while a method runs: the status rows so far, the running method's last (its progress
+    and the time left)."""
+
+    status: list[list[str]]
+
+
+RUNNING_EVERY_SECONDS = 0.25
+"""The running row is sent at most this often (hspace reports a thousand steps)."""
+
+
+def run_methods(request: HarmonizationRequest, names: list[str], progress: Progress,
+                ticks: bool = False) -> Iterator[CompareState | Running | None]:
     """Run each method, yielding the state once per method in order; a failure is reported in its
-    status row and never stops the others. The last state carries the finished run."""
+    status row and never stops the others. The last state carries the finished run.
+
+    progress gets each method's own fraction, with which method of how many it is and an ETA.
+    ticks: also yield at every progress event, so that a consumer that can only stop between
+    yields (Gradio) can stop the run within one step (closing this generator stops the method
+    that is running): a `Running` with the status table and the running method's row at most
+    every RUNNING_EVERY_SECONDS, None (nothing new) otherwise."""
     state = CompareState()
     values: dict[str, dict[str, float]] = {}
+    shown = 0.0
     for i, name in enumerate(names):
-        result, row = serve(name, request, lambda f, m, i=i: progress((i + f) / len(names), m))
+        pace = MethodProgress(i, len(names))
+        with contextlib.closing(serve_stream(name, request)) as events:
+            for event in events:
+                if event[0] == "progress":
+                    text = pace.describe(event[1], event[2])
+                    progress(event[1], text)
+                    if ticks and time.monotonic() - shown >= RUNNING_EVERY_SECONDS:
+                        shown = time.monotonic()
+                        yield Running([*state.status, StatusRow(name, "running", text).cells()])
+                        continue
+                if event[0] != "done":
+                    if ticks:
+                        yield None
+                    continue
+                result, row = event[1], event[2]
         state.status.append(row.cells())
         if result is not None:
             state.results[name] = result
+            if result.metadata.get("prompt_note"):
+                state.notes.append(f"{name}: {result.metadata['prompt_note']}.")
             state.gallery.append((result.image, f"{name} · {result.metadata['seconds']:.2f} s · {result.metadata['device']}"))
             if state.before_after is None and name != "composite":
                 state.before_after = (request.composite, result.image)

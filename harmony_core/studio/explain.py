@@ -13,9 +13,11 @@ that on a dataset (`python -m harmony_core explain-agreement`).
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -26,8 +28,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from harmony_core.errors import InputError
-from harmony_core.registry import Progress, get_method
-from harmony_core.studio.serving import serve
+from harmony_core.registry import Progress, get_method, map_methods
+from harmony_core.studio.serving import MethodProgress, serve_stream
 from harmony_core.types import HarmonizationRequest
 
 COLORMAPS = ["inferno", "viridis", "magma", "coolwarm", "gray"]
@@ -109,6 +111,11 @@ def default_methods() -> list[str]:
     return list(EXPLAINERS)
 
 
+def choices() -> list[str]:
+    """The methods the tab offers: those whose results carry maps."""
+    return map_methods()
+
+
 def availability_note() -> str:
     """Why the tab's networks cannot run here, or '' when they can."""
     states = {name: get_method(name).available() for name in EXPLAINERS}
@@ -148,9 +155,38 @@ def side_by_side(panels: Sequence[MapPanel]) -> list[MapPanel]:
 
 def explain(request: HarmonizationRequest, names: list[str], progress: Progress) -> Explained:
     """Run each method and collect its maps; a method that cannot run or has no maps gets a note."""
+    with contextlib.closing(explain_stream(request, names, progress)) as steps:
+        return [step for step in steps if isinstance(step, Explained)][-1]
+
+
+PROGRESS_EVERY_SECONDS = 0.25
+
+
+def explain_stream(request: HarmonizationRequest, names: list[str], progress: Progress) -> Iterator[Explained | str | None]:
+    """`explain` as a stream: at every progress event the progress line (what runs, which method of
+    how many, the time left) at most every PROGRESS_EVERY_SECONDS and None otherwise, so that a
+    consumer that can only stop between yields stops the run within one step (closing the stream
+    stops the running method); then the maps."""
     out = Explained()
+    mapped = set(map_methods())
+    out.notes += [f"**{name}** has no maps, so it was not run here (Compare runs it)." for name in names if name not in mapped]
+    names = [name for name in names if name in mapped]
+    shown = 0.0
     for i, name in enumerate(names):
-        result, row = serve(name, request, lambda f, m, i=i: progress((i + f) / len(names), m))
+        pace = MethodProgress(i, len(names))
+        with contextlib.closing(serve_stream(name, request)) as events:
+            for event in events:
+                if event[0] == "progress":
+                    text = pace.describe(event[1], event[2])
+                    progress(event[1], text)
+                    if time.monotonic() - shown >= PROGRESS_EVERY_SECONDS:
+                        shown = time.monotonic()
+                        yield text
+                        continue
+                if event[0] != "done":
+                    yield None
+                    continue
+                result, row = event[1], event[2]
         if result is None:
             out.notes.append(f"**{name}** " + (f"cannot run here: {row.reason}" if row.state == "not available"
                                               else f"failed: {row.reason}"))
@@ -165,17 +201,34 @@ def explain(request: HarmonizationRequest, names: list[str], progress: Progress)
                 continue
             out.panels.append(MapPanel(name, key, unit, note))
     out.notes += agreement_notes(out.panels, request.mask)
-    return out
+    yield out
+
+
+def clicked_point(index: object) -> tuple[int, int]:
+    """The (x, y) of a click on the image, from the event's index (hostile clients send anything)."""
+    if not (isinstance(index, (list, tuple)) and len(index) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in index)):
+        raise InputError("Click a point of the image (x, y in pixels).")
+    return int(index[0]), int(index[1])
 
 
 def explain_point(previous: Explained | None, request: HarmonizationRequest, progress: Progress) -> Explained:
     """The maps after a click on `request.point`: only methods with a point map re-run."""
+    with contextlib.closing(point_stream(previous, request, progress)) as steps:
+        return [step for step in steps if isinstance(step, Explained)][-1]
+
+
+def point_stream(previous: Explained | None, request: HarmonizationRequest, progress: Progress) -> Iterator[Explained | str | None]:
+    """`explain_point` as a stream (see `explain_stream`)."""
     if previous is None:
         raise InputError("Press **Explain** first, then click a point.")
     rerun = previous.point_methods()
     if not rerun:
-        return Explained(previous.panels, ["None of the chosen methods has a point map; nothing to re-run."])
-    return merge(previous, explain(request, rerun, progress), rerun)
+        yield Explained(previous.panels, ["None of the chosen methods has a point map; nothing to re-run."])
+        return
+    with contextlib.closing(explain_stream(request, rerun, progress)) as steps:
+        for step in steps:
+            yield merge(previous, step, rerun) if isinstance(step, Explained) else step
 
 
 @dataclass

@@ -10,10 +10,16 @@ pickle boundary into a GPU worker. The others (the classical methods, ptl) run i
 the CPU and never spend a visitor's GPU quota. Everywhere else (CPU, a dedicated GPU) the shared
 method instance runs in this process and loads its model lazily, once; the GPU methods take turns
 (`GPU_SLOT`), the others run alongside them.
+
+Stopping: `serve_stream` runs a method in a worker thread and streams its events; closing that
+generator (Gradio closes a handler's generator when its event is cancelled or its client
+disconnects) sets the run's cancel flag, and the method stops at its next step
+(`registry.checked`). On ZeroGPU the GPU call's generator is closed too, which ends the call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -22,6 +28,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -29,8 +36,8 @@ import numpy as np
 
 from harmony_core.bench import measure_peak
 from harmony_core.cost import Device
-from harmony_core.errors import HarmonyError
-from harmony_core.registry import Method, Progress, get_method, method_names, weighted_methods
+from harmony_core.errors import Cancelled, HarmonyError
+from harmony_core.registry import Method, Progress, checked, get_method, method_names, weighted_methods
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 log = logging.getLogger(__name__)
@@ -135,24 +142,29 @@ a GPU call ("failed", reason)."""
 def job_events(job: Job) -> Iterator[Event]:
     """A method's run as events: progress, then the result as numpy arrays and a dict. The
     method runs in a thread so that its progress callbacks can be yielded across the pickle
-    boundary as they happen."""
+    boundary as they happen. Closing the generator (the caller stopped) stops the method at its
+    next step."""
     events: queue.Queue[Event] = queue.Queue()
+    cancel = threading.Event()
 
     def work() -> None:
         try:
-            result = execute(job, lambda fraction, message: events.put(("progress", fraction, message)))
+            result = execute(job, checked(lambda fraction, message: events.put(("progress", fraction, message)), cancel))
             events.put(("done", result.image, result.maps, result.metadata))
         except BaseException as exc:  # re-raised below, in the caller's thread
             events.put(("error", exc))
 
     threading.Thread(target=work, daemon=True).start()
-    while True:
-        event = events.get()
-        if event[0] == "error":
-            raise event[1]
-        yield event
-        if event[0] == "done":
-            return
+    try:
+        while True:
+            event = events.get()
+            if event[0] == "error":
+                raise event[1]
+            yield event
+            if event[0] == "done":
+                return
+    finally:
+        cancel.set()
 
 
 def worker_events(job: Job) -> Iterator[Event]:
@@ -283,18 +295,19 @@ def _run_in_gpu_call(job: Job, progress: Progress) -> HarmonizationResult:
     """The job through ON_GPU, its events read to the end (so that spaces ends the call normally);
     what spaces itself raises becomes `zero_gpu_error`, since worker_events never raises."""
     assert ON_GPU is not None
-    events, last = ON_GPU(job), None
-    while True:
-        try:
-            event = next(events, None)
-        except Exception as exc:
-            raise zero_gpu_error(exc) from exc
-        if event is None:
-            break
-        if event[0] == "progress":
-            progress(event[1], event[2])
-        else:
-            last = event
+    last = None
+    with contextlib.closing(ON_GPU(job)) as events:  # closed when progress raises Cancelled: the GPU call ends
+        while True:
+            try:
+                event = next(events, None)
+            except Exception as exc:
+                raise zero_gpu_error(exc) from exc
+            if event is None:
+                break
+            if event[0] == "progress":
+                progress(event[1], event[2])
+            else:
+                last = event
     if last is None:
         raise RuntimeError(f"the GPU call of {job.method} ended without a result")
     if last[0] == "failed":
@@ -334,7 +347,12 @@ class StatusRow:
             return [self.method, f"{self.state}: {self.reason}", *[""] * (len(STATUS_COLUMNS) - 2)]
         m = self.metadata
         return [self.method, "done", f"{m['seconds']:.2f}", m["device"], m["resolution"], str(m["seed"]),
-                str(m.get("steps", "")), m.get("peak_memory", ""), str(public_value(m["weights"]))]
+                _count(m.get("steps", "")), m.get("peak_memory", ""), str(public_value(m["weights"]))]
+
+
+def _count(steps: Any) -> str:
+    """The steps cell: a count (a method that records a per-step log there shows its length)."""
+    return str(len(steps)) if isinstance(steps, (list, tuple, dict)) else str(steps)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -358,9 +376,70 @@ def serve(name: str, request: HarmonizationRequest, progress: Progress) -> tuple
         return None, StatusRow(name, "not available", state.reason)
     try:
         result = run(Job.of(name, request), progress)
+    except Cancelled:
+        return None, StatusRow(name, "stopped", "the run was stopped")
     except HarmonyError as exc:
         return None, StatusRow(name, "failed", str(exc))
     except Exception as exc:  # never a stack trace in the UI; the server log keeps it
         log.exception("method %s failed", name)
         return None, StatusRow(name, "failed", failure_reason(exc))
     return result, StatusRow(name, "done", metadata=result.metadata)
+
+
+Served = tuple[HarmonizationResult | None, StatusRow]
+TICK_SECONDS = 1.0
+"""How often `serve_stream` yields while a method reports nothing (a long load, one slow step)."""
+
+
+def serve_stream(name: str, request: HarmonizationRequest) -> Iterator[tuple[Any, ...]]:
+    """`serve` in a worker thread, as events: ("progress", fraction, message) as the method reports,
+    ("tick",) every TICK_SECONDS it is silent, then ("done", result, row). The consumer must
+    close the generator when it stops listening (module docstring): the method then stops at its
+    next step, and the lock of model-backed runs keeps the next run out until it has."""
+    events: queue.Queue[tuple[Any, ...]] = queue.Queue()
+    cancel = threading.Event()
+
+    def work() -> None:
+        served = serve(name, request, checked(lambda fraction, message: events.put(("progress", fraction, message)), cancel))
+        events.put(("done", *served))
+
+    threading.Thread(target=work, daemon=True, name=f"harmony-{name}").start()
+    try:
+        while True:
+            try:
+                event = events.get(timeout=TICK_SECONDS)
+            except queue.Empty:
+                event = ("tick",)
+            yield event
+            if event[0] == "done":
+                return
+    finally:
+        cancel.set()
+
+
+def eta_text(seconds: float) -> str:
+    """'about 40 s left' / 'about 3 min left' / 'about 1 h 5 min left'."""
+    seconds = max(0, round(seconds))
+    if seconds < 90:
+        return f"about {seconds} s left"
+    minutes = round(seconds / 60)
+    return f"about {minutes} min left" if minutes < 60 else f"about {minutes // 60} h {minutes % 60} min left"
+
+
+@dataclass
+class MethodProgress:
+    """The progress of one method in a run of several: its own fraction, and an ETA from the pace
+    measured since it started (shown once it has done 2% and run a second)."""
+
+    index: int
+    count: int
+    start: float = field(default_factory=time.monotonic)
+
+    def describe(self, fraction: float, message: str) -> str:
+        if fraction <= 0:  # starting or waiting for the run before: the pace is measured from here
+            self.start = time.monotonic()
+        elapsed = time.monotonic() - self.start
+        parts = [message, f"method {self.index + 1} of {self.count}"]
+        if 0.02 <= fraction < 1 and elapsed >= 1:
+            parts.append(eta_text(elapsed * (1 - fraction) / fraction))
+        return " · ".join(parts)
