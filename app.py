@@ -31,6 +31,7 @@ import numpy as np
 from harmony_core import __version__, imaging
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.studio import compare, compose, explain, study
+from harmony_core.studio.display import DisplayFiles
 from harmony_core.studio.raters import RateLimiter, RateLimits, client_address, proxy_hops
 from harmony_core.studio.uploads import editor_paths, upload_path
 
@@ -279,7 +280,8 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
                                                       prompt=prompt, background=background)
         for note_text in notes:
             gr.Warning(note_text)
-        for state in compare.run_methods(request, names, lambda f, msg: progress(f, desc=msg)):
+        files = DisplayFiles(gallery.GRADIO_CACHE, "compare-")  # served as they are: each result encoded once
+        for state in compare.run_methods(request, names, lambda f, msg: progress(f, desc=msg), files):
             yield state.gallery, state.before_after, state.status, state.metrics or None, state.finished
 
     run_button.click(harmonize, [composed.composite, composed.mask, composed.ground_truth, c["methods"], c["seed"],

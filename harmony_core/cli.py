@@ -233,7 +233,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = []
     for size in args.size:
         for name in names:
-            rows.append(bench_method(name, size, args.repeats, method=methods[name]))
+            rows.append(bench_method(name, size, args.repeats, method=methods[name], trace_memory=args.trace_memory))
             print(f"  {name} @ {size}: {rows[-1].median_ms:.1f} ms", file=sys.stderr)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores")
     for name, method in methods.items():
@@ -358,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a method setting for the benchmarked instances, e.g. n_gen=50 (repeatable)")
     p.add_argument("--device", help="device for --random-weights models (default: cuda when present, else cpu)")
+    p.add_argument("--trace-memory", action="store_true",
+                   help="CPU peak memory: also trace Python/NumPy allocations (tracemalloc; slow) and report the larger")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("device-check", help="every model-backed method on one GPU, all resident in fp16, in one run")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextvars
 import html
 import json
 import logging
+import queue
+import threading
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Generator, Iterator, Sequence
 
 import numpy as np
 
@@ -16,8 +20,9 @@ from harmony_core.errors import InputError
 from harmony_core.metrics import ImageMetrics, image_metrics
 from harmony_core.registry import Progress, get_method, resolve_methods, weighted_methods
 from harmony_core.studio.compose import finish
+from harmony_core.studio.display import DisplayFiles
 from harmony_core.studio.scratch import scratch_folder
-from harmony_core.studio.serving import MethodStatus, method_statuses, serve
+from harmony_core.studio.serving import MethodStatus, StatusRow, method_statuses, serve
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
 log = logging.getLogger(__name__)
@@ -138,37 +143,78 @@ class CompareRun:
 
 @dataclass
 class CompareState:
-    """What the Compare tab shows; updated and yielded after each method."""
+    """What the Compare tab shows; updated and yielded after each method. Images are display
+    files (paths), each written once: a later state reuses the earlier states' paths."""
 
-    gallery: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    gallery: list[tuple[str, str]] = field(default_factory=list)
     status: list[list[str]] = field(default_factory=list)
     metrics: list[list[object]] = field(default_factory=list)
     results: dict[str, HarmonizationResult] = field(default_factory=dict)
-    before_after: tuple[np.ndarray, np.ndarray] | None = None
+    before_after: tuple[str, str] | None = None
     finished: CompareRun | None = None
     """Set on the last state only: a vote or an export needs every method's result."""
 
 
-def run_methods(request: HarmonizationRequest, names: list[str], progress: Progress) -> Iterator[CompareState]:
+Outcome = tuple[str, HarmonizationResult | None, StatusRow]
+
+
+def served_in_turn(request: HarmonizationRequest, names: list[str], progress: Progress) -> Generator[Outcome, None, None]:
+    """(name, result, status row) of each method in order. The methods start at once and run one
+    after another in a worker thread (in the caller's context, so a UI's progress and request stay
+    attached), so what the caller does with one result (writing its display file) overlaps the
+    next method. Closing the generator lets the method in progress finish and starts no other."""
+    outcomes: queue.Queue[Outcome | BaseException] = queue.Queue()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for i, name in enumerate(names):
+                if stop.is_set():
+                    return
+                outcomes.put((name, *serve(name, request, lambda f, m, i=i: progress((i + f) / len(names), m))))
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            outcomes.put(exc)
+
+    def received() -> Generator[Outcome, None, None]:
+        try:
+            for _ in names:
+                outcome = outcomes.get()
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                yield outcome
+        finally:
+            stop.set()
+
+    threading.Thread(target=contextvars.copy_context().run, args=(work,), name="compare-methods", daemon=True).start()
+    return received()
+
+
+def run_methods(request: HarmonizationRequest, names: list[str], progress: Progress,
+                files: DisplayFiles | None = None) -> Iterator[CompareState]:
     """Run each method, yielding the state once per method in order; a failure is reported in its
-    status row and never stops the others. The last state carries the finished run."""
+    status row and never stops the others. Each result is written to `files` (default: a scratch
+    folder) once, as it arrives. The last state carries the finished run."""
+    files = files or DisplayFiles(prefix="compare-")
     state = CompareState()
     values: dict[str, dict[str, float]] = {}
-    for i, name in enumerate(names):
-        result, row = serve(name, request, lambda f, m, i=i: progress((i + f) / len(names), m))
-        state.status.append(row.cells())
-        if result is not None:
-            state.results[name] = result
-            state.gallery.append((result.image, f"{name} · {result.metadata['seconds']:.2f} s · {result.metadata['device']}"))
-            if state.before_after is None and name != "composite":
-                state.before_after = (request.composite, result.image)
-            if request.ground_truth is not None:
-                measured = image_metrics(result.image, request.ground_truth, request.mask, request.composite)
-                values[name] = measured.as_dict()
-                state.metrics.append([name, *_metric_values(measured)])
-        if i == len(names) - 1:
-            state.finished = CompareRun(request.composite, request.mask, request.ground_truth, dict(state.results), values)
-        yield state
+    outcomes = served_in_turn(request, names, progress)
+    with closing(outcomes):
+        composite = files.show(request.composite, "composite") if names else ""  # while the first method runs
+        for i, (name, result, row) in enumerate(outcomes):
+            state.status.append(row.cells())
+            if result is not None:
+                state.results[name] = result
+                shown = files.show(result.image, name)
+                state.gallery.append((shown, f"{name} · {result.metadata['seconds']:.2f} s · {result.metadata['device']}"))
+                if state.before_after is None and name != "composite":
+                    state.before_after = (composite, shown)
+                if request.ground_truth is not None:
+                    measured = image_metrics(result.image, request.ground_truth, request.mask, request.composite)
+                    values[name] = measured.as_dict()
+                    state.metrics.append([name, *_metric_values(measured)])
+            if i == len(names) - 1:
+                state.finished = CompareRun(request.composite, request.mask, request.ground_truth, dict(state.results), values)
+            yield state
 
 
 def _metric_values(m: ImageMetrics) -> list[object]:

@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from harmony_core.bench import measure_peak
 from harmony_core.errors import HarmonyError
+from harmony_core.profiling import measure_peak
 from harmony_core.registry import Progress, get_method, method_names, weighted_methods
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
@@ -111,7 +111,7 @@ class Job:
 
 def execute(job: Job, progress: Progress) -> HarmonizationResult:
     """Run the shared instance of the job's method, with its peak memory (the growth over what was
-    in use before the call, bench.measure_peak: the same number `bench` reports) in the metadata."""
+    in use before the call, profiling.measure_peak: the same number `bench` reports) in the metadata."""
     method = get_method(job.method)
     result, peak = measure_peak(lambda: method.run(job.request(), progress), method.device)
     result.metadata["peak_memory"] = f"{peak:.0f} MB"
