@@ -118,9 +118,11 @@ class ComposeTab:
     """The events that set a new working composite (to chain other tabs' updates on)."""
 
 
-def _compose_outputs(result: compose.Composed) -> tuple:
-    return (result.composite, result.mask_image, result.overlay, result.message,
-            gr.update(visible=result.mask.mean() > 0.5), result.background)
+def _compose_outputs(result: compose.Composed, cache: str) -> tuple:
+    files = DisplayFiles(cache, "compose-")  # lossless: the working composite is what Compare reads back
+    return (files.show(result.composite, "composite"), files.show(result.mask_image, "mask"),
+            files.show(result.overlay, "overlay"), result.message, gr.update(visible=result.mask.mean() > 0.5),
+            result.background)
 
 
 def _compose_inputs() -> dict[str, Any]:
@@ -177,25 +179,25 @@ def compose_tab(server: Server) -> ComposeTab:
         examples=[[str(EXAMPLES / "rocket_background.jpg"), str(EXAMPLES / "cup_foreground.png"), 0.25, 0.75, 0.9]],
         inputs=[c["background"], c["foreground"], c["x"], c["y"], c["scale"]],
     )
-    image_in = server.image_in
+    image_in, cache = server.image_in, work_composite.GRADIO_CACHE
 
     @user_errors
     def compose_upload(composite, mask):
-        return _compose_outputs(compose.from_upload(image_in(composite, "composite"), image_in(mask, "mask"), server.max_side))
+        return _compose_outputs(compose.from_upload(image_in(composite, "composite"), image_in(mask, "mask"), server.max_side), cache)
 
     @user_errors
     def compose_place(background_in, foreground, foreground_mask, x, y, scale):
         return _compose_outputs(compose.from_layers(
             image_in(background_in, "background"), image_in(foreground, "foreground"),
-            image_in(foreground_mask, "foreground mask"), x, y, scale, server.max_side))
+            image_in(foreground_mask, "foreground mask"), x, y, scale, server.max_side), cache)
 
     @user_errors
     def compose_paint(editor_value):
-        return _compose_outputs(compose.from_painting(editor_paths(editor_value, server.upload_roots), server.max_side))
+        return _compose_outputs(compose.from_painting(editor_paths(editor_value, server.upload_roots), server.max_side), cache)
 
     @user_errors
     def compose_invert(composite, mask, placed_on):
-        return _compose_outputs(compose.invert(image_in(composite, "composite"), image_in(mask, "mask"), server.max_side, placed_on))
+        return _compose_outputs(compose.invert(image_in(composite, "composite"), image_in(mask, "mask"), server.max_side, placed_on), cache)
 
     upload_in = [c["composite"], c["mask"]]
     place_in = [c["background"], c["foreground"], c["foreground_mask"], c["x"], c["y"], c["scale"]]
@@ -337,7 +339,8 @@ def explain_tab(server: Server, composed: ComposeTab, all_methods: list[str]) ->
 
     def shown(result: explain.Explained, composite: np.ndarray, point, cmap: str, alpha: float, chosen) -> tuple:
         v = explain.render(result, composite, point, cmap, alpha, chosen)
-        return result, v.main, gr.update(choices=v.labels, value=v.chosen), v.overlays, v.legend, v.notes
+        f = explain.to_files(v, DisplayFiles(gallery.GRADIO_CACHE, "explain-"))  # each image encoded once
+        return result, f.main, gr.update(choices=v.labels, value=v.chosen), f.overlays, f.legend, v.notes
 
     def request_for(composite, mask, methods, point):
         return compare.build_request(image_in(composite, "composite"), image_in(mask, "mask"), methods, server.max_side, point=point)

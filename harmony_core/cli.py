@@ -362,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU peak memory: also trace Python/NumPy allocations (tracemalloc; slow) and report the larger")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("bench-studio", help="Compare through the running studio's API: wall time vs the methods' own seconds")
+    from harmony_core import bench_studio
+
+    bench_studio.add_arguments(p)
+    p.set_defaults(func=bench_studio.run)
+
     p = sub.add_parser("device-check", help="every model-backed method on one GPU, all resident in fp16, in one run")
     p.add_argument("--out", required=True, help="report folder: device_check.json + device_check.md")
     p.add_argument("--tiny", action="store_true", help="the same code path with tiny test models on the CPU")
