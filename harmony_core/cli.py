@@ -1,4 +1,4 @@
-"""Command line: `python -m harmony_core {methods,harmonize,bench,make-dataset,evaluate,prepare-study}`.
+"""Command line: `python -m harmony_core {methods,harmonize,bench,bench-studio,make-dataset,evaluate,prepare-study}`.
 
 Errors the user can fix are printed as one line on stderr with exit status 2; nothing is left
 half-written.
