@@ -3,6 +3,7 @@
     python -m harmony_core bench-studio [--sizes 1024 2048 4096] [--methods reinhard,histogram,poisson,ptl]
         [--app app.py | --url http://127.0.0.1:7860/] [--repeats 2]
     python -m harmony_core bench-studio --overhead [--methods reinhard,ptl,hspace] [--size 512]
+    python -m harmony_core bench-studio --encoders [--sizes 1024 2048 4096]
 
 The first form starts the app (`--max-side` the largest size) in a child process, or connects to a
 running one, uploads the cat example resized to each size through /compose_upload and times
@@ -14,11 +15,13 @@ size's runs (started app only).
 The second form (`--overhead`) times each method in this process the way `bench` does (the
 method's `run`) and the way the studio does (`serving.execute`: the run inside the peak-memory
 measurement), alternating, and prints both medians; hspace runs with tiny random weights.
+The third (`--encoders`) times the display-format candidates (studio/display.py) on the example.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import socket
 import statistics
@@ -204,17 +207,39 @@ def overhead(args: argparse.Namespace) -> str:
             method.set_weights(str(save_tiny_ddpm(folder / "tiny-ddpm")))
         method.run(request)  # warm-up: loads the model, fills caches
         plain, studio = [], []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            method.run(request)
-            plain.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            execute(Job.of(name, request), no_progress)
-            studio.append(time.perf_counter() - start)
+        ways = [(plain, lambda: method.run(request)), (studio, lambda: execute(Job.of(name, request), no_progress))]
+        for i in range(args.repeats):
+            for times, call in ways if i % 2 == 0 else ways[::-1]:  # A B B A ...: drift hits both alike
+                start = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - start)
         a, b = statistics.median(plain), statistics.median(studio)
         print(f"  {name}: run {[round(t, 3) for t in plain]} execute {[round(t, 3) for t in studio]}", file=sys.stderr)
         lines.append(f"| {name}{' (tiny random weights)' if name == 'hspace' else ''} | {composite.shape[1]}x"
                      f"{composite.shape[0]} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
+    return "\n".join(lines)
+
+
+def encoders(args: argparse.Namespace) -> str:
+    """Display-format candidates on the example at each size: best of `repeats` encodes (ms, MB)."""
+    candidates = {"PNG level 1 (shipped)": {"format": "PNG", "compress_level": 1},
+                  "PNG level 6 (Pillow's default)": {"format": "PNG", "compress_level": 6},
+                  "WebP lossless, method 0": {"format": "WEBP", "lossless": True, "method": 0, "quality": 0}}
+    folder = Path(tempfile.mkdtemp(prefix="bench-studio-"))
+    lines = ["| format | " + " | ".join(f"{side} px ms (MB)" for side in args.sizes) + " |",
+             "|---|" + "---:|" * len(args.sizes)]
+    images = {side: Image.open(resized_example(side, folder)[0]).convert("RGB") for side in args.sizes}
+    for label, options in candidates.items():
+        cells = []
+        for side, image in images.items():
+            best, size = float("inf"), 0
+            for _ in range(args.repeats):
+                out = io.BytesIO()
+                start = time.perf_counter()
+                image.save(out, **options)
+                best, size = min(best, time.perf_counter() - start), out.tell()
+            cells.append(f"{best * 1000:.0f} ({size / 1e6:.1f})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -226,10 +251,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="time a running app instead (its --max-side must allow the sizes; no memory figure)")
     p.add_argument("--overhead", action="store_true", help="bench's time vs the studio's for each method, in-process")
     p.add_argument("--size", type=int, default=512, help="--overhead: long side of the example")
+    p.add_argument("--encoders", action="store_true", help="time the display-format candidates on the example")
 
 
 def run(args: argparse.Namespace) -> int:
-    print(overhead(args) if args.overhead else bench_studio(args))
+    print(overhead(args) if args.overhead else encoders(args) if args.encoders else bench_studio(args))
     return 0
 
 
