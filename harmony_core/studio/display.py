@@ -3,9 +3,9 @@ by path, so no later update re-encodes it (a UI that gets arrays re-encodes all 
 streamed update).
 
 The format is PNG at zlib level 1: lossless, so the displayed pixels are the output's. Measured
-on the cat example resized (docs/benchmarks.md, "Compare in the studio"): PNG level 1 encodes
-3.5-4.5x faster than PNG's default level 6 and 2-3.5x faster than lossless WebP (Pillow,
-method 0), for files about 30% larger than WebP's.
+on the cat example at 1024-4096 px (`bench-studio --encoders`; docs/benchmarks.md, "Compare in the
+studio"): PNG level 1 encodes 4-6x faster than Pillow's default level 6 and 1.2-1.5x faster than
+lossless WebP at its fastest (method 0), for files 33-40% larger than WebP's.
 """
 
 from __future__ import annotations
