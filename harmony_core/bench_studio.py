@@ -21,6 +21,7 @@ The third (`--encoders`) times the display-format candidates (studio/display.py)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import os
 import socket
@@ -193,6 +194,9 @@ def overhead(args: argparse.Namespace) -> str:
     from harmony_core.studio.serving import Job, execute
     from harmony_core.types import HarmonizationRequest
 
+    from harmony_core.bench import parse_options
+
+    options = parse_options(args.option)
     folder = Path(tempfile.mkdtemp(prefix="bench-studio-"))
     composite_path, mask_path = resized_example(args.size, folder)
     composite = np.asarray(Image.open(composite_path))
@@ -205,6 +209,8 @@ def overhead(args: argparse.Namespace) -> str:
             from harmony_core.diffusion.tiny import save_tiny_ddpm
 
             method.set_weights(str(save_tiny_ddpm(folder / "tiny-ddpm")))
+        if options and hasattr(method, "settings"):
+            method.settings = dataclasses.replace(method.settings, **options)
         method.run(request)  # warm-up: loads the model, fills caches
         plain, studio = [], []
         ways = [(plain, lambda: method.run(request)), (studio, lambda: execute(Job.of(name, request), no_progress))]
@@ -215,7 +221,7 @@ def overhead(args: argparse.Namespace) -> str:
                 times.append(time.perf_counter() - start)
         a, b = statistics.median(plain), statistics.median(studio)
         print(f"  {name}: run {[round(t, 3) for t in plain]} execute {[round(t, 3) for t in studio]}", file=sys.stderr)
-        lines.append(f"| {name}{' (tiny random weights)' if name == 'hspace' else ''} | {composite.shape[1]}x"
+        lines.append(f"| {name}{' (tiny random weights)' if name == 'hspace' else ''}{f' {options}' if options and hasattr(method, 'settings') else ''} | {composite.shape[1]}x"
                      f"{composite.shape[0]} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
     return "\n".join(lines)
 
@@ -250,6 +256,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="time a running app instead (its --max-side must allow the sizes; no memory figure)")
     p.add_argument("--overhead", action="store_true", help="bench's time vs the studio's for each method, in-process")
     p.add_argument("--size", type=int, default=512, help="--overhead: long side of the example")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="--overhead: a setting of the methods that have it, e.g. n_gen=100 (repeatable)")
     p.add_argument("--encoders", action="store_true", help="time the display-format candidates on the example")
 
 
