@@ -107,3 +107,19 @@ def test_a_click_reruns_only_point_methods_and_render_picks_the_map(scene, mappe
         explain.render(clicked, composite[:50], None, "viridis", 0.5, None)
     none = explain.explain_point(explain.Explained(), HarmonizationRequest(composite, mask, point=(1, 1)), lambda f, m: None)
     assert none.notes == ["None of the chosen methods has a point map; nothing to re-run."]
+
+
+def test_the_view_is_written_once_as_lossless_files(scene, tmp_path):
+    from PIL import Image
+
+    from harmony_core.studio.display import DisplayFiles
+
+    _, composite, _ = scene
+    h, w = composite.shape[:2]
+    maps = explain.Explained([explain.MapPanel("m", "a", np.linspace(0, 1, h * w, dtype=np.float32).reshape(h, w)),
+                              explain.MapPanel("m", "b", np.full((h, w), 0.5, np.float32))])
+    view = explain.render(maps, composite, None, "inferno", 0.6, "m · b")
+    shown = explain.to_files(view, DisplayFiles(tmp_path))
+    assert shown.main == shown.overlays[1][0] and len(list(tmp_path.rglob("*.png"))) == 3  # 2 maps + legend
+    assert np.array_equal(np.asarray(Image.open(shown.main)), view.main)
+    assert np.array_equal(np.asarray(Image.open(shown.legend)), view.legend)
