@@ -33,6 +33,7 @@ from harmony_core import __version__, imaging
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.registry import no_progress
 from harmony_core.studio import budget, compare, compose, explain, notice, study
+from harmony_core.studio.display import DisplayFiles
 from harmony_core.studio.raters import (
     RateLimiter, RateLimits, client_address, distrust_server_proxy_headers, proxy_hops,
 )
@@ -246,9 +247,11 @@ class ComposeTab:
     """The events that set a new working composite (to chain other tabs' updates on)."""
 
 
-def _compose_outputs(result: compose.Composed) -> tuple:
-    return (result.composite, result.mask_image, result.overlay, result.message,
-            gr.update(visible=result.mask.mean() > 0.5), result.background)
+def _compose_outputs(result: compose.Composed, cache: str) -> tuple:
+    files = DisplayFiles(cache, "compose-")  # lossless: the working composite is what Compare reads back
+    return (files.show(result.composite, "composite"), files.show(result.mask_image, "mask"),
+            files.show(result.overlay, "overlay"), result.message, gr.update(visible=result.mask.mean() > 0.5),
+            result.background)
 
 
 def _compose_inputs() -> dict[str, Any]:
@@ -305,26 +308,26 @@ def compose_tab(server: Server) -> ComposeTab:
         examples=[[str(EXAMPLES / "rocket_background.jpg"), str(EXAMPLES / "cup_foreground.png"), 0.25, 0.75, 0.9]],
         inputs=[c["background"], c["foreground"], c["x"], c["y"], c["scale"]],
     )
-    image_in = server.image_in
+    image_in, cache = server.image_in, work_composite.GRADIO_CACHE
 
     @user_errors
     def compose_upload(composite, mask):
-        return _compose_outputs(compose.from_upload(image_in(composite, "composite"), image_in(mask, "mask"), server.max_side))
+        return _compose_outputs(compose.from_upload(image_in(composite, "composite"), image_in(mask, "mask"), server.max_side), cache)
 
     @user_errors
     def compose_place(background_in, foreground, foreground_mask, x, y, scale):
         return _compose_outputs(compose.from_layers(
             image_in(background_in, "background"), image_in(foreground, "foreground"),
-            image_in(foreground_mask, "foreground mask"), x, y, scale, server.max_side))
+            image_in(foreground_mask, "foreground mask"), x, y, scale, server.max_side), cache)
 
     @user_errors
     def compose_paint(editor_value):
         return _compose_outputs(compose.from_painting(editor_paths(editor_value, server.upload_roots, server.denied_roots),
-                                                         server.max_side))
+                                                         server.max_side), cache)
 
     @user_errors
     def compose_invert(composite, mask, placed_on):
-        return _compose_outputs(compose.invert(image_in(composite, "composite"), image_in(mask, "mask"), server.max_side, placed_on))
+        return _compose_outputs(compose.invert(image_in(composite, "composite"), image_in(mask, "mask"), server.max_side, placed_on), cache)
 
     upload_in = [c["composite"], c["mask"]]
     place_in = [c["background"], c["foreground"], c["foreground_mask"], c["x"], c["y"], c["scale"]]
@@ -421,7 +424,8 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
         unchanged = (gr.skip(),) * 5
         yield unchanged  # Gradio can stop a generator only between yields, and only after its first
         shown = 0
-        with contextlib.closing(compare.run_methods(request, names, no_progress, ticks=True)) as states:
+        files = DisplayFiles(gallery.GRADIO_CACHE, "compare-")  # served as they are: each result encoded once
+        with contextlib.closing(compare.run_methods(request, names, no_progress, ticks=True, files=files)) as states:
             for state in states:
                 if state is None or isinstance(state, compare.Running):
                     yield (gr.skip(), gr.skip(), state.status, gr.skip(), gr.skip()) if state else unchanged
@@ -500,7 +504,8 @@ def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab) -> N
 
     def shown(result: explain.Explained, composite: np.ndarray, point, cmap: str, alpha: float, chosen) -> tuple:
         v = explain.render(result, composite, point, cmap, alpha, chosen)
-        return result, v.main, gr.update(choices=v.labels, value=v.chosen), v.overlays, v.legend, v.notes
+        f = explain.to_files(v, DisplayFiles(gallery.GRADIO_CACHE, "explain-"))  # each image encoded once
+        return result, f.main, gr.update(choices=v.labels, value=v.chosen), f.overlays, f.legend, v.notes
 
     def request_for(composite, mask, methods, point, background, seed, prompt):
         """The request Compare would make (the same background, seed and prompt), with the point."""

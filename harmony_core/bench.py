@@ -1,11 +1,8 @@
 """Latency and peak-memory benchmark of the registered methods on a synthetic composite.
 
 Timings: median of N runs after one warm-up run (which also loads models). Memory: a separate,
-untimed run, as the growth over the memory in use when it started (never an absolute level; the
-studio's "peak memory" is the same number, `measure_peak`): on CUDA the allocator's peak above
-what was allocated before; on the CPU the larger of the peak of traced Python/NumPy allocations
-(tracemalloc) and the sampled growth of the process's resident memory (which also sees
-OpenCV's and PyTorch's native buffers).
+untimed run, measured as the studio measures every run (harmony_core.profiling: the growth over
+the memory in use when it started; tracemalloc on top only with `trace_memory`).
 """
 
 from __future__ import annotations
@@ -14,21 +11,17 @@ import ast
 import copy
 import dataclasses
 import statistics
-import threading
 import time
-import tracemalloc
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import cv2
 import numpy as np
-import psutil
 
 from harmony_core.errors import InputError
+from harmony_core.profiling import peak_memory_mb
 from harmony_core.registry import Method, get_method
 from harmony_core.types import HarmonizationRequest
-
-T = TypeVar("T")
 
 
 def synthetic_request(size: int, seed: int = 0) -> HarmonizationRequest:
@@ -42,48 +35,6 @@ def synthetic_request(size: int, seed: int = 0) -> HarmonizationRequest:
     composite = real.copy()
     composite[mask] = np.clip(composite[mask] * np.array([1.25, 0.85, 0.9]) + 10, 0, 255).astype(np.uint8)
     return HarmonizationRequest(composite=composite, mask=mask, ground_truth=real, seed=seed)
-
-
-def peak_memory_mb(fn: Callable[[], object], device: str = "cpu", interval: float = 0.001) -> float:
-    """Peak extra memory (MB) that `fn()` needed, measured as described in the module docstring."""
-    return measure_peak(fn, device, interval)[1]
-
-
-def measure_peak(fn: Callable[[], T], device: str = "cpu", interval: float = 0.001) -> tuple[T, float]:
-    """(fn(), its peak memory in MB): the growth over the memory in use when it started, never
-    an absolute level, so the number is what the call itself needed (the studio reports the same)."""
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        value = fn()
-        torch.cuda.synchronize()
-        return value, (torch.cuda.max_memory_allocated() - start) / 2**20
-    process = psutil.Process()
-    baseline = process.memory_info().rss
-    peak_rss = baseline
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak_rss
-        while not done.is_set():
-            peak_rss = max(peak_rss, process.memory_info().rss)
-            time.sleep(interval)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    tracemalloc.start()
-    try:
-        value = fn()
-        _, traced_peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        done.set()
-        sampler.join()
-    peak_rss = max(peak_rss, process.memory_info().rss)
-    return value, max(traced_peak, peak_rss - baseline) / 2**20
 
 
 @dataclass
@@ -184,7 +135,8 @@ def create_method(name: str, options: dict[str, Any] | None = None, random_weigh
         raise InputError(f"{name} does not accept the options {sorted(options or {})} ({exc})") from None
 
 
-def bench_method(name: str, size: int, repeats: int = 5, seed: int = 0, method: Method | None = None) -> BenchRow:
+def bench_method(name: str, size: int, repeats: int = 5, seed: int = 0, method: Method | None = None,
+                 trace_memory: bool = False) -> BenchRow:
     """Median latency of `method` (default: the registry's shared instance of `name`)."""
     method = method or get_method(name)
     request = synthetic_request(size, seed)
@@ -194,7 +146,7 @@ def bench_method(name: str, size: int, repeats: int = 5, seed: int = 0, method: 
         start = time.perf_counter()
         method.run(request)
         times.append((time.perf_counter() - start) * 1000)
-    peak = peak_memory_mb(lambda: method.run(request), method.device)
+    peak = peak_memory_mb(lambda: method.run(request), method.device, trace_memory)
     return BenchRow(name, size, method.device, statistics.median(times), min(times), peak, repeats)
 
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m harmony_core {methods,harmonize,bench,fetch-weights,make-dataset,evaluate,prepare-study,...}`.
+"""Command line: `python -m harmony_core {methods,harmonize,bench,bench-studio,fetch-weights,make-dataset,evaluate,prepare-study,...}`.
 
 Errors the user can fix are printed as one line on stderr with exit status 2; nothing is left
 half-written.
@@ -238,7 +238,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = []
     for size in args.size:
         for name in names:
-            rows.append(bench_method(name, size, args.repeats, method=methods[name]))
+            rows.append(bench_method(name, size, args.repeats, method=methods[name], trace_memory=args.trace_memory))
             print(f"  {name} @ {size}: {rows[-1].median_ms:.1f} ms", file=sys.stderr)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores")
     for name, method in methods.items():
@@ -408,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full-size architectures with random weights (networks only; no download needed)")
     add_option(p, "a method setting for the benchmarked instances, e.g. n_gen=50 (repeatable; as harmonize's)")
     p.add_argument("--device", help="device for --random-weights models (default: cuda when present, else cpu)")
+    p.add_argument("--trace-memory", action="store_true",
+                   help="CPU peak memory: also trace Python/NumPy allocations (tracemalloc; slow) and report the larger")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("fetch-weights", help="download exactly the Hub files a method loads (nothing else of the repo)")
@@ -415,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", help="another Hub repo in the same layout (default: the method's own)")
     p.add_argument("--revision", help="a branch, tag or commit of the repo (default: main)")
     p.set_defaults(func=cmd_fetch_weights)
+
+    p = sub.add_parser("bench-studio", help="Compare through the running studio's API: wall time vs the methods' own seconds")
+    from harmony_core import bench_studio
+
+    bench_studio.add_arguments(p)
+    p.set_defaults(func=bench_studio.run)
 
     p = sub.add_parser("device-check", help="every model-backed method on one GPU, all resident, each in the dtype it runs in, in one run")
     p.add_argument("--out", required=True, help="report folder: device_check.json + device_check.md")

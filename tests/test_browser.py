@@ -1,15 +1,21 @@
 """One real click-through in Debian's chromium (Playwright): compose -> compare (with a prompt) ->
-export download -> a blind vote -> a pairwise tie with the object zoom -> leaderboard.
+export download -> a blind vote -> a pairwise tie with the object zoom -> leaderboard; a slow
+method's run that shows finished results and stops on Stop; and a streaming Compare whose earlier
+tiles stay as they are while later methods finish.
 
 Screenshots of each step are saved to outputs/screenshots/ (ignored by git) for a person to look at."""
 
 import json
 import shutil
+import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from harmony_core import registry
+from harmony_core.cost import Cost, Rate
+from harmony_core.registry import Method
 from harmony_core.study.studyset import StudySet
 from tests.conftest import free_port
 
@@ -151,11 +157,11 @@ def slow_url(tmp_path_factory):
     import time
 
     from app import build_app
-    from harmony_core import registry
     from harmony_core.errors import Cancelled
 
     class Slow(registry.Method):
         name, family, title, summary = "test-slow", "network", "x", "x"
+        cost = Cost(gpu=False, on_cpu=Rate(1.0))  # within Compare's time budget: ticked by default
 
         def harmonize(self, request, progress):
             try:
@@ -216,4 +222,77 @@ def test_finished_results_stay_visible_and_stop_stops_the_run(slow_url):
             assert SlowMethod.ended == ["stopped"]
             sync_api.expect(page.locator("#compare-gallery img").first).to_be_visible()
         finally:
+            browser.close()
+
+
+class LastGate(Method):
+    """Registered last, so it runs last; it finishes only when the test opens it."""
+
+    name, family, title, summary = "zz-test-gate", "classical", "x", "x"
+    cost = Cost(gpu=False, on_cpu=Rate(0.1))  # within Compare's time budget: ticked by default
+    opened = threading.Event()
+
+    def harmonize(self, request, progress):
+        assert self.opened.wait(120)
+        return 255 - request.composite
+
+
+@pytest.fixture
+def gated_url(tmp_path):
+    from app import build_app
+
+    registry._FACTORIES[LastGate.name] = LastGate
+    LastGate.opened.clear()
+    demo = build_app(max_side=400, votes_dir=tmp_path / "votes")
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        LastGate.opened.set()
+        demo.close()
+        registry._FACTORIES.pop(LastGate.name, None)
+        registry._INSTANCES.pop(LastGate.name, None)
+
+
+def test_streaming_compare_shows_results_as_they_finish_and_never_reloads_a_tile(gated_url):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True,
+                                    args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        fetched: list[str] = []
+        page.on("request", lambda request: fetched.append(request.url))
+        try:
+            page.goto(gated_url)
+            page.locator("#compose-composite input[type=file]").set_input_files(str(EXAMPLES / "cat_composite.jpg"))
+            page.locator("#compose-mask input[type=file]").set_input_files(str(EXAMPLES / "cat_mask.png"))
+            page.locator("#compose-mask img").first.wait_for()
+            page.locator("#compose-use").click()
+            sync_api.expect(page.locator("#compose-notice")).to_contain_text("Ready")
+            page.get_by_role("tab", name="Compare").click()
+            page.locator("#compare-input img").first.wait_for()
+            page.locator("#compare-run").click()
+
+            # Every other method's tile is shown while the last method is still running.
+            gallery = page.locator("#compare-gallery")
+            sync_api.expect(gallery.get_by_text("poisson ·").first).to_be_visible(timeout=120_000)
+            sync_api.expect(page.locator("#compare-status")).not_to_contain_text(LastGate.name)
+            first = gallery.locator("img").first
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=first.element_handle())
+            src = first.evaluate("img => img.src")
+            first.evaluate("img => { img.dataset.seen = 'before the last method'; }")
+            tiles = gallery.locator("img").count()
+
+            LastGate.opened.set()
+            sync_api.expect(gallery.get_by_text(f"{LastGate.name} ·").first).to_be_visible(timeout=60_000)
+            sync_api.expect(page.locator("#compare-status")).to_contain_text(LastGate.name)
+            assert gallery.locator("img").count() > tiles
+            # The first tile is the same element showing the same file, fetched once.
+            assert first.evaluate("img => img.src") == src and first.get_attribute("data-seen") == "before the last method"
+            assert sum(url == src for url in fetched) == 1, [u for u in fetched if "file=" in u]
+        finally:
+            page.screenshot(path=str(SHOTS / "compare-streaming.png"), full_page=True)
             browser.close()

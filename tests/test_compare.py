@@ -1,10 +1,16 @@
+import threading
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from harmony_core import registry
 from harmony_core.errors import InputError, MethodUnavailable
 from harmony_core.registry import Availability, Method
 from harmony_core.studio.compare import run_methods
+from harmony_core.studio.display import FOLDER_NAME, DisplayFiles
 from harmony_core.types import HarmonizationRequest
 
 
@@ -77,7 +83,54 @@ def test_the_last_state_carries_the_finished_run(scene):
     assert seen[0] == (None, None)  # not finished; the unchanged composite is no "after"
     final, before_after = seen[-1]
     assert list(final.results) == ["composite", "reinhard"] and set(final.metrics) == {"composite", "reinhard"}
-    assert before_after[1] is final.results["reinhard"].image
+    assert np.array_equal(np.asarray(Image.open(before_after[0])), composite)
+    assert np.array_equal(np.asarray(Image.open(before_after[1])), final.results["reinhard"].image)
+
+
+def test_each_result_is_shown_from_one_lossless_file_written_once(scene, tmp_path):
+    real, composite, mask = scene
+    files = DisplayFiles(tmp_path, "compare-")
+    written: list[str] = []
+    show = files.show
+    files.show = lambda image, name: written.append(name) or show(image, name)
+    request = HarmonizationRequest(composite, mask, ground_truth=real)
+    galleries = [list(state.gallery) for state in run_methods(request, ["reinhard", "histogram", "poisson"],
+                                                               lambda f, m: None, files)]
+    assert [len(g) for g in galleries] == [1, 2, 3]
+    for earlier, later in zip(galleries, galleries[1:]):
+        assert later[:len(earlier)] == earlier  # the same paths: nothing re-encoded by a later update
+    assert written == ["composite", "reinhard", "histogram", "poisson"]  # each image written once
+    *_, state = run_methods(request, ["reinhard"], lambda f, m: None, DisplayFiles(tmp_path))
+    final = state.finished.results["reinhard"].image
+    path, caption = state.gallery[0]
+    assert Path(path).suffix == ".png" and Path(path).parent.parent == tmp_path / FOLDER_NAME
+    assert np.array_equal(np.asarray(Image.open(path)), final)  # the displayed pixels are the output's
+    assert state.before_after[1] == path and caption.startswith("reinhard · ")
+
+
+class Gate(Method):
+    """Blocks until the test opens it."""
+
+    name, family, title, summary = "test-gate", "classical", "x", "x"
+    opened = threading.Event()
+
+    def harmonize(self, request, progress):
+        assert self.opened.wait(10)
+        return request.composite.copy()
+
+
+def test_closing_a_compare_starts_no_other_method(scene, monkeypatch):
+    real, composite, mask = scene
+    monkeypatch.setitem(registry._FACTORIES, Gate.name, Gate)
+    monkeypatch.delitem(registry._INSTANCES, Gate.name, raising=False)
+    started = []
+    monkeypatch.setattr("harmony_core.studio.serving.get_method", lambda name: started.append(name) or registry.get_method(name))
+    states = run_methods(HarmonizationRequest(composite, mask), ["reinhard", Gate.name, "histogram"], lambda f, m: None)
+    assert [row[0] for row in next(states).status] == ["reinhard"]
+    states.close()
+    Gate.opened.set()
+    time.sleep(0.3)
+    assert Gate.name not in started and "histogram" not in started  # the methods run in turn, as read
 
 
 def test_availability_collapses_to_one_line_per_method_with_details_on_demand(monkeypatch):

@@ -212,3 +212,19 @@ def test_only_methods_with_maps_are_offered_and_run(scene, mapper, monkeypatch):
     _, composite, mask = scene
     result = explain.explain(HarmonizationRequest(composite, mask), ["reinhard"], lambda f, m: None)
     assert ran == [] and result.panels == [] and "has no maps" in result.notes[0]
+
+
+def test_the_view_is_written_once_as_lossless_files(scene, tmp_path):
+    from PIL import Image
+
+    from harmony_core.studio.display import DisplayFiles
+
+    _, composite, _ = scene
+    h, w = composite.shape[:2]
+    maps = explain.Explained([explain.MapPanel("m", "a", np.linspace(0, 1, h * w, dtype=np.float32).reshape(h, w)),
+                              explain.MapPanel("m", "b", np.full((h, w), 0.5, np.float32))])
+    view = explain.render(maps, composite, None, "inferno", 0.6, "m · b")
+    shown = explain.to_files(view, DisplayFiles(tmp_path))
+    assert shown.main == shown.overlays[1][0] and len(list(tmp_path.rglob("*.png"))) == 3  # 2 maps + legend
+    assert np.array_equal(np.asarray(Image.open(shown.main)), view.main)
+    assert np.array_equal(np.asarray(Image.open(shown.legend)), view.legend)

@@ -1,7 +1,8 @@
 """Random-weight models: tiny ones for tests, full-size architectures for benchmarks (all offline).
 
 The model builders serve `random_weights` (bench --random-weights, device-check, --tiny); the
-`save_tiny_*` folder writers at the end are test support only (tests/support.py holds the rest).
+`save_tiny_*` folder writers at the end serve tests (tests/support.py holds the rest) and
+`bench-studio --overhead`.
 
 Tests need the real diffusers/transformers classes (so the code paths are the production ones) but
 cannot download weights; benchmarks need the real architectures' cost without the real weights.

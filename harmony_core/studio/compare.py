@@ -18,6 +18,7 @@ from harmony_core.errors import InputError
 from harmony_core.metrics import ImageMetrics, image_metrics
 from harmony_core.registry import Progress, get_method, resolve_methods, weighted_methods
 from harmony_core.studio.compose import finish
+from harmony_core.studio.display import DisplayFiles
 from harmony_core.studio.scratch import scratch_folder
 from harmony_core.studio.serving import MethodProgress, MethodStatus, StatusRow, method_statuses, public_value, serve_stream
 from harmony_core.types import HarmonizationRequest, HarmonizationResult, parse_seed
@@ -147,13 +148,14 @@ class CompareRun:
 
 @dataclass
 class CompareState:
-    """What the Compare tab shows; updated and yielded after each method."""
+    """What the Compare tab shows; updated and yielded after each method. Images are display
+    files (paths), each written once: a later state reuses the earlier states' paths."""
 
-    gallery: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    gallery: list[tuple[str, str]] = field(default_factory=list)
     status: list[list[str]] = field(default_factory=list)
     metrics: list[list[object]] = field(default_factory=list)
     results: dict[str, HarmonizationResult] = field(default_factory=dict)
-    before_after: tuple[np.ndarray, np.ndarray] | None = None
+    before_after: tuple[str, str] | None = None
     notes: list[str] = field(default_factory=list)
     """What a method said about the inputs it was given (e.g. a prompt cut to the encoder's length)."""
     finished: CompareRun | None = None
@@ -173,18 +175,22 @@ RUNNING_EVERY_SECONDS = 0.25
 
 
 def run_methods(request: HarmonizationRequest, names: list[str], progress: Progress,
-                ticks: bool = False) -> Iterator[CompareState | Running | None]:
+                files: DisplayFiles | None = None, ticks: bool = False) -> Iterator[CompareState | Running | None]:
     """Run each method, yielding the state once per method in order; a failure is reported in its
-    status row and never stops the others. The last state carries the finished run.
+    status row and never stops the others. Each result is written to `files` (default: a scratch
+    folder) once, as it arrives, and later states reuse its path. The last state carries the
+    finished run.
 
     progress gets each method's own fraction, with which method of how many it is and an ETA.
     ticks: also yield at every progress event, so that a consumer that can only stop between
     yields (Gradio) can stop the run within one step (closing this generator stops the method
     that is running): a `Running` with the status table and the running method's row at most
     every RUNNING_EVERY_SECONDS, None (nothing new) otherwise."""
+    files = files or DisplayFiles(prefix="compare-")
     state = CompareState()
     values: dict[str, dict[str, float]] = {}
     shown = 0.0
+    composite = files.show(request.composite, "composite") if names else ""
     for i, name in enumerate(names):
         pace = MethodProgress(i, len(names))
         with contextlib.closing(serve_stream(name, request)) as events:
@@ -206,9 +212,10 @@ def run_methods(request: HarmonizationRequest, names: list[str], progress: Progr
             state.results[name] = result
             if result.metadata.get("prompt_note"):
                 state.notes.append(f"{name}: {result.metadata['prompt_note']}.")
-            state.gallery.append((result.image, f"{name} · {result.metadata['seconds']:.2f} s · {result.metadata['device']}"))
+            image = files.show(result.image, name)
+            state.gallery.append((image, f"{name} · {result.metadata['seconds']:.2f} s · {result.metadata['device']}"))
             if state.before_after is None and name != "composite":
-                state.before_after = (request.composite, result.image)
+                state.before_after = (composite, image)
             if request.ground_truth is not None:
                 measured = image_metrics(result.image, request.ground_truth, request.mask, request.composite)
                 values[name] = measured.as_dict()

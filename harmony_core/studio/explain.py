@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from harmony_core.errors import InputError
 from harmony_core.registry import Progress, get_method, map_methods
+from harmony_core.studio.display import DisplayFiles
 from harmony_core.studio.serving import MethodProgress, serve_stream
 from harmony_core.types import HarmonizationRequest
 
@@ -254,6 +255,23 @@ def render(result: Explained, composite: np.ndarray, point: tuple[int, int] | No
     overlays = [(overlay_map(composite, p.values, colormap, opacity, point), p.caption) for p in panels]
     main = overlays[labels.index(chosen)][0] if chosen else composite
     return ExplainView(main, labels, chosen, overlays, legend_image(colormap), "\n".join(f"- {n}" for n in result.notes))
+
+
+@dataclass
+class ExplainFiles:
+    """An ExplainView as display files (paths), each image written once: the main view is its
+    map's overlay file, not a second copy."""
+
+    main: str
+    overlays: list[tuple[str, str]]
+    legend: str
+
+
+def to_files(view: ExplainView, files: DisplayFiles) -> ExplainFiles:
+    """Write the view's overlays and legend to `files` (the composite itself when there is no map)."""
+    overlays = [(files.show(image, caption), caption) for image, caption in view.overlays]
+    main = overlays[view.labels.index(view.chosen)][0] if view.chosen else files.show(view.main, "composite")
+    return ExplainFiles(main, overlays, files.show(view.legend, "legend"))
 
 
 def merge(previous: Explained, fresh: Explained, rerun: list[str]) -> Explained:

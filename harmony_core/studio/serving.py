@@ -20,6 +20,7 @@ disconnects) sets the run's cancel flag, and the method stops at its next step
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import importlib.util
 import logging
@@ -34,9 +35,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from harmony_core.bench import measure_peak
 from harmony_core.cost import Device
 from harmony_core.errors import Cancelled, HarmonyError
+from harmony_core.profiling import measure_peak
 from harmony_core.registry import Method, Progress, checked, get_method, method_names, weighted_methods
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
 
@@ -127,7 +128,7 @@ class Job:
 
 def execute(job: Job, progress: Progress) -> HarmonizationResult:
     """Run the shared instance of the job's method, with its peak memory (the growth over what was
-    in use before the call, bench.measure_peak: the same number `bench` reports) in the metadata."""
+    in use before the call, profiling.measure_peak: the same number `bench` reports) in the metadata."""
     method = get_method(job.method)
     result, peak = measure_peak(lambda: method.run(job.request(), progress), method.device)
     result.metadata["peak_memory"] = f"{peak:.0f} MB"
@@ -403,7 +404,8 @@ def serve_stream(name: str, request: HarmonizationRequest) -> Iterator[tuple[Any
         served = serve(name, request, checked(lambda fraction, message: events.put(("progress", fraction, message)), cancel))
         events.put(("done", *served))
 
-    threading.Thread(target=work, daemon=True, name=f"harmony-{name}").start()
+    # In the caller's context, so a UI's request (ZeroGPU's quota is the visitor's) stays attached.
+    threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True, name=f"harmony-{name}").start()
     try:
         while True:
             try:
