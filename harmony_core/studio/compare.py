@@ -191,9 +191,10 @@ def run_methods(request: HarmonizationRequest, names: list[str], progress: Progr
     values: dict[str, dict[str, float]] = {}
     shown = 0.0
     composite = files.show(request.composite, "composite") if names else ""
+    following = serve_stream(names[0], request) if names else None
     for i, name in enumerate(names):
         pace = MethodProgress(i, len(names))
-        with contextlib.closing(serve_stream(name, request)) as events:
+        with contextlib.closing(following) as events:
             for event in events:
                 if event[0] == "progress":
                     text = pace.describe(event[1], event[2])
@@ -207,22 +208,37 @@ def run_methods(request: HarmonizationRequest, names: list[str], progress: Progr
                         yield None
                     continue
                 result, row = event[1], event[2]
-        state.status.append(row.cells())
-        if result is not None:
-            state.results[name] = result
-            if result.metadata.get("prompt_note"):
-                state.notes.append(f"{name}: {result.metadata['prompt_note']}.")
-            image = files.show(result.image, name)
-            state.gallery.append((image, f"{name} · {result.metadata['seconds']:.2f} s · {result.metadata['device']}"))
-            if state.before_after is None and name != "composite":
-                state.before_after = (composite, image)
-            if request.ground_truth is not None:
-                measured = image_metrics(result.image, request.ground_truth, request.mask, request.composite)
-                values[name] = measured.as_dict()
-                state.metrics.append([name, *_metric_values(measured)])
-        if i == len(names) - 1:
-            state.finished = CompareRun(request.composite, request.mask, request.ground_truth, dict(state.results), values)
-        yield state
+        # The next method starts now, so that writing this result's display file overlaps it.
+        following = serve_stream(names[i + 1], request) if i + 1 < len(names) else None
+        try:
+            _add_result(state, name, result, row, request, files, composite, values)
+            if i == len(names) - 1:
+                state.finished = CompareRun(request.composite, request.mask, request.ground_truth, dict(state.results), values)
+            yield state
+        except BaseException:  # closed by its consumer, or failed: the next method stops too
+            if following is not None:
+                following.close()
+            raise
+
+
+def _add_result(state: CompareState, name: str, result: HarmonizationResult | None, row: StatusRow,
+                request: HarmonizationRequest, files: DisplayFiles, composite: str,
+                values: dict[str, dict[str, float]]) -> None:
+    """One method's outcome into the state: its status row, and its display file written once."""
+    state.status.append(row.cells())
+    if result is None:
+        return
+    state.results[name] = result
+    if result.metadata.get("prompt_note"):
+        state.notes.append(f"{name}: {result.metadata['prompt_note']}.")
+    image = files.show(result.image, name)
+    state.gallery.append((image, f"{name} · {result.metadata['seconds']:.2f} s · {result.metadata['device']}"))
+    if state.before_after is None and name != "composite":
+        state.before_after = (composite, image)
+    if request.ground_truth is not None:
+        measured = image_metrics(result.image, request.ground_truth, request.mask, request.composite)
+        values[name] = measured.as_dict()
+        state.metrics.append([name, *_metric_values(measured)])
 
 
 def _metric_values(m: ImageMetrics) -> list[object]:

@@ -392,31 +392,37 @@ TICK_SECONDS = 1.0
 """How often `serve_stream` yields while a method reports nothing (a long load, one slow step)."""
 
 
-def serve_stream(name: str, request: HarmonizationRequest) -> Iterator[tuple[Any, ...]]:
-    """`serve` in a worker thread, as events: ("progress", fraction, message) as the method reports,
-    ("tick",) every TICK_SECONDS it is silent, then ("done", result, row). The consumer must
-    close the generator when it stops listening (module docstring): the method then stops at its
-    next step, and the lock of model-backed runs keeps the next run out until it has."""
-    events: queue.Queue[tuple[Any, ...]] = queue.Queue()
-    cancel = threading.Event()
+class serve_stream:
+    """`serve` in a worker thread, started at once, as events: ("progress", fraction, message) as
+    the method reports, ("tick",) every TICK_SECONDS it is silent, then ("done", result, row).
+    The consumer must close the stream when it stops listening (module docstring), read or not:
+    the method then stops at its next step, and the lock of model-backed runs keeps the next run
+    out until it has. Starting at once lets a caller start the next method before it handles the
+    last one's result (Compare writes a display file while the next method runs)."""
 
-    def work() -> None:
-        served = serve(name, request, checked(lambda fraction, message: events.put(("progress", fraction, message)), cancel))
-        events.put(("done", *served))
+    def __init__(self, name: str, request: HarmonizationRequest) -> None:
+        self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._cancel = threading.Event()
 
-    # In the caller's context, so a UI's request (ZeroGPU's quota is the visitor's) stays attached.
-    threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True, name=f"harmony-{name}").start()
-    try:
-        while True:
+        def work() -> None:
+            progress = checked(lambda fraction, message: self._events.put(("progress", fraction, message)), self._cancel)
+            self._events.put(("done", *serve(name, request, progress)))
+
+        # In the caller's context, so a UI's request (ZeroGPU's quota is the visitor's) stays attached.
+        threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True, name=f"harmony-{name}").start()
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        while not self._cancel.is_set():
             try:
-                event = events.get(timeout=TICK_SECONDS)
+                event = self._events.get(timeout=TICK_SECONDS)
             except queue.Empty:
                 event = ("tick",)
             yield event
             if event[0] == "done":
                 return
-    finally:
-        cancel.set()
+
+    def close(self) -> None:
+        self._cancel.set()
 
 
 def eta_text(seconds: float) -> str:
