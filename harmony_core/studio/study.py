@@ -35,6 +35,15 @@ TIES = {"Both good": "both_good", "Both bad": "both_bad"}
 CROWD_AFTER = 10
 """Votes after which a rater sees their own picks against everyone's."""
 MODE_LABELS = {"Best of all (A-D)": "best_of_n", "Pairwise (A/B)": "pairwise"}
+
+
+def other_modes(mode: str) -> str:
+    """The hint at the end of a mode: where more rounds are."""
+    others = [label for label, key in MODE_LABELS.items() if key != mode]
+    return (f"For more rounds, switch the **Mode** above to *{' or '.join(others)}*; "
+            "the **Leaderboard** tab shows how the methods stand.")
+
+
 FAST_VOTE_MS = 1000
 """Votes quicker than this get the flag `fast` (an organizer may want to look at them)."""
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -168,7 +177,8 @@ def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: st
     rnd = next_round(study, mode, store.voted_samples(rater_id, mode))
     if rnd is None:
         return None, RoundView([None] * MAX_SHOWN, list(LETTERS),
-                               f"Thank you: you have voted on all {len(study.samples)} images in this mode.")
+                               f"Thank you: you have voted on all {len(study.samples)} images in this mode. "
+                               f"{other_modes(mode)}")
     composite = imaging.load_rgb(rnd.sample.composite, "study composite")
     mask = imaging.load_mask(rnd.sample.mask, "study mask")
     return _begin(rnd, rater_id, {m: rnd.sample.outputs[m].read_bytes() for m in rnd.shown}, composite, mask,
@@ -317,9 +327,14 @@ def board(store: VoteStore, mode_filter: str = "All votes",
         note = "No votes match these filters yet." if total else "No votes yet: vote in the **Blind study** tab."
         return note, result, None
     lines = [result.headline,
-             f"{result.votes} vote(s) from {result.raters} rater(s). Scores: Bradley-Terry log-strength (mean 0) "
-             f"with a 95% bootstrap interval over raters; *rank* is a range where those intervals overlap; "
-             f"*provisional* = fewer than {stats.PROVISIONAL_BELOW} votes showed the method."]
+             f"{result.votes} vote(s) from {result.raters} rater(s). The *score* says how strongly people prefer a "
+             f"method over the others (0 = average, higher = picked more often), with the range it would likely fall "
+             f"in had other people voted; *rank* is a range where those ranges overlap; *provisional* = fewer than "
+             f"{stats.PROVISIONAL_BELOW} votes showed the method.",
+             "<details><summary>details</summary>\n\nThe score (BT score) is a Bradley-Terry log-strength (mean 0), "
+             "fitted to every comparison the votes imply; its range (BT 95% CI) is a 95% bootstrap interval over "
+             "raters (the fit repeated on raters drawn again with replacement). Win share has a Wilson 95% interval."
+             "\n\n</details>"]
     return "\n\n".join(lines), result, heatmap(result.methods, result.rates)
 
 
