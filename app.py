@@ -56,8 +56,9 @@ CSS = """
 /* Galleries grow with their results instead of scrolling inside a box that cuts the second row. */
 #compare-gallery .grid-wrap, #explain-gallery .grid-wrap { max-height: none; min-height: 0; overflow-y: visible; }
 /* Each caption below its image, whole (wrapped), not over it and cut. */
-#compare-gallery .thumbnail-lg, #explain-gallery .thumbnail-lg { display: flex; flex-direction: column; }
-#compare-gallery .thumbnail-lg > img, #explain-gallery .thumbnail-lg > img { flex: 1 1 auto; min-height: 0; }
+#compare-gallery .grid-container, #explain-gallery .grid-container { grid-template-rows: none; grid-auto-rows: auto; }
+#compare-gallery .thumbnail-lg, #explain-gallery .thumbnail-lg { display: flex; flex-direction: column; height: auto; }
+#compare-gallery .thumbnail-lg > img, #explain-gallery .thumbnail-lg > img { height: auto; }
 #compare-gallery .caption-label, #explain-gallery .caption-label { position: static; max-width: 100%; white-space: normal;
   border: none; border-radius: 0; text-align: center; }
 /* A study image's caption sits above the image, clear of its toolbar icons. */
@@ -68,7 +69,7 @@ CSS = """
   /* Two images a row, and the vote buttons stay in reach at the bottom of the screen (a fixed row:
      the container's overflow would stop a sticky one). */
   #study-slots { display: grid !important; grid-template-columns: repeat(2, minmax(0, 1fr)); margin-bottom: 130px; }
-  #study-votes { position: fixed; left: 0; right: 0; bottom: 0; z-index: 20; background: var(--background-fill-primary);
+  #study-votes { position: fixed; left: 0; right: 0; bottom: 0; z-index: 20; background: var(--body-background-fill, #fff);
                  padding: 6px 8px;
                  box-shadow: 0 -2px 6px rgba(0, 0, 0, 0.15); display: grid !important;
                  grid-template-columns: repeat(4, minmax(0, 1fr)); gap: 6px; }

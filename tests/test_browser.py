@@ -70,6 +70,9 @@ def test_click_through_in_chromium(url, tmp_path):
             sync_api.expect(page.locator("#compare-status")).to_contain_text("poisson", timeout=120_000)
             sync_api.expect(page.locator("#compare-gallery").get_by_text("poisson ·").first).to_be_visible()
             sync_api.expect(page.locator("#compare-gallery").get_by_text("ptl ·").first).to_be_visible(timeout=120_000)
+            # The first visit's example shows four results already: wait for this run's last one.
+            sync_api.expect(page.locator("#compare-gallery .thumbnail-item")).to_have_count(6, timeout=120_000)
+            sync_api.expect(page.locator("#compare-status")).to_contain_text("ptl-paper", timeout=120_000)
 
             # Export: a figure and a ZIP to download.
             page.get_by_text("Export: a paper-style figure").click()
@@ -159,7 +162,8 @@ CLIPPED_TILES = """selector => {
                 || t.right > document.documentElement.clientWidth + 1)
                 clipped.push(`${tile.getAttribute('aria-label')} at ${JSON.stringify(t)} outside ${JSON.stringify(box)}`);
             const caption = tile.querySelector('.caption-label');
-            if (caption && caption.scrollWidth > caption.clientWidth + 1)
+            if (caption && (caption.scrollWidth > caption.clientWidth + 1 || caption.scrollHeight > caption.clientHeight + 1
+                            || caption.getBoundingClientRect().bottom > t.bottom + 1))
                 clipped.push(`caption "${caption.textContent}" cut (${caption.scrollWidth} > ${caption.clientWidth})`);
         }
     }
