@@ -57,7 +57,8 @@ CSS = """
 #compare-gallery .grid-wrap, #explain-gallery .grid-wrap { max-height: none; min-height: 0; overflow-y: visible; }
 /* Each caption below its image, whole (wrapped), not over it and cut. */
 #compare-gallery .grid-container, #explain-gallery .grid-container { grid-template-rows: none; grid-auto-rows: auto; }
-#compare-gallery .thumbnail-lg, #explain-gallery .thumbnail-lg { display: flex; flex-direction: column; height: auto; }
+#compare-gallery .thumbnail-lg, #explain-gallery .thumbnail-lg { display: flex; flex-direction: column; height: auto;
+  aspect-ratio: auto; }
 #compare-gallery .thumbnail-lg > img, #explain-gallery .thumbnail-lg > img { height: auto; }
 #compare-gallery .caption-label, #explain-gallery .caption-label { position: static; max-width: 100%; white-space: normal;
   border: none; border-radius: 0; text-align: center; }
