@@ -16,6 +16,7 @@ from harmony_core.studio import serving  # isort: skip
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -32,7 +33,7 @@ import numpy as np
 from harmony_core import __version__, imaging
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.registry import no_progress
-from harmony_core.studio import budget, compare, compose, explain, notice, study
+from harmony_core.studio import budget, compare, compose, explain, notice, showcase, study, words
 from harmony_core.studio.display import DisplayFiles
 from harmony_core.studio.raters import (
     RateLimiter, RateLimits, client_address, distrust_server_proxy_headers, proxy_hops,
@@ -52,6 +53,40 @@ QUEUE_MAX_SIZE = 64
 full"). Explicit because on ZeroGPU Gradio would otherwise cap the queue at one waiting event."""
 RAW = {"preprocess": False}
 """Image inputs reach the handlers raw, through the gate."""
+CSS = """
+/* The intro and the example side by side when there is room, else one above the other. */
+#intro-row { flex-wrap: wrap; }
+#intro-row > * { flex: 1 1 320px; }
+#intro-row > #example-slider { flex: 0 1 320px; }
+/* Galleries grow with their results instead of scrolling inside a box that cuts the second row. */
+#compare-gallery .grid-wrap, #explain-gallery .grid-wrap { max-height: none; min-height: 0; overflow-y: visible; }
+/* Each caption below its image, whole (wrapped), not over it and cut. */
+#compare-gallery .grid-container, #explain-gallery .grid-container { grid-template-rows: none; grid-auto-rows: auto; }
+#compare-gallery .thumbnail-lg, #explain-gallery .thumbnail-lg { display: flex; flex-direction: column; height: auto;
+  aspect-ratio: auto; }
+#compare-gallery .thumbnail-lg > img, #explain-gallery .thumbnail-lg > img { height: auto; }
+#compare-gallery .caption-label, #explain-gallery .caption-label { position: static; max-width: 100%; white-space: normal;
+  border: none; border-radius: 0; text-align: center; }
+/* A study image's caption sits above the image, clear of its toolbar icons. */
+#study-slots [data-testid="block-label"] { position: static; max-width: 100%; white-space: normal; }
+@media (max-width: 640px) {
+  #compare-gallery .grid-container, #explain-gallery .grid-container {
+    grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+  /* Two images a row, and the vote buttons stay in reach at the bottom of the screen (a fixed row:
+     the container's overflow would stop a sticky one). */
+  #study-slots { display: grid !important; grid-template-columns: repeat(2, minmax(0, 1fr)); margin-bottom: 130px; }
+  #study-votes { position: fixed; left: 0; right: 0; bottom: 0; z-index: 20; background: var(--body-background-fill, #fff);
+                 padding: 6px 8px;
+                 box-shadow: 0 -2px 6px rgba(0, 0, 0, 0.15); display: grid !important;
+                 grid-template-columns: repeat(4, minmax(0, 1fr)); gap: 6px; }
+  #study-votes > button { min-width: 0 !important; padding: 6px 4px; }
+  #study-options { flex-direction: column; }
+  #study-options > * { min-width: 100% !important; }
+  /* An image's label above it, not under its toolbar icons. */
+  [data-testid="block-label"] { position: static; max-width: 100%; white-space: normal; }
+}
+"""
+"""Layout the widgets' own parameters cannot say (passed to launch)."""
 
 
 def _user_error(fn_name: str, exc: Exception) -> gr.Error:
@@ -59,7 +94,7 @@ def _user_error(fn_name: str, exc: Exception) -> gr.Error:
     if isinstance(exc, gr.Error):
         return exc
     if isinstance(exc, HarmonyError):
-        return gr.Error(_cut(str(exc)), print_exception=False)
+        return gr.Error(words.plain_text(_cut(str(exc))), print_exception=False)
     log.exception("unexpected error in %s", fn_name)
     return gr.Error("Something went wrong on the server (details are in its log).", print_exception=False)
 
@@ -106,7 +141,9 @@ def _bad_input(block: Any, value: Any) -> str | None:
     label = _cut(str(getattr(block, "label", None) or type(block).__name__), 40)
     if isinstance(block, (gr.State, gr.BrowserState)) or value is None:
         return None
-    if isinstance(block, gr.CheckboxGroup):  # method names: the handlers name an unknown one
+    if isinstance(block, gr.CheckboxGroup):  # method names (a list, or one comma-separated text): the handlers name an unknown one
+        if isinstance(value, str):
+            return None if len(value) <= MAX_TEXT_CHARS else f"'{label}' takes a list of its choices"
         if not isinstance(value, list) or len(value) > 4 * len(block.choices or []) or \
                 any(not isinstance(v, str) or len(v) > 100 for v in value):
             return f"'{label}' takes a list of its choices"
@@ -121,8 +158,8 @@ def _bad_input(block: Any, value: Any) -> str | None:
     if isinstance(block, gr.Checkbox):
         return None if isinstance(value, bool) else f"'{label}' takes true or false"
     if isinstance(block, (gr.Number, gr.Slider)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-            return f"'{label}' takes a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not np.isfinite(value)):
+            return f"'{label}' takes a number"  # a Python int of any size is finite: the handler judges its range
         low, high = getattr(block, "minimum", None), getattr(block, "maximum", None)
         if (low is not None and value < low) or (high is not None and value > high):
             return f"'{label}' takes a number from {low} to {high}"
@@ -200,6 +237,13 @@ def _refusing(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _warned(message: str, outputs: int) -> tuple:
+    """A button pressed with its input missing: one plain toast, and every output left as it is
+    (raising would paint an "Error" badge on each output box besides the toast)."""
+    gr.Warning(words.plain_text(message))
+    return (gr.update(),) * outputs
+
+
 @dataclass
 class Server:
     """What the tabs' handlers share: server-wide settings, the upload gate, the study and votes."""
@@ -250,7 +294,7 @@ class ComposeTab:
 def _compose_outputs(result: compose.Composed, cache: str) -> tuple:
     files = DisplayFiles(cache, "compose-")  # lossless: the working composite is what Compare reads back
     return (files.show(result.composite, "composite"), files.show(result.mask_image, "mask"),
-            files.show(result.overlay, "overlay"), result.message, gr.update(visible=result.mask.mean() > 0.5),
+            files.show(result.overlay, "overlay"), result.message, gr.update(visible=bool(result.mask.mean() > 0.5)),
             result.background)
 
 
@@ -285,13 +329,16 @@ def _compose_inputs() -> dict[str, Any]:
     return c
 
 
-def compose_tab(server: Server) -> ComposeTab:
+def compose_tab(server: Server, example: showcase.Showcase | None) -> ComposeTab:
     c = _compose_inputs()
-    notice = gr.Markdown(elem_id="compose-notice")
+    first = example.composed if example else None
+    notice = gr.Markdown(example.message if example else None, elem_id="compose-notice")
     with gr.Row():
-        work_composite = gr.Image(label="Working composite", type="filepath", interactive=False, format="png")
-        work_mask = gr.Image(label="Working mask", type="filepath", image_mode="L", interactive=False, format="png")
-        overlay = gr.Image(label="Mask overlay", interactive=False, format="png")
+        work_composite = gr.Image(first and first.composite, label="Working composite", type="filepath", interactive=False,
+                                  format="png", elem_id="compose-working")
+        work_mask = gr.Image(first and first.mask_image, label="Working mask", type="filepath", image_mode="L",
+                             interactive=False, format="png")
+        overlay = gr.Image(first and first.overlay, label="Mask overlay", interactive=False, format="png")
     invert_button = gr.Button("Invert mask", visible=False)
     background = gr.State(None)
     outputs = [work_composite, work_mask, overlay, notice, invert_button, background]
@@ -312,6 +359,8 @@ def compose_tab(server: Server) -> ComposeTab:
 
     @user_errors
     def compose_upload(composite, mask):
+        if missing := compose.missing_upload(composite, mask):
+            return _warned(missing, len(outputs))
         return _compose_outputs(compose.from_upload(image_in(composite, "composite"), image_in(mask, "mask"), server.max_side), cache)
 
     @user_errors
@@ -355,22 +404,26 @@ class CompareTab:
     """Explain runs with the same seed and prompt."""
 
 
-def _compare_controls(server: Server, all_methods: list[str], runnable: list[str], note: str) -> dict[str, Any]:
+def _compare_controls(server: Server, all_methods: list[str], runnable: list[str], note: str,
+                      example: showcase.Showcase | None) -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Row():
-        c["run_on"] = gr.Image(label="Runs on: the working composite (Compose tab)", type="filepath", interactive=False,
-                               format="png", height=220, elem_id="compare-input")
+        c["run_on"] = gr.Image(example and example.composed.composite, label="Runs on: the working composite (Compose tab)",
+                               type="filepath", interactive=False, format="png", height=220, elem_id="compare-input")
         with gr.Column():
             largest = (server.max_side, server.max_side)
             c["methods"] = gr.CheckboxGroup(
                 choices=budget.choices(all_methods, largest), value=budget.default_selection(runnable, largest),
-                label=f"Methods (ticked: those estimated to finish within {budget.TIME_BUDGET_S:.0f} s here)")
+                label=f"Methods (ticked: those estimated to finish within {budget.TIME_BUDGET_S:.0f} s here)",
+                elem_id="compare-methods")
             c["estimate"] = gr.Markdown(budget.selection_note(c["methods"].value, largest), elem_id="compare-estimate")
+            prompt_shown, style_shown = compare.shown_inputs(c["methods"].value)
             with gr.Row():
                 c["seed"] = gr.Number(value=0, precision=0, label="Seed")
                 c["prompt"] = gr.Textbox(label=f"Prompt ({compare.PROMPT_METHOD}: what the object is, e.g. 'a white cup'; "
-                                         "recorded with its result)", value="", max_lines=2, elem_id="compare-prompt")
-            c["style_note"] = gr.Markdown(compare.inputs_note(None), elem_id="compare-style")
+                                         "recorded with its result)", value="", max_lines=2, elem_id="compare-prompt",
+                                         visible=prompt_shown)
+            c["style_note"] = gr.Markdown(compare.inputs_note(None), elem_id="compare-style", visible=style_shown)
     c["availability"] = gr.Markdown(note, elem_id="compare-availability")
     with gr.Accordion("Model weights (a local folder or a Hub id; empty = the default)", open=False,
                       visible=server.allow_weight_changes):
@@ -393,18 +446,24 @@ def _export_controls() -> dict[str, Any]:
     return c
 
 
-def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], runnable: list[str], note: str) -> CompareTab:
-    c = _compare_controls(server, all_methods, runnable, note)
+def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], runnable: list[str], note: str,
+                example: showcase.Showcase | None) -> CompareTab:
+    c = _compare_controls(server, all_methods, runnable, note, example)
     with gr.Row():
         run_button = gr.Button("Harmonize", variant="primary", elem_id="compare-run")
         stop_button = gr.Button("Stop", variant="stop", elem_id="compare-stop")
-    gallery = gr.Gallery(label="Results", columns=4, format="png", object_fit="contain", height="auto", elem_id="compare-gallery")
-    slider = gr.ImageSlider(label="Before / after (click a result to choose it)", format="png")
-    status = gr.Dataframe(headers=serving.STATUS_COLUMNS, label="Status", interactive=False, wrap=True, elem_id="compare-status")
-    metrics = gr.Dataframe(headers=compare.METRIC_COLUMNS, label="Metrics against the ground truth (256-px protocol)", interactive=False)
+    run = example.run if example else None
+    gallery = gr.Gallery(run and run.gallery, label="Results", columns=4, format="png", object_fit="contain", height="auto",
+                         elem_id="compare-gallery")
+    slider = gr.ImageSlider(example and example.before_after, label=compare.slider_label(example and example.slider_method),
+                            format="png", elem_id="compare-slider")
+    status = gr.Dataframe(run and run.status, headers=serving.STATUS_COLUMNS, label="Status", interactive=False, wrap=True,
+                          elem_id="compare-status")
+    metrics = gr.Dataframe(run and run.metrics or None, headers=compare.METRIC_COLUMNS,
+                           label="Metrics against the ground truth (256-px protocol)", interactive=False)
     blind_button = gr.Button("Vote blind on these results (Blind study tab)", elem_id="compare-blind")
     e = _export_controls()
-    results = gr.State(None)
+    results = gr.State(run and run.finished)
     image_in = server.image_in
 
     @user_errors
@@ -416,11 +475,14 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
 
     @user_errors
     def harmonize(composite, mask, gt, names, seed_value, prompt, background):
+        if missing := compare.missing_composite(composite, mask):
+            yield _warned(missing, 5)
+            return
         request, names, notes = compare.build_request(image_in(composite, "composite"), image_in(mask, "mask"), names,
                                                       server.max_side, image_in(gt, "ground truth"), seed_value,
                                                       prompt=prompt, background=background)
         for note_text in notes:
-            gr.Warning(note_text)
+            gr.Warning(words.plain_text(note_text))
         unchanged = (gr.skip(),) * 5
         yield unchanged  # Gradio can stop a generator only between yields, and only after its first
         shown = 0
@@ -432,7 +494,7 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
                     continue
                 for note_text in state.notes[shown:]:
                     shown += 1
-                    gr.Warning(note_text)
+                    gr.Warning(words.plain_text(note_text))
                 yield state.gallery, state.before_after, state.status, state.metrics or None, state.finished
 
     # The running method's progress and time left show in its status row, not as an overlay, so
@@ -441,7 +503,16 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
                                              c["seed"], c["prompt"], composed.background],
                                  [gallery, slider, status, metrics, results], api_name="compare",
                                  show_progress="hidden", **GPU_QUEUE, **RAW)
+    run_event.then(user_errors(lambda run: gr.update(label=compare.slider_label(compare.slider_method(run)))), [results],
+                   [slider], api_name=False)
     stop_button.click(None, None, None, cancels=[run_event], api_name=False)
+
+    @user_errors
+    def show_inputs_for(names):
+        prompt_shown, style_shown = compare.shown_inputs(names)
+        return gr.update(visible=prompt_shown), gr.update(visible=style_shown)
+
+    c["methods"].change(show_inputs_for, [c["methods"]], [c["prompt"], c["style_note"]], api_name=False, concurrency_limit=4)
 
     @user_errors
     def show_estimate(composite, names):
@@ -462,12 +533,16 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
     @user_errors
     def choose(composite, event: gr.SelectData):
         chosen = (event.value or {}).get("image") if isinstance(event.value, dict) else None
-        return tuple(str(p) if p else None for p in (image_in(composite, "composite"), image_in(chosen, "result")))
+        caption = str((event.value or {}).get("caption") or "") if isinstance(event.value, dict) else ""
+        pair = tuple(str(p) if p else None for p in (image_in(composite, "composite"), image_in(chosen, "result")))
+        return gr.update(value=pair, label=compare.slider_label(caption.split(" · ")[0] or None))
 
     gallery.select(choose, [composed.composite], [slider], api_name=False, **RAW)
 
     @user_errors
     def export_results(run, zoom):
+        if missing := compare.missing_run(run):
+            return _warned(missing, 2)
         figure, archive = compare.export_run(run, bool(zoom))
         return str(figure), [str(figure), str(archive)]
 
@@ -478,26 +553,28 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
 # --- Explain ------------------------------------------------------------------------------------
 
 
-def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab) -> None:
+def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab, example: showcase.Showcase | None) -> None:
     gr.Markdown("What each method's maps show, over the working composite, with the seed, prompt and background of "
                 "**Compare**. **Click a point on the object** to see which background regions it draws on (methods "
                 "with a point map re-run).")
     gr.Markdown(explain.availability_note())
     with gr.Row():
         names = gr.CheckboxGroup(choices=explain.choices(), value=explain.default_methods(), label="Methods with maps")
-        point_x = gr.Number(value=None, precision=0, label="point x (px)")
-        point_y = gr.Number(value=None, precision=0, label="point y (px)")
+        first = explain.start_point(example.composed.mask, None) if example else (None, None)
+        point_x = gr.Number(value=first[0], precision=0, label="point x (px)", elem_id="explain-x")
+        point_y = gr.Number(value=first[1], precision=0, label="point y (px)", elem_id="explain-y")
     with gr.Row():
         run_button = gr.Button("Explain", variant="primary", elem_id="explain-run")
         stop_button = gr.Button("Stop", variant="stop", elem_id="explain-stop")
     with gr.Row():
-        map_choice = gr.Dropdown(choices=[], label="Map shown above the legend")
+        map_choice = gr.Dropdown(choices=[], label="Map shown above the legend", elem_id="explain-choice")
         colormap = gr.Dropdown(choices=explain.COLORMAPS, value=explain.COLORMAPS[0], label="Colormap")
         opacity = gr.Slider(0, 1, value=0.6, step=0.05, label="Map opacity")
-    view = gr.Image(label="Click a point on the object", type="numpy", interactive=False, format="png")
+    view = gr.Image(label="Click a point on the object", type="numpy", interactive=False, format="png", elem_id="explain-view")
     legend = gr.Image(label="Legend", type="numpy", interactive=False, format="png", height=100, show_label=False)
     notes = gr.Markdown()
-    gallery = gr.Gallery(label="All maps (same kind side by side)", columns=2, format="png", object_fit="contain", height="auto")
+    gallery = gr.Gallery(label="All maps (same kind side by side)", columns=2, format="png", object_fit="contain", height="auto",
+                         elem_id="explain-gallery")
     state = gr.State(None)
     outputs = [state, view, map_choice, gallery, legend, notes]
     image_in = server.image_in
@@ -518,8 +595,12 @@ def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab) -> N
 
     @user_errors
     def explain_run(composite, mask, methods, x, y, cmap, alpha, chosen, background, seed, prompt):
+        if missing := compare.missing_composite(composite, mask):
+            yield _warned(missing, len(outputs))
+            return
         point = (int(x), int(y)) if x is not None and y is not None else None
         request, methods, request_notes = request_for(composite, mask, methods, point, background, seed, prompt)
+        request = dataclasses.replace(request, point=explain.start_point(request.mask, request.point))
         yield running(None, len(outputs))  # Gradio can stop a generator only between yields, and only after its first
         with contextlib.closing(explain.explain_stream(request, methods, no_progress)) as steps:
             for step in steps:
@@ -527,7 +608,7 @@ def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab) -> N
                     yield running(step, len(outputs))
                     continue
                 step.notes = request_notes + step.notes
-                yield shown(step, request.composite, point, cmap, alpha, chosen)
+                yield shown(step, request.composite, request.point, cmap, alpha, chosen)
 
     @user_errors
     def explain_click(composite, mask, previous, cmap, alpha, chosen, background, seed, prompt, event: gr.SelectData):
@@ -536,7 +617,7 @@ def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab) -> N
         yield running(None, len(outputs) + 2)
         with contextlib.closing(explain.point_stream(previous, request, no_progress)) as steps:
             for step in steps:
-                yield ((x, y, *shown(step, request.composite, (x, y), cmap, alpha, chosen))
+                yield ((x, y, *shown(step, request.composite, (x, y), cmap, alpha, explain.point_choice(step, chosen)))
                        if isinstance(step, explain.Explained) else running(step, len(outputs) + 2))
 
     @user_errors
@@ -548,6 +629,19 @@ def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab) -> N
         image = imaging.cap_long_side(imaging.load_rgb(composite, "composite"), server.max_side)
         return shown(previous, image, point, cmap, alpha, chosen)
 
+    @user_errors
+    def show_point(result: explain.Explained | None):
+        point = result.point if result is not None else None
+        return (gr.update(), gr.update()) if point is None else point
+
+    @user_errors
+    def default_point(mask):
+        mask = image_in(mask, "mask")
+        return explain.start_point(imaging.load_mask(mask, "mask"), None) if mask is not None else (None, None)
+
+    for event in composed.composed:  # a new composite: the boxes show the point a run will use
+        event.then(default_point, [composed.mask], [point_x, point_y], api_name=False, **RAW)
+
     same_as_compare = [composed.background, compared.seed, compared.prompt]
     runs = [run_button.click(explain_run, [composed.composite, composed.mask, names, point_x, point_y, colormap, opacity,
                                            map_choice, *same_as_compare], outputs, api_name="explain", show_progress="hidden",
@@ -555,6 +649,7 @@ def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab) -> N
             view.select(explain_click, [composed.composite, composed.mask, state, colormap, opacity, map_choice,
                                         *same_as_compare], [point_x, point_y, *outputs], api_name=False,
                         show_progress="hidden", **GPU_QUEUE, **RAW)]
+    runs[0].then(show_point, [state], [point_x, point_y], api_name=False)
     stop_button.click(None, None, None, cancels=runs, api_name=False)
     gr.on([map_choice.input, colormap.change, opacity.release], explain_restyle,
           [composed.composite, state, point_x, point_y, colormap, opacity, map_choice], outputs, api_name=False, **RAW)
@@ -577,7 +672,8 @@ def _round_outputs(state, view: study.RoundView, locked: bool) -> tuple:
     images = [gr.update(value=img, label=cap, visible=img is not None) for img, cap in zip(view.images, view.captions)]
     buttons = [gr.update(interactive=not locked and img is not None, visible=img is not None) for img in view.images]
     ties = [gr.update(interactive=not locked and view.ties, visible=view.ties)] * len(study.TIES)
-    return (state, *images, *buttons, gr.update(interactive=not locked), *ties, view.message)
+    shown = any(img is not None for img in view.images)  # none: the mode is finished, no lone button left
+    return (state, *images, *buttons, gr.update(interactive=not locked, visible=shown), *ties, view.message)
 
 
 def study_tab(server: Server, rater: gr.BrowserState, demo: gr.Blocks) -> StudyTab:
@@ -586,17 +682,17 @@ def study_tab(server: Server, rater: gr.BrowserState, demo: gr.Blocks) -> StudyT
     with gr.Accordion("What a vote records, why, where it goes, for how long", open=True, elem_id="study-notice"):
         gr.Markdown(notice.STUDY_NOTICE)
     rater_note = gr.Markdown()
-    with gr.Row():
+    with gr.Row(elem_id="study-options"):
         mode = gr.Radio(list(study.MODE_LABELS), value=next(iter(study.MODE_LABELS)), label="Mode")
         zoom = gr.Checkbox(value=False, label="Zoom on the object (the same crop in every image)", elem_id="study-zoom")
         difference = gr.Checkbox(value=False, label="After your vote: show the difference from the composite",
                                  elem_id="study-difference")
         next_button = gr.Button("Next image", variant="primary", elem_id="study-next")
     message = gr.Markdown(elem_id="study-message")
-    with gr.Row():
+    with gr.Row(elem_id="study-slots"):
         slots = [gr.Image(label=letter, type="filepath", interactive=False, elem_id=f"slot-{letter}")
                  for letter in study.LETTERS[:study.MAX_SHOWN]]
-    with gr.Row():
+    with gr.Row(elem_id="study-votes"):
         vote_buttons = [gr.Button(letter, interactive=False, elem_id=f"vote-{letter}") for letter in study.LETTERS[:study.MAX_SHOWN]]
         cant_decide = gr.Button(study.CANT_DECIDE, interactive=False, elem_id="vote-none")
         tie_buttons = [gr.Button(label, interactive=False, visible=False, elem_id=f"vote-{kind.replace('_', '-')}")
@@ -739,23 +835,31 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
     leave_out_flagged: the board counts no vote of a flagged source."""
     server = make_server(max_side, study_dir, votes_dir, allow_weight_changes, rate_limits, leave_out_flagged)
     all_methods, runnable, note = compare.method_choices()
+    example = showcase.first_visit(EXAMPLES, max_side)
     browser_secret = hmac.new(server.secret, b"browser-state", hashlib.sha256).hexdigest()
     # Gradio's cache holds a copy of every image and download it served: keep it to a day.
     with gr.Blocks(title="Harmony Studio", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
-        gr.Markdown(
-            f"# Harmony Studio <small>v{__version__}</small>\n"
-            "Make an object pasted into a photo look like it belongs there. **Compose** a composite, "
-            "**Compare** harmonization methods side by side, see what a network looks at in **Explain**, "
-            "and vote blind in the **Blind study**."
-        )
+        with gr.Row(equal_height=False, elem_id="intro-row"):
+            gr.Markdown(
+                f"# Harmony Studio <small>v{__version__}</small>\n"
+                "Make an object pasted into a photo look like it belongs there. **Compose** a composite, "
+                "**Compare** harmonization methods side by side, see what a network looks at in **Explain**, "
+                "and vote blind in the **Blind study**." + (
+                    "\n\nBeside this: an example, finished. Drag the slider to compare; its composite and every "
+                    "result are already in **Compose** and **Compare**." if example else ""),
+                elem_id="intro")
+            if example:
+                gr.ImageSlider(example.before_after, label=f"Example: before / after {example.slider_method}",
+                               interactive=False, height=220, format="png", buttons=[], scale=0, min_width=300,
+                               elem_id="example-slider")
         rater = gr.BrowserState("", storage_key="harmony_studio_rater", secret=browser_secret)
         with gr.Tabs() as tabs:
             with gr.Tab("Compose", id="compose"):
-                composed = compose_tab(server)
+                composed = compose_tab(server, example)
             with gr.Tab("Compare", id="compare"):
-                compared = compare_tab(server, composed, all_methods, runnable, note)
+                compared = compare_tab(server, composed, all_methods, runnable, note, example)
             with gr.Tab("Explain", id="explain"):
-                explain_tab(server, composed, compared)
+                explain_tab(server, composed, compared, example)
             with gr.Tab("Blind study", id="study"):
                 studied = study_tab(server, rater, demo)
             with gr.Tab("Leaderboard", id="leaderboard") as board:
@@ -806,7 +910,7 @@ def main() -> None:
     if loaded:
         log.info("preloaded for ZeroGPU: %s", ", ".join(loaded))
     study.start_hub_sync(votes_dir)  # only when $HARMONY_VOTES_DATASET is set; its thread pushes until exit
-    queued(demo).launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft())
+    queued(demo).launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft(), css=CSS)
 
 
 if __name__ == "__main__":

@@ -106,19 +106,17 @@ FIGURE = "figure.png"
 def harmonize_folder(out: str | os.PathLike, names: Sequence[str], inputs: Sequence[str | None], overwrite: bool) -> Path:
     """The --out folder of a harmonize run, made safe to write into.
 
-    A run writes composite.png, mask.png, METHOD.png, METHOD_MAP.png and results.json: an input
-    among those names is refused even with --overwrite (it would be lost). A folder holding
+    A run writes composite.png, mask.png, METHOD.png, METHOD_MAP.png and results.json: a folder
+    holding an input is refused even with --overwrite (an input could be lost). A folder holding
     another run is refused unless --overwrite, which first removes that run's files, so no
     result of the old run is left beside the new ones."""
     path = Path(out)
     planned = {"composite.png", "mask.png", RUN_REPORT, FIGURE, *(f"{n}.png" for n in names)}
-    prefixes = tuple(f"{n}_" for n in names)
     for source in filter(None, inputs):
         source_path = Path(source).resolve()
-        if path.is_dir() and source_path.parent == path.resolve() and (
-                source_path.name in planned or source_path.name.startswith(prefixes)):
-            raise InputError(f"--out {out} holds the input {source_path.name}, which this run would overwrite: "
-                             "choose another --out folder.")
+        if path.is_dir() and source_path.parent == path.resolve():
+            raise InputError(f"--out {out} holds the input {source_path.name}: choose another --out folder "
+                             "(never one holding the inputs).")
     previous = path / RUN_REPORT
     clashes = sorted(n for n in planned if (path / n).exists())
     if (previous.exists() or clashes) and not overwrite:

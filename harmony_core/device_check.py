@@ -372,7 +372,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def run(out: str | Path, tiny: bool = False, minutes: float = 8.5) -> dict[str, Any]:
     """Measure everything, cheapest and most wanted first; the report is rewritten after each step."""
-    from harmony_core.diffusion.components import default_dtype, dtype_name
+    from harmony_core.diffusion.components import dtype_name
 
     device = "cpu" if tiny else "cuda"
     if not tiny and not torch.cuda.is_available():

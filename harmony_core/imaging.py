@@ -59,6 +59,8 @@ def open_image(source: ImageSource, what: str | None = None) -> Image.Image:
         return source
     if isinstance(source, np.ndarray):
         raise InputError(f"{what}: expected a file or PIL image, got an array")
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        raise InputError(f"Could not read {what}: it is a folder, not an image file.")
     if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
         raise InputError(f"Could not read {what}: no such file.")
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
@@ -192,9 +194,16 @@ def check_same_size(reference: np.ndarray, other: np.ndarray, what: str) -> None
         raise InputError(f"Size mismatch: the composite is {w}x{h} but the {what} is {ow}x{oh}.")
 
 
+MIN_SIDE = 2
+"""The shortest side a request may have: smaller images cannot hold an object and a background."""
+
+
 def validate_pair(composite: np.ndarray, mask: np.ndarray) -> None:
     """The checks every request passes: same size, a mask that is neither empty nor everything."""
     check_same_size(composite, mask, "mask")
+    h, w = mask.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise InputError(f"The image is {w}x{h} pixels: too small to harmonize (at least {MIN_SIDE} px on each side).")
     count = int(mask.sum())
     if count == 0:
         raise InputError("The mask is empty: mark the pasted object in white (255) on black (0).")

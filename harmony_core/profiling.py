@@ -16,7 +16,6 @@ so it is what the call itself needed (`bench` and the studio's status table repo
 from __future__ import annotations
 
 import threading
-import time
 import tracemalloc
 from pathlib import Path
 from typing import Callable, TypeVar

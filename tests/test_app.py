@@ -246,7 +246,9 @@ def test_explain_shows_any_methods_maps_and_a_point_map(client):
     job = client.submit(handle_file(composite), handle_file(mask), ["test-mapper", "reinhard"], None, None,
                         "inferno", 0.6, None, api_name="/explain")
     main, choice, gallery, legend, notes = job.result(timeout=120)
-    assert [item["caption"] for item in gallery] == ["test-mapper · background contribution"]
+    # No point given: the documented default (the object pixel nearest its centroid), so a point map too.
+    assert [item["caption"] for item in gallery] == ["test-mapper · background contribution",
+                                                     "test-mapper · point contribution"]
     assert load(main).shape[:2] == load(composite).shape[:2]
     assert "reinhard** has no maps, so it was not run here" in notes
     main, _, gallery, _, _ = client.predict(handle_file(composite), handle_file(mask), ["test-mapper"], 100, 80,
@@ -380,3 +382,88 @@ def test_stop_buttons_cancel_the_runs_and_no_overlay_hides_results(tmp_path):
         cancelled = {i for d in deps if [t[0] for t in d["targets"]] == [ids[stop]] for i in d["cancels"]}
         assert by_api[run] in cancelled
     assert deps[by_api["compare"]]["show_progress"] == "hidden"  # the status table's running row shows it
+
+
+def _raw_call(client, api_name: str, data: list) -> list:
+    """An endpoint's whole answer as the browser gets it (gradio_client drops buttons' updates)."""
+    import json
+
+    import httpx
+
+    root = client.src.rstrip("/")
+    event = httpx.post(f"{root}/gradio_api/call/{api_name}", json={"data": data}, timeout=60).json()["event_id"]
+    with httpx.stream("GET", f"{root}/gradio_api/call/{api_name}/{event}", timeout=120) as reply:
+        lines = list(reply.iter_lines())
+    kinds = [line[len("event: "):] for line in lines if line.startswith("event: ")]
+    payloads = [line[len("data: "):] for line in lines if line.startswith("data: ")]
+    assert kinds[-1] == "complete", lines
+    return json.loads(payloads[-1])
+
+
+def _uploaded(client, path) -> dict:
+    import httpx
+
+    root = client.src.rstrip("/")
+    with open(path, "rb") as f:
+        (server_path,) = httpx.post(f"{root}/gradio_api/upload", files={"files": (Path(path).name, f)}).json()
+    return {"path": server_path, "meta": {"_type": "gradio.FileData"}}
+
+
+def test_the_invert_button_is_shown_by_a_real_bool(client, tmp_path):
+    """numpy's bool reached the browser as the string "False", which is truthy: always visible."""
+    answer = _raw_call(client, "compose_upload", [_uploaded(client, EXAMPLES / "cat_composite.jpg"),
+                                                  _uploaded(client, EXAMPLES / "cat_mask.png")])
+    invert = answer[4]
+    assert invert["visible"] is False
+    big = np.full((300, 451), 255, np.uint8)
+    big[:50, :50] = 0
+    Image.fromarray(big).save(tmp_path / "big.png")
+    answer = _raw_call(client, "compose_upload", [_uploaded(client, EXAMPLES / "cat_composite.jpg"),
+                                                  _uploaded(client, tmp_path / "big.png")])
+    assert answer[4]["visible"] is True
+
+
+def test_small_things_a_visitor_ran_into(client, tmp_path):
+    composite, mask, _, _ = client.predict(
+        handle_file(str(EXAMPLES / "cat_composite.jpg")), handle_file(str(EXAMPLES / "cat_mask.png")),
+        api_name="/compose_upload",
+    )
+    # The methods as one string are one method, not its letters.
+    gallery, *_ = client.predict(handle_file(composite), handle_file(mask), None, "reinhard", 0, api_name="/compare")
+    assert [item["caption"].split(" · ")[0] for item in gallery] == ["reinhard"]
+    # A 1x1 composite is too small, not "inverted".
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(tmp_path / "dot.png")
+    Image.new("L", (1, 1), 255).save(tmp_path / "dot_mask.png")
+    with pytest.raises(AppError, match="too small") as caught:
+        client.predict(handle_file(str(tmp_path / "dot.png")), handle_file(str(tmp_path / "dot_mask.png")),
+                       api_name="/compose_upload")
+    assert "inverted" not in str(caught.value)
+
+
+def test_a_toast_shows_plain_text_not_markdown():
+    from app import _user_error
+    from harmony_core.errors import InputError
+
+    assert _user_error("f", InputError("Press **Explain** first, then click a point.")).message == \
+        "Press Explain first, then click a point."
+
+
+def test_pressed_too_early_a_warning_not_an_error(client):
+    """Harmonize, Explain and Export with nothing to work on leave their outputs as they are (no
+    error badges on each) and say what to do once."""
+    answer = _raw_call(client, "compare", [None, None, None, ["reinhard"], 0, "", None])
+    assert answer[:4] == [{"__type__": "update"}] * 4 and answer[4] is None  # the results state: not sent
+    answer = _raw_call(client, "explain", [None, None, ["ptl"], None, None, "inferno", 0.6, None, None, 0, ""])
+    assert answer[0] is None and answer[1:] == [{"__type__": "update"}] * 5
+
+
+def test_the_end_of_a_mode_says_where_more_rounds_are(client):
+    rater = new_rater(client)
+    for _ in range(40):
+        if "Thank you" in client.predict("Pairwise (A/B)", rater, api_name="/study_next")[-1]:
+            break
+        client.predict(rater, api_name="/vote_a")
+    answer = _raw_call(client, "study_next", ["Pairwise (A/B)", rater])
+    assert "Thank you" in answer[-1] and "switch the **Mode**" in answer[-1] and "Best of all" in answer[-1]
+    cant_decide = answer[-4]  # before the two tie buttons and the message
+    assert cant_decide["visible"] is False  # no lone disabled button left

@@ -70,12 +70,15 @@ def test_click_through_in_chromium(url, tmp_path):
             # Compare: it shows the composite it will run on; a prompt; every runnable method streams in.
             page.get_by_role("tab", name="Compare").click()
             page.locator("#compare-input img").first.wait_for()
-            page.locator("#compare-prompt textarea").fill("a cat's face")
+            if page.locator("#compare-prompt textarea").is_visible():  # shown only while freepih can run
+                page.locator("#compare-prompt textarea").fill("a cat's face")
             page.locator("#compare-run").click()
             sync_api.expect(page.locator("#compare-status")).to_contain_text("poisson", timeout=120_000)
             sync_api.expect(page.locator("#compare-gallery").get_by_text("poisson ·").first).to_be_visible()
             sync_api.expect(page.locator("#compare-gallery").get_by_text("ptl ·").first).to_be_visible(timeout=120_000)
-            sync_api.expect(page.locator("#compare-gallery").get_by_text("ptl-paper ·").first).to_be_visible(timeout=120_000)
+            # The first visit's example shows four results already: wait for this run's last one.
+            sync_api.expect(page.locator("#compare-gallery .thumbnail-item")).to_have_count(6, timeout=120_000)
+            sync_api.expect(page.locator("#compare-status")).to_contain_text("ptl-paper", timeout=120_000)
 
             # Export: a figure and a ZIP to download.
             page.get_by_text("Export: a paper-style figure").click()
@@ -297,4 +300,152 @@ def test_streaming_compare_shows_results_as_they_finish_and_never_reloads_a_tile
             assert sum(url == src for url in fetched) == 1, [u for u in fetched if "file=" in u]
         finally:
             page.screenshot(path=str(SHOTS / "compare-streaming.png"), full_page=True)
+            browser.close()
+
+
+ARTIFACTS = ROOT / "tmp" / "artifact" / "visitor"
+NO_RED_BADGES = """() => [...document.querySelectorAll('[data-testid="status-tracker"] .error')]
+    .filter(e => e.offsetParent !== null && e.textContent.trim()).length"""
+CLIPPED_TILES = """selector => {
+    const clipped = [];
+    for (const gallery of document.querySelectorAll(selector)) {
+        if (gallery.offsetParent === null) continue;
+        const wrap = gallery.querySelector('.grid-wrap');
+        const box = wrap.getBoundingClientRect();
+        if (wrap.scrollHeight > wrap.clientHeight + 2 || wrap.scrollWidth > wrap.clientWidth + 2)
+            clipped.push(`${selector} scrolls: ${wrap.scrollWidth}x${wrap.scrollHeight} in ${wrap.clientWidth}x${wrap.clientHeight}`);
+        for (const tile of gallery.querySelectorAll('.thumbnail-item')) {
+            const t = tile.getBoundingClientRect();
+            if (t.top < box.top - 1 || t.bottom > box.bottom + 1 || t.left < box.left - 1 || t.right > box.right + 1
+                || t.right > document.documentElement.clientWidth + 1)
+                clipped.push(`${tile.getAttribute('aria-label')} at ${JSON.stringify(t)} outside ${JSON.stringify(box)}`);
+            const caption = tile.querySelector('.caption-label');
+            if (caption && (caption.scrollWidth > caption.clientWidth + 1 || caption.scrollHeight > caption.clientHeight + 1
+                            || caption.getBoundingClientRect().bottom > t.bottom + 1))
+                clipped.push(`caption "${caption.textContent}" cut (${caption.scrollWidth} > ${caption.clientWidth})`);
+        }
+    }
+    return clipped;
+}"""
+
+
+def open_tab(page, name: str) -> None:
+    """A tab by its name; on a phone the tabs that do not fit are in the "more" menu."""
+    tab = page.get_by_role("tab", name=name)
+    if not tab.is_visible():
+        page.locator(".overflow-menu button").first.click()
+        tab = page.locator(".overflow-dropdown").get_by_text(name, exact=True)
+    tab.click()
+
+
+@pytest.fixture(scope="module")
+def styled_url(tmp_path_factory):
+    """The app as `python app.py` serves it: with its CSS and theme."""
+    import gradio as gr
+
+    from app import CSS, build_app
+
+    demo = build_app(max_side=400, votes_dir=tmp_path_factory.mktemp("visitor-votes"))
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        css=CSS, theme=gr.themes.Soft())
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_what_a_visitor_sees(styled_url, width):
+    """A first visit at a laptop's and a phone's width: a finished example at once, galleries that
+    fit, one plain message for a button pressed too early, an Explain click that changes the view."""
+    shots = ARTIFACTS / str(width)
+    shots.mkdir(parents=True, exist_ok=True)
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True,
+                                    args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(styled_url)
+            # The first visit: the example is composed and finished, before any upload.
+            page.locator("#example-slider img").first.wait_for()
+            sync_api.expect(page.locator("#compose-notice")).to_contain_text("example")
+            page.locator("#compose-working img").first.wait_for()
+            sync_api.expect(page.get_by_role("button", name="Invert mask")).to_be_hidden()
+            page.screenshot(path=str(shots / "1-first-visit.png"), full_page=True)
+
+            # A button pressed with its input missing: one plain message, no red badges.
+            page.locator("#compose-use").click()
+            toast = page.locator(".toast-body")
+            sync_api.expect(toast.first).to_contain_text("Upload a composite image first")
+            page.wait_for_timeout(500)
+            assert toast.count() == 1 and "**" not in toast.first.inner_text()
+            assert page.evaluate(NO_RED_BADGES) == 0
+            sync_api.expect(page.locator("#compose-working img").first).to_be_visible()  # the example stays
+            page.screenshot(path=str(shots / "2-missing-input.png"), full_page=True)
+
+            # Compare: the example's results, every tile whole; the slider names its right side.
+            open_tab(page, "Compare")
+            gallery = page.locator("#compare-gallery")
+            sync_api.expect(gallery.locator(".thumbnail-item")).to_have_count(4)
+            sync_api.expect(page.locator("#compare-slider")).to_contain_text("ptl on the right")
+            sync_api.expect(page.locator("#compare-prompt")).to_be_hidden()  # freepih cannot run here
+            page.wait_for_function("() => [...document.querySelectorAll('#compare-gallery img')].every(i => i.complete)")
+            assert page.evaluate(CLIPPED_TILES, "#compare-gallery") == []
+            gallery.locator(".thumbnail-item").nth(2).click()
+            sync_api.expect(page.locator("#compare-slider")).to_contain_text("poisson on the right")
+            page.keyboard.press("Escape")  # back from the gallery's preview to its grid
+            # The default run: six results, the last two on a second row, whole too.
+            page.locator("#compare-run").click()
+            sync_api.expect(gallery.locator(".thumbnail-item")).to_have_count(6, timeout=120_000)
+            sync_api.expect(page.locator("#compare-status")).to_contain_text("ptl-paper", timeout=120_000)
+            page.wait_for_function("() => [...document.querySelectorAll('#compare-gallery img')].every(i => i.complete)")
+            assert page.evaluate(CLIPPED_TILES, "#compare-gallery") == []
+            page.screenshot(path=str(shots / "3-compare.png"), full_page=True)
+
+            # Explain: the first run uses the default point (shown in the boxes); a click on the object
+            # changes the main view to a point map.
+            open_tab(page, "Explain")
+            page.locator("#explain-run").click()
+            page.wait_for_function(f"() => document.querySelector('#explain-gallery .thumbnail-item') || ({NO_RED_BADGES})()",
+                                   timeout=120_000)
+            assert page.evaluate(NO_RED_BADGES) == 0, page.locator(".toast-body").all_inner_texts()
+            sync_api.expect(page.locator("#explain-x input")).not_to_have_value("", timeout=60_000)
+            x, y = (int(page.locator(f"#explain-{axis} input").input_value()) for axis in "xy")
+            assert (x, y) != (0, 0)
+            page.evaluate("() => document.querySelectorAll('#explain-gallery img').forEach(i => { i.loading = 'eager'; })")
+            page.wait_for_function("() => [...document.querySelectorAll('#explain-gallery img')].every(i => i.complete)")
+            assert page.evaluate(CLIPPED_TILES, "#explain-gallery") == []
+            page.screenshot(path=str(shots / "4-explain.png"), full_page=True)
+            main = page.locator("#explain-view img").first
+            before = main.get_attribute("src")
+            box = main.bounding_box()
+            main.click(position={"x": box["width"] * 0.45, "y": box["height"] * 0.4})
+            sync_api.expect(main).not_to_have_attribute("src", before, timeout=120_000)
+            sync_api.expect(page.locator("#explain-choice input")).to_have_value(re.compile("point"))
+            assert (int(page.locator("#explain-x input").input_value()), int(page.locator("#explain-y input").input_value())) != (x, y)
+            page.screenshot(path=str(shots / "5-explain-point.png"), full_page=True)
+
+            # Blind study: the caption is readable, the buttons within reach on a phone.
+            open_tab(page, "Blind study")
+            page.locator("#study-next").click()
+            sync_api.expect(page.locator("#vote-B")).to_be_enabled()
+            page.locator("#vote-B").click()
+            sync_api.expect(page.locator("#slot-B")).to_contain_text("your pick")
+            page.wait_for_function("() => [...document.querySelectorAll('[id^=slot-] img')].every(i => i.complete)")
+            label = page.locator("#slot-B [data-testid=block-label]").first
+            assert label.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+            page.screenshot(path=str(shots / "6-study.png"), full_page=False)
+            page.locator("#slot-A").scroll_into_view_if_needed()
+            votes = page.locator("#study-votes").bounding_box()
+            assert votes["y"] + votes["height"] <= 900 + 1  # in view beside the images, on a phone too
+            if width < 640:  # the row is pinned to the screen's bottom, whatever the scroll
+                page.mouse.wheel(0, -400)
+                page.wait_for_timeout(300)
+                assert abs(page.locator("#study-votes").bounding_box()["y"] - votes["y"]) < 2
+            page.screenshot(path=str(shots / "6-study-full.png"), full_page=True)
+        finally:
+            page.screenshot(path=str(shots / "last.png"), full_page=True)
             browser.close()

@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,12 +89,27 @@ def test_harmonize_never_writes_over_its_inputs(tmp_path):
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     proc = _harmonize("--method", "reinhard", "--out", str(tmp_path), composite=str(tmp_path / "composite.png"),
                       mask=str(tmp_path / "mask.png"))
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "would overwrite" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "holds the input" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     proc = _harmonize("--method", "reinhard", "--out", str(tmp_path), "--overwrite",
                       composite=str(tmp_path / "composite.png"), mask=str(tmp_path / "mask.png"))
-    assert proc.returncode == 2 and "would overwrite" in proc.stderr  # --overwrite never covers inputs
+    assert proc.returncode == 2 and "holds the input" in proc.stderr  # --overwrite never covers inputs
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_harmonize_refuses_the_inputs_folder_whatever_the_names(tmp_path):
+    """Its help says "never one holding the inputs": differently named inputs are refused too."""
+    shutil.copy(EXAMPLES / "cat_composite.jpg", tmp_path / "cat.jpg")
+    shutil.copy(EXAMPLES / "cat_mask.png", tmp_path / "cat_mask.png")
+    proc = _harmonize("--method", "reinhard", "--out", str(tmp_path), composite=str(tmp_path / "cat.jpg"),
+                      mask=str(tmp_path / "cat_mask.png"))
+    assert proc.returncode == 2 and "holds the input cat.jpg" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.jpg", "cat_mask.png"]
+
+
+def test_a_folder_as_composite_is_named_a_folder(tmp_path):
+    proc = _harmonize("--method", "reinhard", "--out", str(tmp_path / "out"), composite=str(tmp_path))
+    assert proc.returncode == 2 and "is a folder, not an image file" in proc.stderr and "no such file" not in proc.stderr
 
 
 def test_a_second_run_needs_overwrite_and_replaces_the_first(tmp_path):

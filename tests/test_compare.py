@@ -140,8 +140,8 @@ def test_availability_collapses_to_one_line_per_method_with_details_on_demand(mo
     long_reason = "weights missing. Download them from the authors' page (a long explanation), then set X"
     note = availability_note([MethodStatus("reinhard", "classical", True), MethodStatus("x", "network", False, long_reason)])
     summary, details = note.split("</summary>")
-    assert summary.count("\n") == 0 and "<strong>x</strong> cannot run here: weights missing" in summary
-    assert long_reason in details and "reinhard" not in note
+    assert summary.count("\n") == 0 and "<strong>x</strong> cannot run here: its trained model files" in summary
+    assert "set X" not in summary and long_reason.replace("'", "'") in details and "reinhard" not in note
     pointed = availability_note([MethodStatus("x", "network", False, long_reason)], {"x": "/some/folder"})
     assert "/some/folder" in pointed and "Download" not in pointed  # never why (no probe of the disk)
     assert availability_note([MethodStatus("reinhard", "classical", True)]) == "All methods can run here."
@@ -165,3 +165,23 @@ def test_a_cut_prompt_is_said_so(scene):
     request, _, notes = build_request(composite, mask, ["reinhard"], 400, prompt="x" * 100_000)
     assert len(request.prompt) == 500 and any("cut to its first 500 characters (of 100000)" in n for n in notes)
     assert build_request(composite, mask, ["reinhard"], 400, prompt="a cup")[2] == []
+
+
+def test_visitor_words_for_a_method_that_cannot_run():
+    from harmony_core.studio import words
+
+    assert "graphics card" in words.plain_reason("CUDA is not available on this machine")
+    assert "model files" in words.plain_reason("no weights configured; set HARMONY_X_WEIGHTS or X(weights=...)")
+    assert "organiser" in words.plain_reason("an unexpected state")
+    line = words.cannot_run("hspace", "set HARMONY_HSPACE_WEIGHTS or HSpace(weights=...)")
+    summary = line.split("</summary>")[0]
+    assert "HARMONY_" not in summary and "weights=" not in summary and "(details)" in summary
+    assert words.plain_text("Press **Explain** first, then *click* a point; `code`") == \
+        "Press Explain first, then click a point; code"
+
+
+def test_methods_as_one_string_are_read_as_names_not_letters():
+    from harmony_core.studio.compare import method_list
+
+    assert method_list("ptl") == ["ptl"] and method_list("reinhard, poisson") == ["reinhard", "poisson"]
+    assert method_list(["ptl"]) == ["ptl"]

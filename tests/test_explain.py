@@ -87,7 +87,10 @@ def test_unavailable_explainer_is_explained(scene, monkeypatch):
 
     monkeypatch.setitem(registry._FACTORIES, Missing.name, Missing)
     result = explain.explain(HarmonizationRequest(composite, mask), ["missing-weights"], lambda f, m: None)
-    assert result.notes == ["**missing-weights** cannot run here: weights missing: download them to weights/x"]
+    (note,) = result.notes
+    summary, detail = note.split("</summary>")
+    assert "<strong>missing-weights</strong> cannot run here: its trained model files are not on this server" in summary
+    assert "weights/x" not in summary and "download them to weights/x" in detail  # the technical words folded away
 
 
 def test_a_click_reruns_only_point_methods_and_render_picks_the_map(scene, mapper):
@@ -197,7 +200,7 @@ def test_agreement_is_one_for_the_same_network_and_follows_the_point(scene, netw
 def test_a_missing_network_is_named_in_the_note(networks, tmp_path):
     networks(tmp_path / "none", tmp_path / "none")
     note = explain.availability_note()
-    assert "**ptl** cannot run here" in note and "**ptl-paper** cannot run here" in note
+    assert "<strong>ptl</strong> cannot run here" in note and "<strong>ptl-paper</strong> cannot run here" in note
 
 
 def test_only_methods_with_maps_are_offered_and_run(scene, mapper, monkeypatch):
@@ -228,3 +231,21 @@ def test_the_view_is_written_once_as_lossless_files(scene, tmp_path):
     assert shown.main == shown.overlays[1][0] and len(list(tmp_path.rglob("*.png"))) == 3  # 2 maps + legend
     assert np.array_equal(np.asarray(Image.open(shown.main)), view.main)
     assert np.array_equal(np.asarray(Image.open(shown.legend)), view.legend)
+
+
+
+
+def test_the_first_run_uses_the_default_point_and_a_click_shows_a_point_map():
+    from harmony_core.methods.ptl import default_point
+
+    mask = np.zeros((40, 60), bool)
+    mask[10:30, 20:50] = True
+    assert explain.start_point(mask, None) == default_point(mask) != (0, 0)
+    assert explain.start_point(mask, (3, 4)) == (3, 4)
+    values = np.zeros((40, 60), np.float32)
+    result = explain.Explained([explain.MapPanel("m", "background contribution", values),
+                                explain.MapPanel("m", "point contribution", values)])
+    assert explain.point_choice(result, "m · background contribution") == "m · point contribution"
+    assert explain.point_choice(result, None) == "m · point contribution"
+    assert explain.point_choice(explain.Explained(result.panels[:1]), "m · background contribution") == \
+        "m · background contribution"  # no point map: the view stays

@@ -1,6 +1,5 @@
 """Exact Hub downloads, against a stand-in Hub listing (huggingface_hub's calls monkeypatched; no network)."""
 
-from pathlib import Path
 
 import pytest
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import html
 import json
 import logging
 import time
@@ -17,6 +16,7 @@ from harmony_core import export, imaging
 from harmony_core.errors import InputError
 from harmony_core.metrics import ImageMetrics, image_metrics
 from harmony_core.registry import Progress, get_method, resolve_methods, weighted_methods
+from harmony_core.studio import words
 from harmony_core.studio.compose import finish
 from harmony_core.studio.display import DisplayFiles
 from harmony_core.studio.scratch import scratch_folder
@@ -36,7 +36,7 @@ PROMPT_TOKENS = 77
 
 
 def availability_note(statuses: list[MethodStatus], pointed: dict[str, str] | None = None) -> str:
-    """Markdown: one line per method that cannot run here, its full reason folded under it.
+    """Markdown: one plain line per method that cannot run here, its technical reason folded under it.
 
     pointed: methods a client just pointed at a weights source; their note names the source but
     never says why it failed (missing or lacking files), so the reply is no probe of the server's
@@ -48,13 +48,12 @@ def availability_note(statuses: list[MethodStatus], pointed: dict[str, str] | No
         source = (pointed or {}).get(status.method)
         if source:
             log.info("weights for %s from %r cannot be used: %s", status.method, source, status.reason)
-            short = "the weights you gave cannot be used here"
-            detail = (f"The weights '{source}' cannot be used here (give a folder with the model's files, or a "
-                      "Hub id; the server log says why).")
+            lines.append(words.details(f"<strong>{status.method}</strong> cannot run here: the weights you gave "
+                                       "cannot be used.",
+                                       f"The weights '{source}' cannot be used here (give a folder with the model's "
+                                       "files, or a Hub id; the server log says why)."))
         else:
-            short, detail = status.short_reason, status.reason
-        lines.append(f"<details><summary><strong>{status.method}</strong> cannot run here: {html.escape(short)}"
-                     f"</summary>\n\n{detail}\n\n</details>")
+            lines.append(words.cannot_run(status.method, status.reason))
     return ("\n".join(lines)) if lines else "All methods can run here."
 
 
@@ -97,8 +96,8 @@ def build_request(composite: Any, mask: Any, names: Sequence[str] | None, max_si
     background: the one Compose placed the object on (hspace's style image); dropped with a note
     when it no longer fits the composite."""
     if composite is None or mask is None:
-        raise InputError("Compose a composite first (Compose tab).")
-    names = [] if names is None else resolve_methods(list(names))
+        raise InputError(NO_COMPOSITE)
+    names = [] if names is None else resolve_methods(method_list(names))
     composed = finish(imaging.load_rgb(composite, "composite"), imaging.load_mask(mask, "mask"), max_side)
     gt = None if ground_truth is None else _ground_truth(imaging.load_rgb(ground_truth, "ground truth"), composed.composite)
     notes = composed.notes
@@ -113,6 +112,45 @@ def build_request(composite: Any, mask: Any, names: Sequence[str] | None, max_si
     request = HarmonizationRequest(composite=composed.composite, mask=composed.mask, ground_truth=gt,
                                    seed=parse_seed(seed), point=point, prompt=prompt, background=background)
     return request, names, notes
+
+
+NO_COMPOSITE = "Compose a composite first (Compose tab)."
+
+
+def missing_composite(composite: Any, mask: Any) -> str | None:
+    """What to say when a run is asked for before anything was composed, else None."""
+    return NO_COMPOSITE if composite is None or mask is None else None
+
+
+def missing_run(run: "CompareRun | None") -> str | None:
+    """What to say when an export is asked for before a run finished, else None."""
+    return NO_RUN if run is None or not run.results else None
+
+
+def method_list(names: str | Sequence[str]) -> list[str]:
+    """The method names a client sent: a list, or one string (a name, or names separated by commas)
+    that must not be read as its characters."""
+    if isinstance(names, str):
+        return [n.strip() for n in names.split(",") if n.strip()]
+    return list(names)
+
+
+def slider_label(method: str | None) -> str:
+    """The before/after slider's label: which method is on its right side."""
+    if not method:
+        return "Before / after (click a result to choose it)"
+    return f"Before / after: {method} on the right"
+
+
+def slider_method(run: "CompareRun | None") -> str | None:
+    """The method a finished run puts on the slider's right side (the first that is not the composite)."""
+    return next((n for n in run.results if n != "composite"), None) if run is not None else None
+
+
+def shown_inputs(selected: Sequence[str] | None) -> tuple[bool, bool]:
+    """(the prompt box, the style note): each shown only while its method is chosen and can run here."""
+    chosen = set(selected or [])
+    return tuple(bool(name in chosen and get_method(name).available()) for name in (PROMPT_METHOD, STYLE_METHOD))
 
 
 def inputs_note(background: np.ndarray | None) -> str:
@@ -245,10 +283,13 @@ def _metric_values(m: ImageMetrics) -> list[object]:
     return [round(m.mse, 2), round(m.fmse, 2), round(m.psnr, 2), round(m.fpsnr, 2), round(m.bmse or 0.0, 4)]
 
 
+NO_RUN = "Run the methods in **Compare** (and let the run finish), then export."
+
+
 def export_run(run: CompareRun | None, zoom: bool = True) -> tuple[Path, Path]:
     """(figure.png, results.zip) of a finished run, written to a fresh scratch folder."""
-    if run is None or not run.results:
-        raise InputError("Run the methods in **Compare** (and let the run finish), then export.")
+    if missing_run(run):
+        raise InputError(NO_RUN)
     timed = {name: (r.image, float(r.metadata.get("seconds", 0.0))) for name, r in run.results.items()}
     figure = export.figure(export.columns_of(run.composite, timed, run.ground_truth), run.mask, zoom)
     figure_png = export.png_bytes(figure)

@@ -59,12 +59,19 @@ def finish(composite: np.ndarray, mask: np.ndarray, max_side: int, notes: list[s
     return Composed(composite, mask, notes, background)
 
 
+def missing_upload(composite, mask) -> str | None:
+    """What to say when "Use this composite" is pressed before both images are there, else None."""
+    if composite is None:
+        return "Upload a composite image first."
+    if mask is None:
+        return "Upload the object's mask (white = pasted object), or paint it in the Paint tab."
+    return None
+
+
 def from_upload(composite, mask, max_side: int = DEFAULT_MAX_SIDE) -> Composed:
     """(a) A composite and its mask, as uploaded (any mode, any mask encoding)."""
-    if composite is None:
-        raise InputError("Upload a composite image first.")
-    if mask is None:
-        raise InputError("Upload the object's mask (white = pasted object), or paint it in the Paint tab.")
+    if missing := missing_upload(composite, mask):
+        raise InputError(missing)
     return finish(imaging.load_rgb(composite, "composite"), imaging.load_mask(mask, "mask"), max_side)
 
 

@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from harmony_core.errors import InputError
 from harmony_core.registry import Progress, get_method, map_methods
+from harmony_core.studio import words
 from harmony_core.studio.display import DisplayFiles
 from harmony_core.studio.serving import MethodProgress, serve_stream
 from harmony_core.types import HarmonizationRequest
@@ -102,10 +103,27 @@ class MapPanel:
 class Explained:
     panels: list[MapPanel] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    point: tuple[int, int] | None = None
+    """The point the point maps were made for (the tab's point boxes show it)."""
 
     def point_methods(self) -> list[str]:
         """Methods whose maps depend on the clicked point (a map key mentions "point")."""
         return list(dict.fromkeys(p.method for p in self.panels if "point" in p.key.lower()))
+
+
+def start_point(mask: np.ndarray, point: tuple[int, int] | None) -> tuple[int, int]:
+    """The point a run uses: the one given, else the documented default (the object's pixel
+    nearest its centroid, as ptl's own default), so the marker and the boxes show where it is."""
+    from harmony_core.methods.ptl import default_point
+
+    return point if point is not None else default_point(mask)
+
+
+def point_choice(result: Explained, chosen: str | None) -> str | None:
+    """The map to show after a click: the chosen one when it depends on the point, else the first
+    point map (the view must change with the click, which a background map never does)."""
+    labels = [p.label for p in side_by_side(result.panels) if "point" in p.key.lower()]
+    return chosen if chosen in labels or not labels else labels[0]
 
 
 def default_methods() -> list[str]:
@@ -120,7 +138,7 @@ def choices() -> list[str]:
 def availability_note() -> str:
     """Why the tab's networks cannot run here, or '' when they can."""
     states = {name: get_method(name).available() for name in EXPLAINERS}
-    return "\n".join(f"**{name}** cannot run here: {state.reason}" for name, state in states.items() if not state)
+    return "\n".join(words.cannot_run(name, state.reason) for name, state in states.items() if not state)
 
 
 def map_correlation(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
@@ -168,7 +186,7 @@ def explain_stream(request: HarmonizationRequest, names: list[str], progress: Pr
     how many, the time left) at most every PROGRESS_EVERY_SECONDS and None otherwise, so that a
     consumer that can only stop between yields stops the run within one step (closing the stream
     stops the running method); then the maps."""
-    out = Explained()
+    out = Explained(point=request.point)
     mapped = set(map_methods())
     out.notes += [f"**{name}** has no maps, so it was not run here (Compare runs it)." for name in names if name not in mapped]
     names = [name for name in names if name in mapped]
@@ -189,8 +207,8 @@ def explain_stream(request: HarmonizationRequest, names: list[str], progress: Pr
                     continue
                 result, row = event[1], event[2]
         if result is None:
-            out.notes.append(f"**{name}** " + (f"cannot run here: {row.reason}" if row.state == "not available"
-                                              else f"failed: {row.reason}"))
+            out.notes.append(words.cannot_run(name, row.reason) if row.state == "not available"
+                             else f"**{name}** failed: {row.reason}")
             continue
         if not result.maps:
             out.notes.append(f"**{name}** returns no maps.")
@@ -225,11 +243,15 @@ def point_stream(previous: Explained | None, request: HarmonizationRequest, prog
         raise InputError("Press **Explain** first, then click a point.")
     rerun = previous.point_methods()
     if not rerun:
-        yield Explained(previous.panels, ["None of the chosen methods has a point map; nothing to re-run."])
+        yield Explained(previous.panels, ["None of the chosen methods has a point map; nothing to re-run."],
+                        request.point)
         return
     with contextlib.closing(explain_stream(request, rerun, progress)) as steps:
         for step in steps:
-            yield merge(previous, step, rerun) if isinstance(step, Explained) else step
+            if isinstance(step, Explained):
+                step = merge(previous, step, rerun)
+                step.point = request.point
+            yield step
 
 
 @dataclass

@@ -37,6 +37,15 @@ MODE_LABELS = {"Best of all (A-D)": "best_of_n", "Pairwise (A/B)": "pairwise"}
 DEMO_NOTE = ("**Demo set:** these images ship with the code, so anyone can match them to their methods; "
              "its votes show how the study works and prove nothing. A real study runs on a private set "
              "(docs/security.md).")
+
+
+def other_modes(mode: str) -> str:
+    """The hint at the end of a mode: where more rounds are."""
+    others = [label for label, key in MODE_LABELS.items() if key != mode]
+    return (f"For more rounds, switch the **Mode** above to *{' or '.join(others)}*; "
+            "the **Leaderboard** tab shows how the methods stand.")
+
+
 FAST_VOTE_MS = 1000
 """Votes quicker than this get the flag `fast` (an organizer may want to look at them)."""
 
@@ -175,7 +184,8 @@ def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: st
     rnd = next_round(study, mode, store.voted_samples(rater_id, mode))
     if rnd is None:
         return None, RoundView([None] * MAX_SHOWN, list(LETTERS),
-                               f"Thank you: you have voted on all {len(study.samples)} images in this mode.")
+                               f"Thank you: you have voted on all {len(study.samples)} images in this mode. "
+                               f"{other_modes(mode)}")
     if limiter is not None:
         limiter.open_round(source or "")
     discard(previous)
@@ -357,10 +367,15 @@ def board(store: VoteStore, mode_filter: str = "All votes", source_filter: str =
         return note, result, None
     lines = [result.headline,
              f"{result.votes} vote(s) from {result.sources} source(s) ({result.raters} rater id(s)); a source is one "
-             f"network address, and all its votes count as one cluster however many rater ids it used. Scores: "
-             f"Bradley-Terry log-strength (mean 0) with a 95% bootstrap interval over sources (none below "
-             f"{stats.MIN_SOURCES} sources); *rank* is a range where those intervals overlap; *provisional* = fewer "
-             f"than {stats.PROVISIONAL_BELOW} votes showed the method, or fewer than {stats.MIN_SOURCES} sources voted."]
+             f"network address, and all its votes count as one cluster however many rater ids it used. The *score* "
+             f"says how strongly people prefer a method over the others (0 = average, higher = picked more often), "
+             f"with the range it would likely fall in had other people voted (none below {stats.MIN_SOURCES} sources); "
+             f"*rank* is a range where those ranges overlap; *provisional* = fewer than {stats.PROVISIONAL_BELOW} "
+             f"votes showed the method, or fewer than {stats.MIN_SOURCES} sources voted.",
+             "<details><summary>details</summary>\n\nThe score (BT score) is a Bradley-Terry log-strength (mean 0), "
+             "fitted to every comparison the votes imply; its range (BT 95% CI) is a 95% bootstrap interval over "
+             "sources (the fit repeated on sources drawn again with replacement). Win share has a Wilson 95% interval."
+             "\n\n</details>"]
     if left_out:
         lines.append(f"{left_out} flagged source(s) left out (see *Sources*).")
     return "\n\n".join(lines), result, heatmap(result.methods, result.rates)
