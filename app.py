@@ -446,6 +446,48 @@ def _export_controls() -> dict[str, Any]:
     return c
 
 
+def _wire_method_choice(server: Server, c: dict[str, Any]) -> None:
+    """The Methods box: the inputs it shows, its estimate, and the organiser's weights."""
+    image_in = server.image_in
+
+    @user_errors
+    def show_inputs_for(names):
+        prompt_shown, style_shown = compare.shown_inputs(names)
+        return gr.update(visible=prompt_shown), gr.update(visible=style_shown)
+
+    c["methods"].change(show_inputs_for, [c["methods"]], [c["prompt"], c["style_note"]], api_name=False, concurrency_limit=4)
+
+    @user_errors
+    def show_estimate(composite, names):
+        size = budget.image_size(image_in(composite, "composite"), server.max_side)
+        return budget.selection_note(names, size)
+
+    gr.on([c["methods"].change, c["run_on"].change], show_estimate, [c["run_on"], c["methods"]], c["estimate"],
+          api_name="compare_estimate", concurrency_limit=4, **RAW)
+
+    @user_errors
+    def use_weights(*sources):
+        runnable_now, note_now = compare.set_weights(dict(zip(compare.WEIGHTED_METHODS, sources)), server.allow_weight_changes)
+        largest = (server.max_side, server.max_side)
+        return gr.update(value=budget.default_selection(runnable_now, largest)), note_now
+
+    c["weights_button"].click(use_weights, c["weight_boxes"], [c["methods"], c["availability"]], api_name="set_weights", **GPU_QUEUE)
+
+
+def _export_section(results: gr.State) -> None:
+    """Export: a paper-style figure and a ZIP of the session's last finished run."""
+    e = _export_controls()
+
+    @user_errors
+    def export_results(run, zoom):
+        if missing := compare.missing_run(run):
+            return _warned(missing, 2)
+        figure, archive = compare.export_run(run, bool(zoom))
+        return str(figure), [str(figure), str(archive)]
+
+    e["button"].click(export_results, [results, e["zoom"]], [e["figure"], e["files"]], api_name="export", concurrency_limit=2)
+
+
 def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], runnable: list[str], note: str,
                 example: showcase.Showcase | None) -> CompareTab:
     c = _compare_controls(server, all_methods, runnable, note, example)
@@ -462,8 +504,8 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
     metrics = gr.Dataframe(run and run.metrics or None, headers=compare.METRIC_COLUMNS,
                            label="Metrics against the ground truth (256-px protocol)", interactive=False)
     blind_button = gr.Button("Vote blind on these results (Blind study tab)", elem_id="compare-blind")
-    e = _export_controls()
     results = gr.State(run and run.finished)
+    _export_section(results)
     image_in = server.image_in
 
     @user_errors
@@ -507,28 +549,7 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
                    [slider], api_name=False)
     stop_button.click(None, None, None, cancels=[run_event], api_name=False)
 
-    @user_errors
-    def show_inputs_for(names):
-        prompt_shown, style_shown = compare.shown_inputs(names)
-        return gr.update(visible=prompt_shown), gr.update(visible=style_shown)
-
-    c["methods"].change(show_inputs_for, [c["methods"]], [c["prompt"], c["style_note"]], api_name=False, concurrency_limit=4)
-
-    @user_errors
-    def show_estimate(composite, names):
-        size = budget.image_size(image_in(composite, "composite"), server.max_side)
-        return budget.selection_note(names, size)
-
-    gr.on([c["methods"].change, c["run_on"].change], show_estimate, [c["run_on"], c["methods"]], c["estimate"],
-          api_name="compare_estimate", concurrency_limit=4, **RAW)
-
-    @user_errors
-    def use_weights(*sources):
-        runnable_now, note_now = compare.set_weights(dict(zip(compare.WEIGHTED_METHODS, sources)), server.allow_weight_changes)
-        largest = (server.max_side, server.max_side)
-        return gr.update(value=budget.default_selection(runnable_now, largest)), note_now
-
-    c["weights_button"].click(use_weights, c["weight_boxes"], [c["methods"], c["availability"]], api_name="set_weights", **GPU_QUEUE)
+    _wire_method_choice(server, c)
 
     @user_errors
     def choose(composite, event: gr.SelectData):
@@ -539,25 +560,14 @@ def compare_tab(server: Server, composed: ComposeTab, all_methods: list[str], ru
 
     gallery.select(choose, [composed.composite], [slider], api_name=False, **RAW)
 
-    @user_errors
-    def export_results(run, zoom):
-        if missing := compare.missing_run(run):
-            return _warned(missing, 2)
-        figure, archive = compare.export_run(run, bool(zoom))
-        return str(figure), [str(figure), str(archive)]
-
-    e["button"].click(export_results, [results, e["zoom"]], [e["figure"], e["files"]], api_name="export", concurrency_limit=2)
     return CompareTab(results, blind_button, c["seed"], c["prompt"])
 
 
 # --- Explain ------------------------------------------------------------------------------------
 
 
-def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab, example: showcase.Showcase | None) -> None:
-    gr.Markdown("What each method's maps show, over the working composite, with the seed, prompt and background of "
-                "**Compare**. **Click a point on the object** to see which background regions it draws on (methods "
-                "with a point map re-run).")
-    gr.Markdown(explain.availability_note())
+def _explain_controls(example: showcase.Showcase | None) -> tuple:
+    """Explain's widgets, in page order; the point boxes start at the example's default point."""
     with gr.Row():
         names = gr.CheckboxGroup(choices=explain.choices(), value=explain.default_methods(), label="Methods with maps")
         first = explain.start_point(example.composed.mask, None) if example else (None, None)
@@ -575,6 +585,36 @@ def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab, exam
     notes = gr.Markdown()
     gallery = gr.Gallery(label="All maps (same kind side by side)", columns=2, format="png", object_fit="contain", height="auto",
                          elem_id="explain-gallery")
+    return names, point_x, point_y, run_button, stop_button, map_choice, colormap, opacity, view, legend, notes, gallery
+
+
+def _wire_explain_point(server: Server, composed: ComposeTab, run: Any, state: gr.State, point_x: gr.Number,
+                        point_y: gr.Number) -> None:
+    """The point boxes show the point a run will use: a new composite's default, then the run's."""
+    image_in = server.image_in
+
+    @user_errors
+    def show_point(result: explain.Explained | None):
+        point = result.point if result is not None else None
+        return (gr.update(), gr.update()) if point is None else point
+
+    @user_errors
+    def default_point(mask):
+        mask = image_in(mask, "mask")
+        return explain.start_point(imaging.load_mask(mask, "mask"), None) if mask is not None else (None, None)
+
+    for event in composed.composed:  # a new composite: the boxes show the point a run will use
+        event.then(default_point, [composed.mask], [point_x, point_y], api_name=False, **RAW)
+    run.then(show_point, [state], [point_x, point_y], api_name=False)
+
+
+def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab, example: showcase.Showcase | None) -> None:
+    gr.Markdown("What each method's maps show, over the working composite, with the seed, prompt and background of "
+                "**Compare**. **Click a point on the object** to see which background regions it draws on (methods "
+                "with a point map re-run).")
+    gr.Markdown(explain.availability_note())
+    (names, point_x, point_y, run_button, stop_button, map_choice, colormap, opacity, view, legend, notes,
+     gallery) = _explain_controls(example)
     state = gr.State(None)
     outputs = [state, view, map_choice, gallery, legend, notes]
     image_in = server.image_in
@@ -629,19 +669,6 @@ def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab, exam
         image = imaging.cap_long_side(imaging.load_rgb(composite, "composite"), server.max_side)
         return shown(previous, image, point, cmap, alpha, chosen)
 
-    @user_errors
-    def show_point(result: explain.Explained | None):
-        point = result.point if result is not None else None
-        return (gr.update(), gr.update()) if point is None else point
-
-    @user_errors
-    def default_point(mask):
-        mask = image_in(mask, "mask")
-        return explain.start_point(imaging.load_mask(mask, "mask"), None) if mask is not None else (None, None)
-
-    for event in composed.composed:  # a new composite: the boxes show the point a run will use
-        event.then(default_point, [composed.mask], [point_x, point_y], api_name=False, **RAW)
-
     same_as_compare = [composed.background, compared.seed, compared.prompt]
     runs = [run_button.click(explain_run, [composed.composite, composed.mask, names, point_x, point_y, colormap, opacity,
                                            map_choice, *same_as_compare], outputs, api_name="explain", show_progress="hidden",
@@ -649,7 +676,7 @@ def explain_tab(server: Server, composed: ComposeTab, compared: CompareTab, exam
             view.select(explain_click, [composed.composite, composed.mask, state, colormap, opacity, map_choice,
                                         *same_as_compare], [point_x, point_y, *outputs], api_name=False,
                         show_progress="hidden", **GPU_QUEUE, **RAW)]
-    runs[0].then(show_point, [state], [point_x, point_y], api_name=False)
+    _wire_explain_point(server, composed, runs[0], state, point_x, point_y)
     stop_button.click(None, None, None, cancels=runs, api_name=False)
     gr.on([map_choice.input, colormap.change, opacity.release], explain_restyle,
           [composed.composite, state, point_x, point_y, colormap, opacity, map_choice], outputs, api_name=False, **RAW)

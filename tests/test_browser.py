@@ -215,6 +215,7 @@ def test_finished_results_stay_visible_and_stop_stops_the_run(slow_url):
             sync_api.expect(status).to_contain_text(re.compile(r"method (\d+) of \1 · about"), timeout=30_000)  # the time left
             thumb = page.locator("#compare-gallery img").first
             thumb.wait_for()
+            thumb.scroll_into_view_if_needed()  # the first visit's example sits above it
             box = thumb.bounding_box()
             on_top = page.evaluate("([x, y]) => document.elementFromPoint(x, y).tagName",
                                    [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
