@@ -157,8 +157,8 @@ class SlowMethod:
     ended: list[str] = []
 
 
-@pytest.fixture(scope="module")
-def slow_url(tmp_path_factory):
+@pytest.fixture
+def slow_url(tmp_path_factory):  # per test: test-slow is unregistered before the other apps start
     import time
 
     from app import build_app
