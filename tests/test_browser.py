@@ -32,6 +32,18 @@ if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
 
 
 
+def compose_the_cat(page) -> None:
+    """Compose: the cat example's composite and mask uploaded and used; then the Compare tab, its input shown."""
+    page.locator("#compose-composite input[type=file]").set_input_files(str(EXAMPLES / "cat_composite.jpg"))
+    page.locator("#compose-mask input[type=file]").set_input_files(str(EXAMPLES / "cat_mask.png"))
+    page.locator("#compose-composite img").first.wait_for()
+    page.locator("#compose-mask img").first.wait_for()
+    page.locator("#compose-use").click()
+    sync_api.expect(page.locator("#compose-notice")).to_contain_text("Ready")
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-input img").first.wait_for()
+
+
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     from app import build_app
@@ -59,17 +71,8 @@ def test_click_through_in_chromium(url, tmp_path):
             page.goto(url)
             page.get_by_text("Harmony Studio").first.wait_for()
 
-            # Compose: upload a composite and its mask.
-            page.locator("#compose-composite input[type=file]").set_input_files(str(EXAMPLES / "cat_composite.jpg"))
-            page.locator("#compose-mask input[type=file]").set_input_files(str(EXAMPLES / "cat_mask.png"))
-            page.locator("#compose-composite img").first.wait_for()
-            page.locator("#compose-mask img").first.wait_for()
-            page.locator("#compose-use").click()
-            sync_api.expect(page.locator("#compose-notice")).to_contain_text("Ready")
-
-            # Compare: it shows the composite it will run on; a prompt; every runnable method streams in.
-            page.get_by_role("tab", name="Compare").click()
-            page.locator("#compare-input img").first.wait_for()
+            # Compose, then Compare: it shows the composite it will run on; a prompt; every runnable method streams in.
+            compose_the_cat(page)
             if page.locator("#compare-prompt textarea").is_visible():  # shown only while freepih can run
                 page.locator("#compare-prompt textarea").fill("a cat's face")
             page.locator("#compare-run").click()
@@ -201,14 +204,7 @@ def test_finished_results_stay_visible_and_stop_stops_the_run(slow_url):
         page.set_default_timeout(60_000)
         try:
             page.goto(slow_url)
-            page.locator("#compose-composite input[type=file]").set_input_files(str(EXAMPLES / "cat_composite.jpg"))
-            page.locator("#compose-mask input[type=file]").set_input_files(str(EXAMPLES / "cat_mask.png"))
-            page.locator("#compose-composite img").first.wait_for()
-            page.locator("#compose-mask img").first.wait_for()
-            page.locator("#compose-use").click()
-            sync_api.expect(page.locator("#compose-notice")).to_contain_text("Ready")
-            page.get_by_role("tab", name="Compare").click()
-            page.locator("#compare-input img").first.wait_for()
+            compose_the_cat(page)
             page.locator("#compare-run").click()
             status = page.locator("#compare-status")
             sync_api.expect(status).to_contain_text("running: test-slow: step", timeout=120_000)
@@ -273,13 +269,7 @@ def test_streaming_compare_shows_results_as_they_finish_and_never_reloads_a_tile
         page.on("request", lambda request: fetched.append(request.url))
         try:
             page.goto(gated_url)
-            page.locator("#compose-composite input[type=file]").set_input_files(str(EXAMPLES / "cat_composite.jpg"))
-            page.locator("#compose-mask input[type=file]").set_input_files(str(EXAMPLES / "cat_mask.png"))
-            page.locator("#compose-mask img").first.wait_for()
-            page.locator("#compose-use").click()
-            sync_api.expect(page.locator("#compose-notice")).to_contain_text("Ready")
-            page.get_by_role("tab", name="Compare").click()
-            page.locator("#compare-input img").first.wait_for()
+            compose_the_cat(page)
             page.locator("#compare-run").click()
 
             # Every other method's tile is shown while the last method is still running.

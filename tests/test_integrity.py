@@ -20,20 +20,10 @@ from PIL import Image
 from harmony_core import imaging
 from harmony_core.studio import blind
 from harmony_core.study.studyset import StudySet
-from tests.conftest import free_port
+from tests.test_trust import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "examples" / "study"
-MAX_SIDE = 400
-
-
-def launch(votes_dir, **options):
-    from app import build_app
-
-    demo = build_app(**{"max_side": MAX_SIDE, "votes_dir": votes_dir, **options})
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    return demo, f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture(scope="module")

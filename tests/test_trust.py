@@ -31,7 +31,7 @@ MAX_SIDE = 400
 def launch(votes_dir, **options):
     from app import build_app
 
-    demo = build_app(max_side=MAX_SIDE, votes_dir=votes_dir, **options)
+    demo = build_app(**{"max_side": MAX_SIDE, "votes_dir": votes_dir, **options})  # options may set max_side
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     return demo, f"http://127.0.0.1:{port}/"
