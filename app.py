@@ -30,7 +30,7 @@ from typing import Any, Callable
 import gradio as gr
 import numpy as np
 
-from harmony_core import __version__, imaging
+from harmony_core import __version__, config, imaging
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.registry import no_progress
 from harmony_core.studio import budget, compare, compose, explain, notice, showcase, study, words
@@ -836,10 +836,17 @@ def leaderboard_tab(server: Server, tab: gr.Tab) -> None:
 # --- the app ------------------------------------------------------------------------------------
 
 
+def folders(study_dir: str | os.PathLike | None, votes_dir: str | os.PathLike | None) -> tuple[Path, Path]:
+    """The study set and votes folders: the given ones, else the config's, else the demo set and
+    outputs/votes. The one rule, for `main` (which starts the votes' Hub sync) and `build_app`."""
+    settings = config.current()
+    return (Path(study_dir or settings.study_dir or DEFAULT_STUDY),
+            Path(votes_dir or settings.votes_dir or DEFAULT_VOTES))
+
+
 def make_server(max_side: int, study_dir: str | os.PathLike | None, votes_dir: str | os.PathLike | None,
                 allow_weight_changes: bool, rate_limits: RateLimits, leave_out_flagged: bool = False) -> Server:
-    study_dir = Path(study_dir or os.environ.get("HARMONY_STUDY_DIR") or DEFAULT_STUDY)
-    votes_dir = Path(votes_dir or os.environ.get("HARMONY_VOTES_DIR") or DEFAULT_VOTES)
+    study_dir, votes_dir = folders(study_dir, votes_dir)
     try:
         study_set: study.StudySet | None = study.StudySet.load(study_dir)
         study_note = f"{len(study_set.samples)} images, methods: {', '.join(study_set.methods)}."
@@ -903,33 +910,31 @@ def queued(demo: gr.Blocks) -> gr.Blocks:
 
 
 def main() -> None:
+    settings = config.current()  # a bad HARMONY_* value fails here, naming the variable
     parser = argparse.ArgumentParser(description="Harmony Studio web app")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", 7860))))
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.port)
     parser.add_argument("--max-side", type=int, default=compose.DEFAULT_MAX_SIDE, help="long side the studio works at")
     parser.add_argument("--study", default=None, help="blind study set folder (default: $HARMONY_STUDY_DIR or examples/study)")
     parser.add_argument("--votes", default=None, help="votes folder (default: $HARMONY_VOTES_DIR or outputs/votes)")
-    parser.add_argument(compare.WEIGHTS_FLAG, action="store_true", default=os.environ.get("HARMONY_ALLOW_WEIGHT_CHANGES") == "1",
+    parser.add_argument(compare.WEIGHTS_FLAG, action="store_true", default=settings.allow_weight_changes,
                         help="let clients repoint model weights for the whole server (organiser only; off by default)")
-    parser.add_argument("--votes-per-minute", type=int, default=int(os.environ.get("HARMONY_VOTES_PER_MINUTE", 30)),
+    parser.add_argument("--votes-per-minute", type=int, default=settings.votes_per_minute,
                         help="votes per rater and per IP hash in a minute (0 = no limit)")
-    parser.add_argument("--votes-per-day", type=int, default=int(os.environ.get("HARMONY_VOTES_PER_DAY", 1000)),
+    parser.add_argument("--votes-per-day", type=int, default=settings.votes_per_day,
                         help="votes per rater and per IP hash in a day (0 = no limit)")
-    parser.add_argument("--new-ids-per-day", type=int, default=int(os.environ.get("HARMONY_NEW_IDS_PER_DAY", 20)),
+    parser.add_argument("--new-ids-per-day", type=int, default=settings.new_ids_per_day,
                         help="new rater ids per IP hash in a day (0 = no limit)")
-    parser.add_argument("--unvoted-rounds-per-minute", type=int,
-                        default=int(os.environ.get("HARMONY_UNVOTED_ROUNDS_PER_MINUTE", 20)),
+    parser.add_argument("--unvoted-rounds-per-minute", type=int, default=settings.unvoted_rounds_per_minute,
                         help="rounds without a vote per IP hash in a minute (0 = no limit)")
-    parser.add_argument("--unvoted-rounds-per-day", type=int,
-                        default=int(os.environ.get("HARMONY_UNVOTED_ROUNDS_PER_DAY", 300)),
+    parser.add_argument("--unvoted-rounds-per-day", type=int, default=settings.unvoted_rounds_per_day,
                         help="rounds without a vote per IP hash in a day (0 = no limit)")
-    parser.add_argument("--leave-out-flagged-sources", action="store_true",
-                        default=os.environ.get("HARMONY_LEAVE_OUT_FLAGGED") == "1",
+    parser.add_argument("--leave-out-flagged-sources", action="store_true", default=settings.leave_out_flagged,
                         help="the leaderboard counts no vote of a flagged source (see its Sources table)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    votes_dir = Path(args.votes or os.environ.get("HARMONY_VOTES_DIR") or DEFAULT_VOTES)
-    demo = build_app(args.max_side, args.study, votes_dir, args.allow_weight_changes,
+    study_dir, votes_dir = folders(args.study, args.votes)
+    demo = build_app(args.max_side, study_dir, votes_dir, args.allow_weight_changes,
                      RateLimits(args.votes_per_minute, args.votes_per_day, args.new_ids_per_day,
                                 args.unvoted_rounds_per_minute, args.unvoted_rounds_per_day),
                      args.leave_out_flagged_sources)

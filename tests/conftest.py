@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harmony_core import config
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # app.py lives at the top level
 SHARED = ROOT.parent / "shared"
@@ -28,6 +30,31 @@ for name in ("HARMONY_ALLOW_DOWNLOAD", "HARMONY_PTL_WEIGHTS", "HARMONY_PTL_PAPER
              "HARMONY_DIFFHARMONY_WEIGHTS", "HARMONY_FREEPIH_WEIGHTS"):
     os.environ.pop(name, None)
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+
+
+class ConfigMonkeyPatch(pytest.MonkeyPatch):
+    """pytest's monkeypatch, with harmony_core.config read again whenever the environment changes,
+    so that a test's setenv / delenv reaches code that reads `config.current()`."""
+
+    def setenv(self, name: str, value: str, prepend: str | None = None) -> None:
+        super().setenv(name, value, prepend)
+        config.reload()
+
+    def delenv(self, name: str, raising: bool = True) -> None:
+        super().delenv(name, raising)
+        config.reload()
+
+    def undo(self) -> None:
+        super().undo()
+        config.reload()
+
+
+@pytest.fixture
+def monkeypatch():
+    """Every test's (and every fixture's) monkeypatch is a ConfigMonkeyPatch."""
+    patch = ConfigMonkeyPatch()
+    yield patch
+    patch.undo()
 
 
 def free_port() -> int:

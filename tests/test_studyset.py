@@ -10,7 +10,8 @@ from PIL import Image
 from harmony_core.cli import main
 from harmony_core.errors import InputError
 from harmony_core.study import studyset
-from harmony_core.study.studyset import StudySet, next_round, prepare_study, sample_id
+from harmony_core.study.prepare import prepare_study
+from harmony_core.study.studyset import StudySet, next_round, sample_id
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -33,6 +33,7 @@ from typing import Any, Sequence, TypeVar
 
 import torch
 
+from harmony_core import config
 from harmony_core.types import Availability
 
 ALLOW_DOWNLOAD_ENV = "HARMONY_ALLOW_DOWNLOAD"
@@ -52,7 +53,7 @@ WINDOW = 1 << 16
 
 def downloads_allowed() -> bool:
     """True when HARMONY_ALLOW_DOWNLOAD=1 lets a missing Hub snapshot be fetched."""
-    return os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip() == "1"
+    return config.current().allow_download
 
 
 def is_hub_id(source: str) -> bool:
@@ -235,7 +236,7 @@ def configured_source(explicit: str | os.PathLike | None, env: str) -> str | Non
 
     One rule for every diffusion method, so the API, the CLI and the env vars agree; blank means unset.
     """
-    for candidate in (explicit, os.environ.get(env)):
+    for candidate in (explicit, config.current().weights.get(env)):
         text = os.fspath(candidate).strip() if candidate is not None else ""
         if text:
             return text

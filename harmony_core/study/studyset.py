@@ -132,11 +132,3 @@ def _shuffled(rng: random.Random, sample: StudySample, mode: str) -> list[str]:
     count = 2 if mode == "pairwise" else min(MAX_SHOWN, len(sample.outputs))
     return rng.sample(sorted(sample.outputs), count)
 
-
-def __getattr__(name: str) -> object:
-    """`studyset.prepare_study` still works: it lives in study/prepare.py (imported on use)."""
-    if name == "prepare_study":
-        from harmony_core.study.prepare import prepare_study
-
-        return prepare_study
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
