@@ -15,6 +15,8 @@ from harmony_core.study.votes import VoteStore
 from harmony_core.types import HarmonizationResult
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.slow  # the app launched (or built) for every test but one
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from PIL import Image
 
 from harmony_core import bench_studio
@@ -21,6 +22,7 @@ def test_the_table_says_whether_every_run_met_the_target():
     assert "| no |  |" in rows[3]  # one run over 1.25 x 2.0 + 0.5 s; no memory figure from a running app
 
 
+@pytest.mark.slow
 def test_a_process_memory_reads_its_high_water_mark():
     import os
 

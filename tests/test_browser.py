@@ -20,6 +20,8 @@ from harmony_core.registry import Method
 from harmony_core.study.studyset import StudySet
 from tests.conftest import free_port
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

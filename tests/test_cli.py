@@ -38,6 +38,7 @@ def test_harmonize_writes_images_and_metadata(tmp_path):
     assert image.shape == composite.shape and np.array_equal(image[~mask], composite[~mask])
 
 
+@pytest.mark.slow
 def test_harmonize_from_background_and_foreground(tmp_path):
     code = main([
         "harmonize", "--background", str(EXAMPLES / "rocket_background.jpg"), "--foreground",
@@ -47,6 +48,7 @@ def test_harmonize_from_background_and_foreground(tmp_path):
     assert (tmp_path / "poisson.png").exists() and (np.asarray(Image.open(tmp_path / "mask.png")) > 0).any()
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path):
     empty_mask = tmp_path / "empty.png"
     Image.new("L", (451, 300), 0).save(empty_mask)
@@ -79,6 +81,7 @@ def _harmonize(*extra: str, composite: str = str(EXAMPLES / "cat_composite.jpg")
     )
 
 
+@pytest.mark.slow
 def test_harmonize_never_writes_over_its_inputs(tmp_path):
     rgba = np.zeros((60, 80, 4), np.uint8)
     rgba[..., 0], rgba[..., 3] = 200, 128  # an alpha channel that a rewrite would lose
@@ -97,6 +100,7 @@ def test_harmonize_never_writes_over_its_inputs(tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_harmonize_refuses_the_inputs_folder_whatever_the_names(tmp_path):
     """Its help says "never one holding the inputs": differently named inputs are refused too."""
     shutil.copy(EXAMPLES / "cat_composite.jpg", tmp_path / "cat.jpg")
@@ -107,11 +111,13 @@ def test_harmonize_refuses_the_inputs_folder_whatever_the_names(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.jpg", "cat_mask.png"]
 
 
+@pytest.mark.slow
 def test_a_folder_as_composite_is_named_a_folder(tmp_path):
     proc = _harmonize("--method", "reinhard", "--out", str(tmp_path / "out"), composite=str(tmp_path))
     assert proc.returncode == 2 and "is a folder, not an image file" in proc.stderr and "no such file" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_second_run_needs_overwrite_and_replaces_the_first(tmp_path):
     out = tmp_path / "run"
     assert _harmonize("--method", "reinhard,histogram", "--out", str(out)).returncode == 0
@@ -122,6 +128,7 @@ def test_a_second_run_needs_overwrite_and_replaces_the_first(tmp_path):
     assert set(json.loads((out / "results.json").read_text())["results"]) == {"poisson"}
 
 
+@pytest.mark.slow
 def test_bad_out_values_are_one_error_line(tmp_path):
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
@@ -202,6 +209,7 @@ def test_map_files_are_named_without_spaces():
     assert len(set(map_file_names("x", {"a b": 0, "a-b": 0}).values())) == 2
 
 
+@pytest.mark.slow
 def test_explain_agreement_compares_two_networks_point_maps(tmp_path, capsys):
     """ptl and ptl-paper pointed at one tiny residual network: every point map agrees exactly."""
     import shutil
@@ -232,6 +240,7 @@ def test_explain_agreement_compares_two_networks_point_maps(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("seed", ["18446744073709551616", "nan"])
+@pytest.mark.slow
 def test_a_bad_seed_is_one_error_line_and_no_traceback(tmp_path, seed):
     """Issue 30, 3: `harmonize --seed 18446744073709551616` printed a traceback."""
     proc = _harmonize("--method", "reinhard", "--seed", seed, "--out", str(tmp_path / "run"))

@@ -65,6 +65,7 @@ def test_the_readers_follow_the_tests_environment(monkeypatch, tmp_path):
     assert not components.downloads_allowed()
 
 
+@pytest.mark.slow  # imports the app (gradio)
 def test_the_app_resolves_its_folders_by_one_rule(monkeypatch, tmp_path):
     import app
 

@@ -8,6 +8,7 @@ from harmony_core import device_check
 from harmony_core.cli import main
 
 
+@pytest.mark.slow
 def test_tiny_device_check_writes_every_row(tmp_path, capsys):
     assert main(["device-check", "--out", str(tmp_path), "--tiny"]) == 0
     report = json.loads((tmp_path / device_check.JSON_NAME).read_text())

@@ -238,6 +238,7 @@ def test_refinement_loads_the_authors_config_format(tmp_path):
     assert not any("time" in name for name in loaded.state_dict())  # no timestep input
 
 
+@pytest.mark.slow
 def test_full_size_refinement_matches_the_authors_base_config():
     model = RefinementUNet(**FULL_CONFIG)
     assert model.config.in_channels == 7 and model.config.input_residual

@@ -85,6 +85,7 @@ def test_ddim_sample_matches_diffusers_scheduler(unet):
     assert torch.allclose(ours, x, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_inversion_then_generation_reconstructs():
     unet = ddpm_like_unet(seed=0)  # a random UNet's inversion is ill-posed; see ddpm_like_unet
     image = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(2)),
@@ -121,6 +122,7 @@ def test_hooks_capture_differentiable_features_and_are_removed_after_an_error(un
 
 # --- components ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cache_shares_identical_weights_across_folders(tmp_path):
     from diffusers import AutoencoderKL, UNet2DModel
 

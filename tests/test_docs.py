@@ -73,6 +73,7 @@ def test_readme_is_a_short_card_and_docs_hold_no_development_notes():
             assert phrase not in text, f"{page.name}: {phrase!r}"
 
 
+@pytest.mark.slow
 def test_api_page_documents_every_api_name(tmp_path):
     import app
 

@@ -101,6 +101,7 @@ def test_interrupted_run_resumes_from_the_csv(datasets, tmp_path, monkeypatch):
     assert (out / "per_image.torn").read_text() == lines[6][:20] + "\n"  # set aside, as votes.py does
 
 
+@pytest.mark.slow
 def test_two_processes_under_accelerate_merge_to_the_single_process_report(datasets, tmp_path):
     methods = "composite,histogram"
     args = ["evaluate", "--data", *map(str, datasets), "--methods", methods]

@@ -176,6 +176,7 @@ def test_the_tab_shows_both_networks_side_by_side_with_their_agreement(scene, ne
                for m in ("ptl", "ptl-paper"))
 
 
+@pytest.mark.slow
 def test_agreement_is_one_for_the_same_network_and_follows_the_point(scene, networks, tmp_path):
     """ptl pointed at the paper's folder runs the same network: every shared map correlates 1."""
     _, composite, mask = scene

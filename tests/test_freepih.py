@@ -148,6 +148,7 @@ def test_noise_level_maps_to_the_starting_timestep():
     assert denoising_timesteps(FreePIHSettings(), steps_offset=0)[0] == 180
 
 
+@pytest.mark.slow
 def test_run_re_imposes_the_background_and_reports_steps(tiny_method, request64):
     steps: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     parts = tiny_method.parts()
@@ -183,6 +184,7 @@ def test_pixels_outside_the_mask_equal_the_composite_and_metadata(tiny_method, r
     assert sum("done in" in m and "step" in m for m in messages) == 2  # one per denoising step
 
 
+@pytest.mark.slow
 def test_a_prompt_longer_than_the_text_encoder_reads_is_said_so(tiny_method, request64):
     """Issue 30, 5: a long prompt was cut without notice (CLIP keeps 77 tokens)."""
     assert "prompt_note" not in tiny_method.run(request64).metadata
@@ -213,6 +215,7 @@ def test_first_step_optimization_lowers_the_total_loss(tiny_method, request64):
     assert check["total"] == pytest.approx(report.end["total"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_same_seed_same_output_other_seed_differs(tiny_folder, request64):
     method = FreePIH(weights=tiny_folder, device="cpu", **{**TINY, "lbfgs_max_iter": 1})  # shared parts, cheaper
     first = method.run(request64).image

@@ -83,6 +83,7 @@ def test_schedule_steps_pick_the_evenly_spaced_timesteps():
 
 # --- inversion, generation, injection -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_gamma_zero_reproduces_plain_ddim_generation(unet):
     method = make(unet, gamma=0.0, t_boost=-1)
     content, _ = method.invert(smooth_image(1))
@@ -94,6 +95,7 @@ def test_gamma_zero_reproduces_plain_ddim_generation(unet):
     assert torch.equal(out, plain)
 
 
+@pytest.mark.slow
 def test_injection_changes_the_generation_and_only_where_h_changed(unet):
     method = make(unet, t_boost=-1)
     content, _ = method.invert(smooth_image(1))
@@ -104,6 +106,7 @@ def test_injection_changes_the_generation_and_only_where_h_changed(unet):
     assert change.min() > 0 and (injected - base).abs().mean() > 1e-4
 
 
+@pytest.mark.slow
 def test_inversion_then_generation_reconstructs_the_input(unet):
     method = make(unet, n_inv=50, n_gen=50, gamma=0.0, t_boost=-1)
     image = smooth_image(3)
@@ -114,6 +117,7 @@ def test_inversion_then_generation_reconstructs_the_input(unet):
     assert error < 3.0  # grey levels (measured ~1)
 
 
+@pytest.mark.slow
 def test_calibration_path_runs_and_differs(unet):
     content, _ = make(unet).invert(smooth_image(1))
     style, _ = make(unet).invert(smooth_image(2))
@@ -122,6 +126,7 @@ def test_calibration_path_runs_and_differs(unet):
     assert torch.isfinite(calibrated).all() and not torch.equal(plain, calibrated)
 
 
+@pytest.mark.slow
 def test_inversion_cache_by_bytes_not_names(unet):
     method = make(unet)
     image = smooth_image(4)
@@ -151,6 +156,7 @@ def request_():
     return HarmonizationRequest(composite=composite, mask=mask, background=background, seed=3)
 
 
+@pytest.mark.slow
 def test_run_keeps_size_and_background_and_gives_maps(unet, request_):
     method = make(unet)
     steps = []
@@ -178,6 +184,7 @@ def test_progress_counts_each_phase_and_the_fraction_covers_the_run(unet, reques
     assert generating[0] > 0.5 and generating == sorted(generating)  # 8 of the run's 16 UNet steps come last
 
 
+@pytest.mark.slow
 def test_same_seed_same_output_different_seed_differs(unet, request_):
     method = make(unet, n_gen=50)  # boosting (eta 1) at schedule steps with t <= 200 draws noise
     a, b = method.run(request_).image, method.run(request_).image
@@ -209,6 +216,7 @@ def test_loads_a_weights_folder_through_the_shared_loader(tmp_path, request_):
     components.clear_cache()
 
 
+@pytest.mark.slow
 def test_loads_an_sdedit_injectfusion_ckpt(tmp_path, request_):
     """A researcher's DDPM .ckpt (the original PyTorch layout) runs as it is, converted on load."""
     from tests.test_ddpm_ckpt import ddpm_state_dict

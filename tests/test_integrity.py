@@ -87,6 +87,7 @@ def test_blind_encodings_are_fresh_padded_and_nearly_lossless():
         assert change.max() <= 1 and 0 < change.mean() <= blind.DITHER_SHARE  # imperceptible, yet not the stored pixels
 
 
+@pytest.mark.slow
 def test_study_images_cannot_be_matched_by_hash_or_size(server):
     client = Client(server, verbose=False)
     study = StudySet.load(STUDY)
@@ -158,6 +159,7 @@ def _pixels(data: bytes) -> np.ndarray | None:
         return None
 
 
+@pytest.mark.slow
 def test_no_event_serves_or_returns_the_study_folder(tmp_path):
     demo, url = launch(tmp_path, max_side=4096)  # no resizing: a returned study image would keep its pixels
     try:
@@ -241,6 +243,7 @@ def _nearest_method(sample_outputs: dict[str, np.ndarray], served: np.ndarray) -
                if sample_outputs[m].shape[:2] == served.shape[:2] else np.inf)
 
 
+@pytest.mark.slow
 def test_twenty_five_ids_from_one_address_cannot_make_a_significant_headline(tmp_path):
     from harmony_core.studio.raters import RateLimits
 
@@ -276,6 +279,7 @@ def test_twenty_five_ids_from_one_address_cannot_make_a_significant_headline(tmp
 
 # --- 3. Nothing published addresses a session --------------------------------------------------
 
+@pytest.mark.slow
 def test_the_public_csv_and_the_store_hold_no_session_or_rater_id(server, votes_dir):
     from harmony_core.study.votes import VoteStore
 
@@ -294,6 +298,7 @@ def test_the_public_csv_and_the_store_hold_no_session_or_rater_id(server, votes_
         {line.split(",")[-2] for line in again.splitlines()[1:]})
 
 
+@pytest.mark.slow
 def test_a_known_session_hash_does_not_open_its_round_to_another_address(tmp_path, monkeypatch):
     monkeypatch.setenv("HARMONY_PROXY_HOPS", "1")  # behind one proxy: the address is the header's last entry
     demo, url = launch(tmp_path)
@@ -312,6 +317,7 @@ def test_a_known_session_hash_does_not_open_its_round_to_another_address(tmp_pat
         demo.close()
 
 
+@pytest.mark.slow
 def test_a_leaderboard_view_writes_nothing(server, votes_dir):
     from harmony_core.studio import scratch
 
@@ -323,6 +329,7 @@ def test_a_leaderboard_view_writes_nothing(server, votes_dir):
 
 # --- 6. Rounds without a vote are bounded -----------------------------------------------------
 
+@pytest.mark.slow
 def test_rounds_without_a_vote_are_limited_per_address(tmp_path):
     from harmony_core.studio.raters import RateLimits
 
@@ -341,6 +348,7 @@ def test_rounds_without_a_vote_are_limited_per_address(tmp_path):
 
 # --- 7. Leaks and noise -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_every_event_answers_bad_calls_with_one_line_and_no_traceback(app, capfd):
     demo, url = app
     capfd.readouterr()
@@ -359,6 +367,7 @@ def test_every_event_answers_bad_calls_with_one_line_and_no_traceback(app, capfd
     assert max((len(line) for line in (out.out + out.err).splitlines()), default=0) < 2000
 
 
+@pytest.mark.slow
 def test_forwarded_for_is_trusted_only_for_the_configured_hops(tmp_path, monkeypatch):
     from harmony_core.study.votes import VoteStore
 
@@ -375,6 +384,7 @@ def test_forwarded_for_is_trusted_only_for_the_configured_hops(tmp_path, monkeyp
         demo.close()
 
 
+@pytest.mark.slow
 def test_no_server_path_in_a_reply_or_the_results_file(server):
     import zipfile
 

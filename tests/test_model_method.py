@@ -165,6 +165,7 @@ def test_hspace_reads_the_beta_schedule_from_the_checkpoint(tmp_path):
     assert other.run(HarmonizationRequest(composite=request, mask=mask)).image.shape == (32, 32, 3)
 
 
+@pytest.mark.slow
 def test_ptlnet_saves_and_loads_like_diffusers_models(tmp_path):
     from dataclasses import asdict
 

@@ -1,5 +1,7 @@
 """The Blind study's notice: it names everything a vote row holds and the app shows it on the study tab."""
 
+import pytest
+
 from harmony_core.studio import notice
 from harmony_core.study.votes import COLUMNS
 
@@ -12,6 +14,7 @@ def test_the_notice_names_every_recorded_column_and_the_rules():
         assert fact in notice.STUDY_NOTICE
 
 
+@pytest.mark.slow
 def test_the_study_tab_shows_the_notice(tmp_path):
     import app
 

@@ -168,6 +168,7 @@ def test_no_background_and_no_foreground_pass_through() -> None:
         assert torch.equal(ptl(features, almost)[0], features)
 
 
+@pytest.mark.slow
 def test_gradients_are_finite_on_edge_cases() -> None:
     torch.manual_seed(5)
     model = PTLNet(PTLConfig(width=0.25))
@@ -456,6 +457,7 @@ def _train_args(data, out, steps: int, **extra) -> argparse.Namespace:
     return argparse.Namespace(**options)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_resumable_and_exports(tmp_path) -> None:
     from harmony_core.train_ptl import CURVE_CSV, CURVE_PNG, train
 
@@ -481,6 +483,7 @@ def test_training_is_deterministic_resumable_and_exports(tmp_path) -> None:
         train(_train_args(tmp_path / "photos", tmp_path / "e", 1, init=str(tmp_path / "w"), width=0.5))
 
 
+@pytest.mark.slow
 def test_affine_training_starts_from_residual_weights_and_learns(tmp_path) -> None:
     """--init from a residual-head folder keeps every shared layer; the affine head (fed the
     Poisson prior) starts at the identity and moves; the export loads with its head and prior."""
@@ -516,6 +519,7 @@ def test_shards_see_each_sample_once_per_step() -> None:
         shard_indices(0, 40, 3, Shard(0, 2))
 
 
+@pytest.mark.slow
 def test_data_parallel_training_in_two_processes(tmp_path) -> None:
     """`accelerate launch` with 2 CPU processes (gloo): one checkpoint and curve, from the main process."""
     import subprocess

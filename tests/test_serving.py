@@ -205,6 +205,7 @@ def test_spaces_is_installed_and_a_no_op_outside_a_space(monkeypatch):
     assert not serving.on_zero_gpu() and serving.ON_GPU is None and serving.preload() == []
 
 
+@pytest.mark.slow
 def test_the_app_starts_with_spaces_installed(tmp_path):
     import spaces  # noqa: F401  (installed, as on a Space)
     from app import build_app

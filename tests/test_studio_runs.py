@@ -15,6 +15,8 @@ from harmony_core.methods.freepih import FreePIH
 from harmony_core.methods.hspace import HSpace
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.slow  # the diffusion methods through a launched app
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DIFFUSION = ("diffharmony", "freepih", "hspace")
 

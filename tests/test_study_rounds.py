@@ -72,6 +72,7 @@ def test_the_difference_view_only_after_the_vote(store, study_set):
     assert study.restyle_round(state, zoom=False, difference=True) == after  # made once
 
 
+@pytest.mark.slow
 def test_picks_against_the_crowd_after_ten_votes(store, study_set):
     rater, other = issue_rater_id(SECRET), issue_rater_id(SECRET)
     for who in (other, rater):

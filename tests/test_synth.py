@@ -119,6 +119,7 @@ def test_training_view_crops_flips_batches_and_tensors(photos):
     np.testing.assert_allclose(tensors[0].numpy().transpose(1, 2, 0) * 255, composite, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_synth_module_does_not_import_torch():
     code = "import sys, harmony_core.data; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -75,6 +75,7 @@ def new_rater(client) -> str:
 
 # --- 1. The blind study is blind -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_round_images_are_served_under_names_that_say_nothing(server, client):
     rater = new_rater(client)
     seen: list[str] = []
@@ -93,6 +94,7 @@ def test_round_images_are_served_under_names_that_say_nothing(server, client):
 
 # --- 2. Nobody votes as somebody else --------------------------------------------------------
 
+@pytest.mark.slow
 def test_rater_ids_are_issued_and_signed_by_the_server(client):
     issued = new_rater(client)
     assert raters.RATER_ID.fullmatch(issued) and len(issued) == raters.RATER_ID_LENGTH
@@ -108,6 +110,7 @@ def test_rater_ids_are_issued_and_signed_by_the_server(client):
     assert "Recorded" in victim.predict(victim_id, api_name="/vote_a")[-1]
 
 
+@pytest.mark.slow
 def test_votes_are_rate_limited_per_rater_and_per_ip(tmp_path):
     demo, url = launch(tmp_path, rate_limits=RateLimits(per_minute=2, per_day=100))
     try:
@@ -151,6 +154,7 @@ def test_a_forged_forwarded_for_header_does_not_change_the_address():
 
 # --- 3. One vote cannot break the study --------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_hostile_vote_is_refused_and_an_old_hostile_row_is_skipped(client, votes_dir):
     huge = "r" * 10**6
     with pytest.raises(AppError, match="not issued"):
@@ -185,6 +189,7 @@ def test_a_hostile_vote_is_refused_and_an_old_hostile_row_is_skipped(client, vot
     ("compare", lambda p, ok: [ok, ok, p, ["reinhard"], 0, ""]),  # "": the prompt (a raw call sends every input)
     ("explain", lambda p, ok: [p, ok, ["reinhard"], None, None, "inferno", 0.6, None, 0, ""]),  # + seed, prompt
 ])
+@pytest.mark.slow
 def test_a_server_path_is_refused_whether_or_not_it_exists(server, tmp_path, api_name, data):
     outside = tmp_path / "secret.png"  # a readable image outside the upload folder and the app's folders
     Image.new("RGB", (64, 48), "red").save(outside)
@@ -203,6 +208,7 @@ def test_a_server_path_is_refused_whether_or_not_it_exists(server, tmp_path, api
 
 # --- 5. Anonymous users do not change the server -------------------------------------------------
 
+@pytest.mark.slow
 def test_weights_cannot_be_changed_unless_the_organiser_allowed_it(client, tmp_path):
     replies = []
     for path in (str(tmp_path), str(tmp_path / "nonexistent"), "/root/.ssh"):
@@ -214,6 +220,7 @@ def test_weights_cannot_be_changed_unless_the_organiser_allowed_it(client, tmp_p
 
 # --- 6. The size cap holds at the server -------------------------------------------------------
 
+@pytest.mark.slow
 def test_compare_caps_a_large_image_sent_directly(client, tmp_path):
     h, w = 3000, 5000
     gradient = np.broadcast_to(np.linspace(0, 255, w, dtype=np.uint8)[None, :, None], (h, w, 3))
@@ -233,6 +240,7 @@ def test_compare_caps_a_large_image_sent_directly(client, tmp_path):
 
 # --- 8. Web errors: the app's own message, no traceback ----------------------------------------
 
+@pytest.mark.slow
 def test_unreadable_uploads_get_the_apps_own_message(client, tmp_path, capfd):
     text = tmp_path / "text.png"
     text.write_text("just some text, renamed")

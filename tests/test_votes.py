@@ -40,6 +40,7 @@ def _worker(folder: str, worker: int, count: int, shared_wins) -> None:
                 pass
 
 
+@pytest.mark.slow
 def test_eight_processes_append_exactly_once(tmp_path):
     ctx = mp.get_context("fork")
     wins = ctx.Value("i", 0)

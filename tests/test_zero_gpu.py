@@ -122,6 +122,7 @@ def rows(status) -> dict[str, list[str]]:
     return {row[0]: row for row in status["data"]}
 
 
+@pytest.mark.slow
 def test_cpu_methods_never_take_a_gpu_call_and_the_gpu_call_asks_the_cost_models_duration(space, composed):
     composite, mask, size = composed
     before = len(space.calls())
@@ -135,6 +136,7 @@ def test_cpu_methods_never_take_a_gpu_call_and_the_gpu_call_asks_the_cost_models
     assert len(space.calls()) == before + 1 and all(row[1] == "done" for row in rows(status).values())
 
 
+@pytest.mark.slow
 def test_the_estimate_shows_the_gpu_seconds_and_warns_beyond_a_free_visitors_quota(space, composed):
     composite, _, size = composed
     visitor = client(space)
@@ -152,6 +154,7 @@ def test_the_estimate_shows_the_gpu_seconds_and_warns_beyond_a_free_visitors_quo
         visitor.predict("/etc/passwd", ["hspace"], api_name="/compare_estimate")
 
 
+@pytest.mark.slow
 def test_the_default_selection_is_what_finishes_within_the_budget(space):
     (methods,) = [c for c in client(space).config["components"]
                   if c.get("props", {}).get("label", "").startswith("Methods (ticked")]
@@ -161,6 +164,7 @@ def test_the_default_selection_is_what_finishes_within_the_budget(space):
     assert labels["freepih"].endswith("on the GPU)") and labels["reinhard"].endswith("on the CPU)")
 
 
+@pytest.mark.slow
 def test_votes_leaderboard_compose_and_cpu_methods_go_on_while_two_compares_wait_for_the_gpu(space, composed):
     composite, mask, _ = composed
     before = len(space.calls())
@@ -188,6 +192,7 @@ def test_votes_leaderboard_compose_and_cpu_methods_go_on_while_two_compares_wait
         assert rows(status)["hspace"][1] == "done"
 
 
+@pytest.mark.slow
 def test_zero_gpus_quota_message_reaches_the_client_verbatim(space, composed):
     composite, mask, _ = composed
     space.quota.write_text(QUOTA)
@@ -203,6 +208,7 @@ def test_zero_gpus_quota_message_reaches_the_client_verbatim(space, composed):
     assert space.calls("refused")
 
 
+@pytest.mark.slow
 def test_the_queue_has_its_documented_size_on_zero_gpu(monkeypatch, tmp_path):
     """On ZeroGPU Gradio caps a queue without max_size at one waiting event ("Queue is full")."""
     import app
