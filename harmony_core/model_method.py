@@ -14,11 +14,14 @@ does the rest, the same way for all of them:
   files, and `_check` looks at the config's class and key fields. What fails there, or in a load,
   is reported as "the weights at <source> could not be loaded: <reason>" (`unloadable`), and a
   failed load is remembered for that source (until `set_weights`).
-- **load()**: one lazy load per source under a lock shared by the instance and its copies.
+- **load()**: one lazy load per source under a lock shared by the instance and its copies. A run
+  checks the files once (`require_available`); its load does not check them again.
+- **set_weights** / **use_device** drop the loaded model and evict its parts from components'
+  cache, so the old weights' memory is released (a part another method still holds stays there).
 - **Device / dtype**: cuda when visible, else cpu; fp16 on cuda and fp32 on the cpu unless the
   method says otherwise (`default_dtype`).
-- **Settings**: a frozen dataclass (`settings_class`) built and validated once; an unknown key is
-  an InputError. `with_settings(...)` gives a copy for one request (or one benchmark row) that
+- **Settings**: as every method's (`registry.Method`): a frozen dataclass (`settings_class`) built
+  and validated once; `with_settings(...)` gives a copy for one request (or one benchmark row) that
   shares the loaded model; the shared instance is never changed per user.
 - **weights_source**: what the result's metadata records.
 - **One run at a time per shared model**: `run` holds the class's `run_lock` for the whole run.
@@ -34,13 +37,11 @@ files' content, `adopt(model, label)` installs an already-built model (random we
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -50,29 +51,6 @@ from harmony_core.registry import Method, Progress, no_progress
 from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 log = logging.getLogger(__name__)
-Settings = TypeVar("Settings")
-M = TypeVar("M", bound="ModelMethod")
-
-
-@dataclasses.dataclass(frozen=True)
-class NoSettings:
-    """The settings of a method that has none (every option is an unknown key)."""
-
-
-def make_settings(owner: str, settings_class: type[Settings], base: Settings | None, changes: dict[str, Any]) -> Settings:
-    """`base` (default: the class's defaults) with `changes`, validated by the dataclass itself;
-    an unknown key or a bad value is an InputError that names the method and its options."""
-    names = [f.name for f in dataclasses.fields(settings_class)]
-    unknown = sorted(set(changes) - set(names))
-    if unknown:
-        options = ", ".join(sorted(names)) or "none"
-        raise InputError(f"{owner} has no option {', '.join(unknown)}; options: {options}")
-    try:
-        return dataclasses.replace(base if base is not None else settings_class(), **changes)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"{owner}: {exc}") from None
 
 
 RUNS = threading.RLock()
@@ -91,6 +69,15 @@ class _WeightsState:
         self.loaded_from: str | None = None
         self.failed: tuple[str, str] | None = None
         """(source, reason) of the last load that failed."""
+        self.ready: str | None = None
+        """The source a run's `require_available` accepted: its `load` need not check the files again."""
+
+    def drop(self) -> None:
+        """Forget the loaded model and evict its parts from components' cache, so that its memory
+        is released once no other method holds them."""
+        model, self.model, self.loaded_from, self.ready = self.model, None, None, None
+        if model is not None:
+            components.release(model)
 
 
 class ModelMethod(Method):
@@ -109,16 +96,16 @@ class ModelMethod(Method):
     """Where a user sets the source, quoted in every reason."""
     missing_help: ClassVar[str] = ""
     """Appended to the reason when the weights cannot be used (where to get them)."""
-    settings_class: ClassVar[type] = NoSettings
+    takes_weights = True
     run_lock: ClassVar[threading.RLock] = RUNS
     """Held for a whole run: RUNS where models are shared between methods, a lock of its own otherwise."""
 
-    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, settings: Any = None, **overrides: Any) -> None:
+    def __init__(self, *, settings: Any = None, weights: str | os.PathLike | None = None,
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None, **overrides: Any) -> None:
         """weights: a folder or Hub id (None: the environment variable, else the default).
         device / dtype: None follows the policy above. settings, or any of its fields as keyword
         arguments (`HSpace(n_gen=200)`)."""
-        self.settings = make_settings(self.name, self.settings_class, settings, overrides)
+        super().__init__(settings=settings, **overrides)
         self._state = _WeightsState(weights)
         self._device = None if device is None else str(torch.device(device))
         self._dtype = dtype
@@ -133,22 +120,8 @@ class ModelMethod(Method):
         finally:
             self.run_lock.release()
 
-    # --- settings ------------------------------------------------------------------------------
-
-    def with_settings(self: M, **changes: Any) -> M:
-        """A copy with other settings (validated) that shares this instance's weights and loaded
-        model: how one request or one benchmark row runs with its own settings."""
-        other = copy.copy(self)
-        other.settings = make_settings(self.name, self.settings_class, self.settings, changes)
-        return other
-
-    def configure(self, **changes: Any) -> None:
-        """Replace this instance's default settings (validated, as a new frozen object): for the
-        organiser, the command line and tests, never per user (use `with_settings`)."""
-        self.settings = make_settings(self.name, self.settings_class, self.settings, changes)
-
     def parameters(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self.settings), "dtype": components.dtype_name(self.dtype)}
+        return {**super().parameters(), "dtype": components.dtype_name(self.dtype)}
 
     # --- where the weights come from ------------------------------------------------------------
 
@@ -161,9 +134,8 @@ class ModelMethod(Method):
         to the environment variable / default. The loaded model is dropped (reloaded lazily)."""
         with self._state.lock:
             self._state.explicit = source
-            self._state.model = None
-            self._state.loaded_from = None
             self._state.failed = None
+            self._state.drop()
 
     @property
     def weights_source(self) -> str:  # type: ignore[override]
@@ -180,7 +152,7 @@ class ModelMethod(Method):
         with self._state.lock:
             if self.device != str(torch.device(device)):
                 self._device = str(torch.device(device))
-                self._state.model, self._state.loaded_from = None, None
+                self._state.drop()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -215,6 +187,11 @@ class ModelMethod(Method):
         problem = components.files_problem(folder, self.required_files)
         return self.unloadable(problem) if problem else self._check(folder, found)
 
+    def require_available(self) -> None:
+        """`Method.require_available`, remembering the source it accepted for this run's `load`."""
+        super().require_available()
+        self._state.ready = self.source()
+
     def unloadable(self, problem: str) -> Availability:
         """Not available because the weights at the current source cannot be loaded, in words."""
         return Availability(False, f"the weights at {self.source()} could not be loaded: {problem}")
@@ -231,10 +208,9 @@ class ModelMethod(Method):
             model = self.loaded()
             if model is not None:
                 return model
-            availability = self.available()
-            if not availability:
-                raise MethodUnavailable(f"{self.name} cannot run here: {availability.reason}")
             source = self.source()
+            if state.ready != source:
+                self.require_available()
             if components.is_hub_id(source):
                 components.resolve(source, self.hub_files, self.name)  # fetches exactly hub_files when permitted
             try:
