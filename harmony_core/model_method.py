@@ -15,7 +15,8 @@ does the rest, the same way for all of them:
   is reported as "the weights at <source> could not be loaded: <reason>" (`unloadable`), and a
   failed load is remembered for that source (until `set_weights`).
 - **load()**: one lazy load per source under a lock shared by the instance and its copies. A run
-  checks the files once (`require_available`); its load does not check them again.
+  checks the files once (`require_available`, the studio's `serve` or `run`); the later checks of
+  the same run (`run`, `load`) reuse that answer.
 - **set_weights** / **use_device** drop the loaded model and evict its parts from components'
   cache, so the old weights' memory is released (a part another method still holds stays there).
 - **Device / dtype**: cuda when visible, else cpu; fp16 on cuda and fp32 on the cpu unless the
@@ -70,7 +71,8 @@ class _WeightsState:
         self.failed: tuple[str, str] | None = None
         """(source, reason) of the last load that failed."""
         self.ready: str | None = None
-        """The source a run's `require_available` accepted: its `load` need not check the files again."""
+        """The source a run's `require_available` accepted: `available()` answers yes for it without
+        checking the files again, until a load from it fails or the source changes."""
 
     def drop(self) -> None:
         """Forget the loaded model and evict its parts from components' cache, so that its memory
@@ -171,7 +173,7 @@ class ModelMethod(Method):
         return model if model is not None and loaded_from == self.source() else None
 
     def available(self) -> Availability:
-        if self.loaded() is not None:
+        if self.loaded() is not None or self._state.ready == self.source():
             return Availability(True)
         source = self.source()
         found = components.check(source, self.required_files, self.how_to_set, self.hub_files, self.name)
@@ -209,8 +211,7 @@ class ModelMethod(Method):
             if model is not None:
                 return model
             source = self.source()
-            if state.ready != source:
-                self.require_available()
+            self.require_available()  # the files, unless this run's check just accepted them
             if components.is_hub_id(source):
                 components.resolve(source, self.hub_files, self.name)  # fetches exactly hub_files when permitted
             try:
@@ -220,8 +221,8 @@ class ModelMethod(Method):
                     raise  # the machine's state, not the weights'
                 log.exception("loading %s from %s failed", self.name, source)
                 reason = self.unloadable(_in_words(exc)).reason
-                state.failed = (source, reason)
-                raise MethodUnavailable(f"{self.name} cannot run here: {reason}") from exc
+                state.failed, state.ready = (source, reason), None
+                raise MethodUnavailable(f"{self.name} cannot run here: {reason}", reason) from exc
             state.loaded_from = source
             return state.model
 

@@ -172,7 +172,7 @@ class Method(ABC):
         """MethodUnavailable with the reason when the method cannot run here."""
         state = self.available()
         if not state:
-            raise MethodUnavailable(f"{self.name} cannot run here: {state.reason}")
+            raise MethodUnavailable(f"{self.name} cannot run here: {state.reason}", state.reason)
 
     def run(self, request: HarmonizationRequest, progress: Progress | None = None) -> HarmonizationResult:
         """The result, pasted back, with its metadata; MethodUnavailable when it cannot run here."""

@@ -82,7 +82,7 @@ def test_match_cdf_reproduces_the_reference_distribution():
 
 
 def _poisson(image, mask, settings=None):
-    return Poisson(settings).run(HarmonizationRequest(image, mask)).image
+    return Poisson(settings=settings).run(HarmonizationRequest(image, mask)).image
 
 
 def test_poisson_removes_a_constant_offset_exactly():

@@ -19,21 +19,28 @@ from harmony_core.methods.ptl import WEIGHTS_ENV as PTL_ENV
 from harmony_core.methods.ptl import PAPER_WEIGHTS, PAPER_WEIGHTS_ENV, PTLMethod, PTLPaperMethod
 from harmony_core.model_method import ModelMethod
 from harmony_core.models.ptl_net import PTLConfig, PTLNet
-from harmony_core.registry import get_method, weighted_methods
+from harmony_core.registry import get_method, method_class, method_names, weighted_methods
 from harmony_core.types import HarmonizationRequest
 
 
 def test_the_methods_that_take_weights_are_the_model_methods():
-    assert set(weighted_methods()) == {"ptl", "ptl-paper", "hspace", "diffharmony", "freepih"}
-    assert all(isinstance(get_method(name), ModelMethod) for name in weighted_methods())
-    assert "reinhard" not in weighted_methods()
+    """`takes_weights` is what the registry reads; it must mean the ModelMethod lifecycle."""
+    assert weighted_methods() == [name for name in method_names() if isinstance(get_method(name), ModelMethod)]
+    assert {"ptl", "hspace", "freepih"} <= set(weighted_methods()) and "reinhard" not in weighted_methods()
 
 
-@pytest.mark.parametrize("build", [lambda: DiffHarmony(stepz=3), lambda: FreePIH(n_gen=3),
-                                   lambda: HSpace(resolution=3), lambda: PTLMethod(steps=1)])
-def test_an_unknown_option_is_an_input_error_everywhere(build):
+@pytest.mark.parametrize("name", method_names())
+def test_an_unknown_option_is_an_input_error_everywhere(name):
     with pytest.raises(InputError, match="has no option"):
-        build()
+        method_class(name)(no_such_option=3)
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_takes_settings_and_weights_by_keyword_only(name):
+    cls = method_class(name)
+    with pytest.raises(TypeError):
+        cls(cls.settings_class())  # positional: neither settings nor weights
+    assert cls(settings=cls.settings_class()).settings == cls.settings_class()
 
 
 def test_bad_values_are_input_errors_and_settings_are_frozen():

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from harmony_core.cost import Device
-from harmony_core.errors import Cancelled, HarmonyError
+from harmony_core.errors import Cancelled, HarmonyError, MethodUnavailable
 from harmony_core.profiling import measure_peak
 from harmony_core.registry import Method, Progress, checked, get_method, method_names, weighted_methods
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
@@ -372,9 +372,10 @@ def failure_reason(exc: BaseException) -> str:
 def serve(name: str, request: HarmonizationRequest, progress: Progress) -> tuple[HarmonizationResult | None, StatusRow]:
     """Run one method: (its result, a "done" row), or (None, a row saying why not). Never raises
     for the method's own problems, so one method cannot stop the others."""
-    state = get_method(name).available()
-    if not state:
-        return None, StatusRow(name, "not available", state.reason)
+    try:
+        get_method(name).require_available()  # before any wait or GPU call; the run's own checks reuse it
+    except MethodUnavailable as exc:
+        return None, StatusRow(name, "not available", exc.reason)
     try:
         result = run(Job.of(name, request), progress)
     except Cancelled:
