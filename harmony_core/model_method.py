@@ -173,9 +173,9 @@ class ModelMethod(Method):
         return model if model is not None and loaded_from == self.source() else None
 
     def available(self) -> Availability:
-        if self.loaded() is not None or self._state.ready == self.source():
-            return Availability(True)
         source = self.source()
+        if self.loaded() is not None or (source is not None and self._state.ready == source):
+            return Availability(True)
         found = components.check(source, self.required_files, self.how_to_set, self.hub_files, self.name)
         if not found:
             reason = "no weights configured" if source is None and self.missing_help else found.reason
