@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from harmony_core import imaging
+from harmony_core import imaging, registry
 from harmony_core.cli import main
 from harmony_core.diffusion import ddim, tiny
 from harmony_core.errors import InputError
@@ -66,6 +66,42 @@ def test_with_settings_is_a_copy_sharing_the_loaded_model(tmp_path):
     assert other.model is ptl.model  # loaded once, for both
     ptl.set_weights(tmp_path / "nowhere")  # the organiser's override reaches the copies too
     assert not other.available() and "does not exist" in other.available().reason
+
+
+def test_set_weights_releases_the_old_model_from_the_shared_cache(tmp_path):
+    """The docstring said the old UNet is dropped; components' cache kept it resident."""
+    import gc
+    import weakref
+
+    from harmony_core.diffusion import components
+
+    first, second = tiny.save_tiny_ddpm(tmp_path / "a", seed=0), tiny.save_tiny_ddpm(tmp_path / "b", seed=1)
+    method = HSpace(weights=first, device="cpu")
+    old = weakref.ref(method.unet())
+    assert any(value is old() for value in components._MODELS.values())
+    method.set_weights(second)
+    assert not any(value is old() for value in components._MODELS.values())
+    gc.collect()
+    assert old() is None  # nothing holds the old UNet: its memory is released
+    assert method.unet() is not None and method.weights_source == str(second)
+
+
+def test_parameters_never_load_and_a_run_checks_the_files_once(tmp_path, monkeypatch):
+    from harmony_core.diffusion import components
+    from harmony_core.studio import serving
+
+    folder = tmp_path / "ptl"
+    PTLNet(PTLConfig(width=0.25)).save_pretrained(folder)
+    method = PTLMethod(weights=folder, device="cpu")
+    assert "network_size" not in method.parameters() and method.loaded() is None
+    checks = []
+    check = components.check
+    monkeypatch.setattr(components, "check", lambda *args: checks.append(args) or check(*args))
+    monkeypatch.setitem(registry._INSTANCES, "ptl", method)
+    composite = np.full((32, 32, 3), 128, np.uint8)
+    result, row = serving.serve("ptl", HarmonizationRequest(composite, np.eye(32, dtype=bool)), lambda f, m: None)
+    assert row.state == "done" and len(checks) == 1  # serve's check; run and load reuse its answer
+    assert result.metadata["parameters"]["network_size"] == 256
 
 
 def test_weights_source_order_argument_then_environment_then_default(tmp_path, monkeypatch):

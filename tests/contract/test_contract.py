@@ -59,6 +59,7 @@ def test_pixels_outside_the_mask_are_the_composite_and_the_metadata_is_filled(na
     meta = result.metadata
     assert (meta["method"], meta["family"], meta["seed"], meta["resolution"]) == (name, method.family, 5, "64x48")
     assert meta["parameters"] == method.parameters() and meta["seconds"] >= 0
+    assert meta["weights"] == method.weights_source and meta["device"] == method.device
 
 
 @pytest.mark.parametrize("name", method_names())
