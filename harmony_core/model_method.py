@@ -87,11 +87,6 @@ class ModelMethod(Method):
 
     weights_env: ClassVar[str]
     """Environment variable naming the weights (folder or Hub id)."""
-    default_weights: ClassVar[str | None] = None
-    """Used when neither the argument / set_weights nor the environment variable names a source."""
-    hub_files: ClassVar[tuple[str, ...]] = ()
-    """The files `_load` reads from a Hub repo (`default_weights` or one in the same layout): the
-    only files ever downloaded for it, and the Space card's `preload_from_hub` (diffusion/hub.py)."""
     required_files: ClassVar[tuple[str, ...]] = ()
     """Paths the weights folder must hold ('|' separates alternatives, globs allowed)."""
     how_to_set: ClassVar[str]

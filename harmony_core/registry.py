@@ -118,6 +118,11 @@ class Method(ABC):
     and the tab runs them by default."""
     takes_weights: ClassVar[bool] = False
     """Whether its weights can be pointed elsewhere (`set_weights`, `--weights`): ModelMethod."""
+    default_weights: ClassVar[str | None] = None
+    """The folder or Hub id of its weights when nothing else names a source (ModelMethod)."""
+    hub_files: ClassVar[tuple[str, ...]] = ()
+    """The files it loads from a Hub repo (`default_weights` or one in the same layout): the only
+    files ever downloaded for it, and the Space card's `preload_from_hub` (diffusion/hub.py)."""
     settings_class: ClassVar[type] = NoSettings
     """A frozen dataclass that validates itself (`__post_init__`); `--option KEY=VALUE` sets its fields."""
     quick_settings: ClassVar[Mapping[str, Any]] = {}
