@@ -182,3 +182,20 @@ def test_the_contract_tests_check_it():
     tests = [name for name in dir(__import__("test_contract")) if name.startswith("test_")]
     assert f"{len(tests)} passed" in run.stdout, run.stdout[-2000:]
     assert "fifth" not in registry.method_names()  # registered only in that run
+
+
+def test_a_module_added_to_the_methods_package_is_registered_on_first_use(tmp_path, monkeypatch):
+    """Adding a method is adding one file to harmony_core/methods/: no list names it."""
+    from harmony_core import methods
+
+    (tmp_path / "sixth.py").write_text(
+        "from harmony_core.registry import Method, register\n\n\n"
+        "@register\nclass Sixth(Method):\n"
+        "    name, family, title, summary = 'sixth', 'classical', 'Sixth', 'the composite'\n\n"
+        "    def harmonize(self, request, progress):\n        return request.composite.copy()\n")
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
+    try:
+        assert registry.method_names()[-1] == "sixth"
+    finally:
+        registry.unregister("sixth")
+        sys.modules.pop("harmony_core.methods.sixth", None)
