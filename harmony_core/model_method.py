@@ -128,7 +128,8 @@ class ModelMethod(Method):
 
     def set_weights(self, source: str | os.PathLike | None) -> None:
         """Use weights from `source` (a folder or Hub id) from the next run on; None or "" falls back
-        to the environment variable / default. The loaded model is dropped (reloaded lazily)."""
+        to the environment variable / default. The loaded model is dropped and evicted from
+        components' cache (reloaded lazily), so the old weights do not stay resident."""
         with self._state.lock:
             self._state.explicit = source
             self._state.failed = None

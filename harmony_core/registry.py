@@ -66,16 +66,18 @@ def make_settings(owner: str, settings_class: type, base: Any, changes: Mapping[
     """`base` (default: the class's defaults) with `changes`, validated: an unknown key, a value of
     another kind than the field's default (a string for a number, from `--option`) or one the
     dataclass's own checks reject is an InputError that names the method and its options."""
-    fields = {f.name: f for f in dataclasses.fields(settings_class)}
-    unknown = sorted(set(changes) - set(fields))
+    names = {f.name for f in dataclasses.fields(settings_class)}
+    unknown = sorted(set(changes) - names)
     if unknown:
-        options = ", ".join(sorted(fields)) or "none"
+        options = ", ".join(sorted(names)) or "none"
         raise InputError(f"{owner} has no option {', '.join(unknown)}; options: {options}")
+    if base is not None and not isinstance(base, settings_class):
+        raise InputError(f"{owner} takes {settings_class.__name__} settings, got {type(base).__name__}")
     base = base if base is not None else settings_class()
     for key, value in changes.items():
         default = getattr(base, key)
         if not _same_kind(value, default):
-            raise InputError(f"{owner}: {key} takes a {type(default).__name__}, got {value!r}")
+            raise InputError(f"{owner}: {key} takes {type(default).__name__} values, got {value!r}")
     try:
         return dataclasses.replace(base, **changes)
     except (TypeError, ValueError) as exc:
