@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import importlib
 import pkgutil
 import threading
@@ -244,7 +245,13 @@ the others."""
 def _load_builtins() -> None:
     from harmony_core import methods
 
-    found = [m.name for m in pkgutil.iter_modules(methods.__path__) if not m.name.startswith("_")]
+    _import_methods(tuple(methods.__path__))
+
+
+@functools.lru_cache(maxsize=None)
+def _import_methods(paths: tuple[str, ...]) -> None:
+    """Import every module of the methods package found on `paths`, once (not a folder listing per lookup)."""
+    found = [m.name for m in pkgutil.iter_modules(paths) if not m.name.startswith("_")]
     for module in [*BUILTIN_METHODS, *sorted(set(found) - set(BUILTIN_METHODS))]:
         importlib.import_module(f"harmony_core.methods.{module}")
 

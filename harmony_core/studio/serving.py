@@ -193,8 +193,7 @@ weights onto the GPU (a conservative guess, not measured on ZeroGPU)."""
 
 def settings_of(method: Method) -> dict[str, Any]:
     """A method's settings as a dict, without loading its model: what its cost reads."""
-    settings = getattr(method, "settings", None)
-    return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {}
+    return dataclasses.asdict(method.settings)
 
 
 def in_gpu_call(name: str) -> bool:
