@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 import torch
 
 from harmony_core.diffusion import components
-from harmony_core.errors import InputError, MethodUnavailable
+from harmony_core.errors import MethodUnavailable
 from harmony_core.registry import Method, Progress, no_progress
 from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
