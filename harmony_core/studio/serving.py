@@ -11,6 +11,11 @@ the CPU and never spend a visitor's GPU quota. Everywhere else (CPU, a dedicated
 method instance runs in this process and loads its model lazily, once; the GPU methods take turns
 (`GPU_SLOT`), the others run alongside them.
 
+One run passes through layers that each add one thing: `serve` (the availability check, once per
+run, and every failure as a status row), `run` (where: a ZeroGPU call, the GPU slot or this
+process), `execute` (peak memory, `profiling.measure_peak`), `ModelMethod.run` (the model's run
+lock) and `Method.run` (paste-back and metadata).
+
 Stopping: `serve_stream` runs a method in a worker thread and streams its events; closing that
 generator (Gradio closes a handler's generator when its event is cancelled or its client
 disconnects) sets the run's cancel flag, and the method stops at its next step
