@@ -420,15 +420,14 @@ def _compare_controls(server: Server, all_methods: list[str], runnable: list[str
             prompt_shown, style_shown = compare.shown_inputs(c["methods"].value)
             with gr.Row():
                 c["seed"] = gr.Number(value=0, precision=0, label="Seed")
-                c["prompt"] = gr.Textbox(label=f"Prompt ({compare.PROMPT_METHOD}: what the object is, e.g. 'a white cup'; "
-                                         "recorded with its result)", value="", max_lines=2, elem_id="compare-prompt",
+                c["prompt"] = gr.Textbox(label=compare.prompt_label(), value="", max_lines=2, elem_id="compare-prompt",
                                          visible=prompt_shown)
             c["style_note"] = gr.Markdown(compare.inputs_note(None), elem_id="compare-style", visible=style_shown)
     c["availability"] = gr.Markdown(note, elem_id="compare-availability")
     with gr.Accordion("Model weights (a local folder or a Hub id; empty = the default)", open=False,
                       visible=server.allow_weight_changes):
         c["weight_boxes"] = [gr.Textbox(label=name, value="", placeholder="default", max_lines=1)
-                             for name in compare.WEIGHTED_METHODS]
+                             for name in compare.weight_methods()]
         c["weights_button"] = gr.Button("Use these weights (for everyone on this server)")
     return c
 
@@ -467,7 +466,7 @@ def _wire_method_choice(server: Server, c: dict[str, Any]) -> None:
 
     @user_errors
     def use_weights(*sources):
-        runnable_now, note_now = compare.set_weights(dict(zip(compare.WEIGHTED_METHODS, sources)), server.allow_weight_changes)
+        runnable_now, note_now = compare.set_weights(dict(zip(compare.weight_methods(), sources)), server.allow_weight_changes)
         largest = (server.max_side, server.max_side)
         return gr.update(value=budget.default_selection(runnable_now, largest)), note_now
 

@@ -8,8 +8,6 @@ the memory in use when it started; tracemalloc on top only with `trace_memory`).
 from __future__ import annotations
 
 import ast
-import copy
-import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ import numpy as np
 
 from harmony_core.errors import InputError
 from harmony_core.profiling import peak_memory_mb
-from harmony_core.registry import Method, get_method
+from harmony_core.registry import Method, get_method, method_class
 from harmony_core.types import HarmonizationRequest
 
 
@@ -62,44 +60,10 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
     return options
 
 
-def option_names(method: Method) -> list[str]:
-    """The settings a method takes (the fields of its settings dataclass; none when it has none)."""
-    settings = getattr(method, "settings", None)
-    return [f.name for f in dataclasses.fields(settings)] if dataclasses.is_dataclass(settings) else []
-
-
 def with_options(method: Method, options: dict[str, Any]) -> Method:
     """A copy of `method` with other settings (validated), sharing its weights and source (so
     `--weights` holds); the instance itself is never changed."""
-    from harmony_core.model_method import ModelMethod
-
-    if not options:
-        return method
-    if isinstance(method, ModelMethod):
-        return method.with_settings(**options)
-    unknown = sorted(set(options) - set(option_names(method)))
-    if unknown:
-        raise InputError(f"{method.name} has no option {', '.join(unknown)}; options: "
-                         f"{', '.join(option_names(method)) or 'none'}")
-    for key, value in options.items():
-        default = getattr(method.settings, key)  # type: ignore[attr-defined]
-        if not _same_kind(value, default):
-            raise InputError(f"{method.name}: {key} takes a {type(default).__name__}, got {value!r}")
-    other = copy.copy(method)
-    try:
-        other.settings = dataclasses.replace(method.settings, **options)  # type: ignore[attr-defined]
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{method.name}: {exc}") from None
-    return other
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-    """Whether `value` can stand where `default` does (classical settings are plain dataclasses)."""
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    return isinstance(value, type(default)) if default is not None else True
+    return method.with_settings(**options) if options else method
 
 
 def split_options(names: list[str], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -113,7 +77,7 @@ def split_options(names: list[str], options: dict[str, Any]) -> dict[str, dict[s
                 raise InputError(f"--option {key}: {target} is not among the chosen methods ({', '.join(names)})")
             per_method[target][field] = value
             continue
-        takers = [name for name in names if key in option_names(get_method(name))]
+        takers = [name for name in names if key in method_class(name).option_names()]
         if not takers:
             raise InputError(f"--option {key}: none of {', '.join(names)} has that option")
         for name in takers:
@@ -128,11 +92,9 @@ def create_method(name: str, options: dict[str, Any] | None = None, random_weigh
     if not random_weights:
         return with_options(get_method(name), options or {})
     try:
-        return type(get_method(name)).random_weights("full", device, **(options or {}))
+        return method_class(name).random_weights("full", device, **(options or {}))
     except NotImplementedError as exc:
         raise InputError(f"--random-weights: {exc}") from None
-    except TypeError as exc:
-        raise InputError(f"{name} does not accept the options {sorted(options or {})} ({exc})") from None
 
 
 def bench_method(name: str, size: int, repeats: int = 5, seed: int = 0, method: Method | None = None,

@@ -21,7 +21,6 @@ The third (`--encoders`) times the display-format candidates (studio/display.py)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import os
 import socket
@@ -209,8 +208,8 @@ def overhead(args: argparse.Namespace) -> str:
             from harmony_core.diffusion.tiny import save_tiny_ddpm
 
             method.set_weights(str(save_tiny_ddpm(folder / "tiny-ddpm")))
-        if options and hasattr(method, "settings"):
-            method.settings = dataclasses.replace(method.settings, **options)
+        if options:
+            method.configure(**options)  # the shared instance: the studio's path runs it
         method.run(request)  # warm-up: loads the model, fills caches
         plain, studio = [], []
         ways = [(plain, lambda: method.run(request)), (studio, lambda: execute(Job.of(name, request), no_progress))]
@@ -221,7 +220,7 @@ def overhead(args: argparse.Namespace) -> str:
                 times.append(time.perf_counter() - start)
         a, b = statistics.median(plain), statistics.median(studio)
         print(f"  {name}: run {[round(t, 3) for t in plain]} execute {[round(t, 3) for t in studio]}", file=sys.stderr)
-        lines.append(f"| {name}{' (tiny random weights)' if name == 'hspace' else ''}{f' {options}' if options and hasattr(method, 'settings') else ''} | {composite.shape[1]}x"
+        lines.append(f"| {name}{' (tiny random weights)' if name == 'hspace' else ''}{f' {options}' if options else ''} | {composite.shape[1]}x"
                      f"{composite.shape[0]} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
     return "\n".join(lines)
 

@@ -1,8 +1,8 @@
 """`device-check`: every model-backed method timed on one GPU in a single run that fits a 10-minute call.
 
 GPU time is lent rarely and briefly, so the whole measurement is prepared here and runs in one
-command: the five methods are built with random weights in their full-size architectures (speed
-and memory do not depend on the values), kept resident together, each in the dtype it runs in
+command: every model-backed method (`registry.weighted_methods`) is built with random weights in
+its full-size architecture (`random_weights`; speed and memory do not depend on the values), kept resident together, each in the dtype it runs in
 (`method_dtypes`: hspace and ptl in fp32, the Stable Diffusion methods in fp16), timed on synthetic
 composites, and the report is rewritten after every measurement, so a run cut short by `--minutes`
 (or killed) still leaves everything measured so far. `--tiny` runs the same code with the tiny test
@@ -15,27 +15,36 @@ import json
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, get_args, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import psutil
 import torch
 
 from harmony_core import atomic
-from harmony_core.bench import peak_memory_mb, synthetic_request
+from harmony_core.bench import synthetic_request
 from harmony_core.errors import InputError
-from harmony_core.registry import Method
+from harmony_core.profiling import peak_memory_mb
+from harmony_core.registry import Method, method_class, weighted_methods
 
 JSON_NAME = "device_check.json"
 MARKDOWN_NAME = "device_check.md"
 SIZE = 512
-PTL_SIZES = (256, 512, 1024, 2048)
-PAPER_SIZES = (256, 1024)
-"""ptl-paper is the same network without the prior: two sizes say what the head and the prior cost."""
+EXTRA_ROWS: dict[str, list[tuple[str, int, dict[str, Any]]]] = {
+    "ptl": [(f"ptl @{size}", size, {}) for size in (256, 512, 1024, 2048)],
+    "ptl-paper": [(f"ptl-paper @{size}", size, {}) for size in (256, 1024)],
+    "hspace": [("hspace n_gen=50", SIZE, {"n_gen": 50}), ("hspace n_gen=200", SIZE, {"n_gen": 200})],
+}
+"""Rows beyond the one at SIZE with the defaults that every model-backed method gets: ptl at the
+sizes where its cost is measured (ptl-paper, the same network without the prior: two sizes say
+what the head and the prior cost), hspace with fewer steps. (label, input size, settings)."""
+SIZED = ("ptl", "ptl-paper")
+"""Methods whose EXTRA_ROWS replace the default row (its size is among them)."""
+SLOW_ROWS = ("freepih", "hspace")
+"""Default rows timed last (minutes each on a GPU), after the ptl training rows."""
 TRAIN_BATCH = 16
 TARGETS_MS = {"diffharmony": 1000.0, "hspace n_gen=50": 3000.0, "freepih": 30000.0, "ptl @256": 10.0}
 """Latency targets on an H100/H200 in fp16 (issue 19), keyed by check label."""
@@ -124,19 +133,6 @@ def ptl_config(tiny: bool, head: str | None = None) -> Any:
     return PTLConfig(**options)
 
 
-def random_ptl(config: Any, device: str, folder: Path, paper: bool = False) -> Method:
-    """PTLMethod (paper: PTLPaperMethod) on random weights, saved to `folder` first: the method
-    loads (and checks) a folder."""
-    from harmony_core.diffusion.tiny import seeded
-    from harmony_core.methods.ptl import PTLMethod, PTLPaperMethod
-    from harmony_core.models.ptl_net import PTLNet
-
-    seeded(lambda: PTLNet(config), 0).save_pretrained(folder, dtype=torch.float32)
-    method = (PTLPaperMethod if paper else PTLMethod)(weights=folder, device=device)
-    method.model  # noqa: B018 - load now, so its memory counts as resident
-    return method
-
-
 def memory_in_use(device: str) -> float:
     """MB the models hold: CUDA's allocated bytes, or the process's resident memory on the CPU."""
     if device.startswith("cuda"):
@@ -145,25 +141,14 @@ def memory_in_use(device: str) -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def build_methods(scale: str, device: str, folder: Path, deadline: Deadline) -> tuple[dict[str, Method], dict[str, float]]:
-    """The five methods with random weights, all on `device`, and the MB each added when built
-    (`folder` holds ptl's and ptl-paper's weights while the methods are in use)."""
-    from harmony_core.methods.diffharmony import DiffHarmony
-    from harmony_core.methods.freepih import FreePIH
-    from harmony_core.methods.hspace import HSpace
-
-    builders: dict[str, Callable[[], Method]] = {
-        "diffharmony": lambda: DiffHarmony.random_weights(scale, device),
-        "freepih": lambda: FreePIH.random_weights(scale, device),
-        "hspace": lambda: HSpace.random_weights(scale, device),
-        "ptl": lambda: random_ptl(ptl_config(scale == "tiny"), device, folder / "ptl"),
-        "ptl-paper": lambda: random_ptl(ptl_config(scale == "tiny", "residual"), device, folder / "ptl-paper", paper=True),
-    }
+def build_methods(scale: str, device: str, deadline: Deadline) -> tuple[dict[str, Method], dict[str, float]]:
+    """Every model-backed method with random weights (`random_weights`), all on `device`, and the
+    MB each added when built."""
     methods, resident = {}, {}
-    for name, build in builders.items():
+    for name in weighted_methods():
         deadline.check()
         before = memory_in_use(device)
-        methods[name] = build()
+        methods[name] = method_class(name).random_weights(scale, device)
         resident[name] = memory_in_use(device) - before
         log(f"{name}: built, {resident[name]:.0f} MB")
     return methods, resident
@@ -172,14 +157,20 @@ def build_methods(scale: str, device: str, folder: Path, deadline: Deadline) -> 
 def method_dtypes(device: str) -> dict[str, torch.dtype]:
     """The dtype each model-backed method runs in on `device`, as its own default says (nothing is
     loaded): the check times every method the way the studio runs it."""
-    from harmony_core.methods.diffharmony import DiffHarmony
-    from harmony_core.methods.freepih import FreePIH
-    from harmony_core.methods.hspace import HSpace
-    from harmony_core.methods.ptl import PTLMethod, PTLPaperMethod
+    return {name: method_class(name)(device=device).dtype for name in weighted_methods()}
 
-    classes = {"diffharmony": DiffHarmony, "freepih": FreePIH, "hspace": HSpace, "ptl": PTLMethod,
-               "ptl-paper": PTLPaperMethod}
-    return {name: cls(device=device).dtype for name, cls in classes.items()}
+
+def planned_rows(dtype: dict[str, str], tiny: bool) -> tuple[list[Timing], list[Timing]]:
+    """(the rows timed first, the slow rows timed last): every model-backed method at SIZE with its
+    defaults, ptl and ptl-paper at their sizes instead, plus EXTRA_ROWS; under --tiny each row takes
+    its method's `quick_settings`."""
+    def row(label: str, name: str, size: int, settings: dict[str, Any]) -> Timing:
+        return timing_row(label, name, size, settings, dtype[name], tiny, dict(method_class(name).quick_settings))
+
+    names = weighted_methods()
+    first = [row(label, name, size, settings) for name in names for label, size, settings in EXTRA_ROWS.get(name, [])]
+    first += [row(name, name, SIZE, {}) for name in names if name not in SIZED and name not in SLOW_ROWS]
+    return first, [row(name, name, SIZE, {}) for name in SLOW_ROWS if name in names]
 
 
 def configured(methods: dict[str, Method], row: Timing) -> Method:
@@ -348,7 +339,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"cuDNN {env['cudnn']}, diffusers {env['diffusers']}, transformers {env['transformers']}, "
         f"Python {env['python']}; {kind}.",
         "", f"Command: `{report['command']}` (on the GPU machine: `bash scripts/device-check.sh`).", "",
-        f"All five resident together: **{number(report['resident_mb'], '.0f')} MB** "
+        f"All resident together: **{number(report['resident_mb'], '.0f')} MB** "
         f"(target {verdict(report['resident_mb'], RESIDENT_TARGET_MB, tiny)} MB)",
         "", "| method | resident MB |", "|---|---|",
         *(f"| {name} | {mb:.0f} |" for name, mb in report["resident_by_method"].items()),
@@ -383,19 +374,8 @@ def run(out: str | Path, tiny: bool = False, minutes: float = 8.5) -> dict[str, 
     dtype = {name: dtype_name(dtype) for name, dtype in method_dtypes(device).items()}
     repeats, train_steps, batch = (1, 1, 4) if tiny else (3, 20, TRAIN_BATCH)
     # --tiny cuts the slow settings so the smoke test stays short (each row's note says so); the GPU
-    # run keeps every default.
-    freepih = {"resolution": 128, "num_inference_steps": 10, "lbfgs_max_iter": 1}
-    hspace = {"n_inv": 5, "n_gen": 5}
-    # Each method in the dtype it runs in (ptl and hspace float32 everywhere; the SD methods fp16 on cuda).
-    timings = [timing_row(f"ptl @{size}", "ptl", size, {}, dtype["ptl"], tiny) for size in PTL_SIZES]
-    timings += [timing_row(f"ptl-paper @{size}", "ptl-paper", size, {}, dtype["ptl-paper"], tiny) for size in PAPER_SIZES]
-    timings += [
-        timing_row("diffharmony", "diffharmony", SIZE, {}, dtype["diffharmony"], tiny),
-        timing_row("hspace n_gen=50", "hspace", SIZE, {"n_gen": 50}, dtype["hspace"], tiny, hspace),
-        timing_row("hspace n_gen=200", "hspace", SIZE, {"n_gen": 200}, dtype["hspace"], tiny, hspace),
-    ]
-    slow = [timing_row("freepih", "freepih", SIZE, {}, dtype["freepih"], tiny, freepih),
-            timing_row("hspace", "hspace", SIZE, {}, dtype["hspace"], tiny, hspace)]
+    # run keeps every default. Each method in the dtype it runs in.
+    timings, slow = planned_rows(dtype, tiny)
     for i, row in enumerate(timings + slow):
         row.first_seed = i * SEEDS_PER_ROW
     training = [Training(head, batch) for head in ptl_heads()]
@@ -413,21 +393,20 @@ def run(out: str | Path, tiny: bool = False, minutes: float = 8.5) -> dict[str, 
 
     save()
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            methods, resident = build_methods("tiny" if tiny else "full", device, Path(folder), deadline)
-            report["resident_by_method"], report["resident_mb"] = resident, sum(resident.values())
+        methods, resident = build_methods("tiny" if tiny else "full", device, deadline)
+        report["resident_by_method"], report["resident_mb"] = resident, sum(resident.values())
+        save()
+        for item in [*timings, *training, *slow]:
+            if isinstance(item, Training):
+                train_ptl(item, tiny, device, train_steps, deadline)
+                log(f"ptl training ({item.head}): {item.status}, {item.samples_per_s or 0:.1f} samples/s")
+            else:
+                try:
+                    time_method(item, configured(methods, item), repeats, deadline)
+                finally:
+                    judge(item, tiny)
+                log(f"{item.label}: {item.status}, median {item.median_ms or 0:.1f} ms")
             save()
-            for item in [*timings, *training, *slow]:
-                if isinstance(item, Training):
-                    train_ptl(item, tiny, device, train_steps, deadline)
-                    log(f"ptl training ({item.head}): {item.status}, {item.samples_per_s or 0:.1f} samples/s")
-                else:
-                    try:
-                        time_method(item, configured(methods, item), repeats, deadline)
-                    finally:
-                        judge(item, tiny)
-                    log(f"{item.label}: {item.status}, median {item.median_ms or 0:.1f} ms")
-                save()
     except OutOfTime:
         log(f"out of time after {minutes} min; the report keeps what was measured")
         save()

@@ -10,7 +10,12 @@ class InputError(HarmonyError, ValueError):
 
 
 class MethodUnavailable(HarmonyError, RuntimeError):
-    """A method that cannot run here (weights missing, package missing, ...)."""
+    """A method that cannot run here (weights missing, package missing, ...); `reason` is the
+    availability reason alone (the studio's status row shows it without the method's name)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class Cancelled(HarmonyError):

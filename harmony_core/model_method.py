@@ -14,11 +14,15 @@ does the rest, the same way for all of them:
   files, and `_check` looks at the config's class and key fields. What fails there, or in a load,
   is reported as "the weights at <source> could not be loaded: <reason>" (`unloadable`), and a
   failed load is remembered for that source (until `set_weights`).
-- **load()**: one lazy load per source under a lock shared by the instance and its copies.
+- **load()**: one lazy load per source under a lock shared by the instance and its copies. A run
+  checks the files once (`require_available`, the studio's `serve` or `run`); the later checks of
+  the same run (`run`, `load`) reuse that answer.
+- **set_weights** / **use_device** drop the loaded model and evict its parts from components'
+  cache, so the old weights' memory is released (a part another method still holds stays there).
 - **Device / dtype**: cuda when visible, else cpu; fp16 on cuda and fp32 on the cpu unless the
   method says otherwise (`default_dtype`).
-- **Settings**: a frozen dataclass (`settings_class`) built and validated once; an unknown key is
-  an InputError. `with_settings(...)` gives a copy for one request (or one benchmark row) that
+- **Settings**: as every method's (`registry.Method`): a frozen dataclass (`settings_class`) built
+  and validated once; `with_settings(...)` gives a copy for one request (or one benchmark row) that
   shares the loaded model; the shared instance is never changed per user.
 - **weights_source**: what the result's metadata records.
 - **One run at a time per shared model**: `run` holds the class's `run_lock` for the whole run.
@@ -34,45 +38,20 @@ files' content, `adopt(model, label)` installs an already-built model (random we
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 
 from harmony_core.diffusion import components
-from harmony_core.errors import InputError, MethodUnavailable
+from harmony_core.errors import MethodUnavailable
 from harmony_core.registry import Method, Progress, no_progress
 from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 log = logging.getLogger(__name__)
-Settings = TypeVar("Settings")
-M = TypeVar("M", bound="ModelMethod")
-
-
-@dataclasses.dataclass(frozen=True)
-class NoSettings:
-    """The settings of a method that has none (every option is an unknown key)."""
-
-
-def make_settings(owner: str, settings_class: type[Settings], base: Settings | None, changes: dict[str, Any]) -> Settings:
-    """`base` (default: the class's defaults) with `changes`, validated by the dataclass itself;
-    an unknown key or a bad value is an InputError that names the method and its options."""
-    names = [f.name for f in dataclasses.fields(settings_class)]
-    unknown = sorted(set(changes) - set(names))
-    if unknown:
-        options = ", ".join(sorted(names)) or "none"
-        raise InputError(f"{owner} has no option {', '.join(unknown)}; options: {options}")
-    try:
-        return dataclasses.replace(base if base is not None else settings_class(), **changes)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"{owner}: {exc}") from None
 
 
 RUNS = threading.RLock()
@@ -91,6 +70,16 @@ class _WeightsState:
         self.loaded_from: str | None = None
         self.failed: tuple[str, str] | None = None
         """(source, reason) of the last load that failed."""
+        self.ready: str | None = None
+        """The source a run's `require_available` accepted: `available()` answers yes for it without
+        checking the files again, until a load from it fails or the source changes."""
+
+    def drop(self) -> None:
+        """Forget the loaded model and evict its parts from components' cache, so that its memory
+        is released once no other method holds them."""
+        model, self.model, self.loaded_from, self.ready = self.model, None, None, None
+        if model is not None:
+            components.release(model)
 
 
 class ModelMethod(Method):
@@ -98,27 +87,22 @@ class ModelMethod(Method):
 
     weights_env: ClassVar[str]
     """Environment variable naming the weights (folder or Hub id)."""
-    default_weights: ClassVar[str | None] = None
-    """Used when neither the argument / set_weights nor the environment variable names a source."""
-    hub_files: ClassVar[tuple[str, ...]] = ()
-    """The files `_load` reads from a Hub repo (`default_weights` or one in the same layout): the
-    only files ever downloaded for it, and the Space card's `preload_from_hub` (diffusion/hub.py)."""
     required_files: ClassVar[tuple[str, ...]] = ()
     """Paths the weights folder must hold ('|' separates alternatives, globs allowed)."""
     how_to_set: ClassVar[str]
     """Where a user sets the source, quoted in every reason."""
     missing_help: ClassVar[str] = ""
     """Appended to the reason when the weights cannot be used (where to get them)."""
-    settings_class: ClassVar[type] = NoSettings
+    takes_weights = True
     run_lock: ClassVar[threading.RLock] = RUNS
     """Held for a whole run: RUNS where models are shared between methods, a lock of its own otherwise."""
 
-    def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, settings: Any = None, **overrides: Any) -> None:
+    def __init__(self, *, settings: Any = None, weights: str | os.PathLike | None = None,
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None, **overrides: Any) -> None:
         """weights: a folder or Hub id (None: the environment variable, else the default).
         device / dtype: None follows the policy above. settings, or any of its fields as keyword
         arguments (`HSpace(n_gen=200)`)."""
-        self.settings = make_settings(self.name, self.settings_class, settings, overrides)
+        super().__init__(settings=settings, **overrides)
         self._state = _WeightsState(weights)
         self._device = None if device is None else str(torch.device(device))
         self._dtype = dtype
@@ -133,22 +117,8 @@ class ModelMethod(Method):
         finally:
             self.run_lock.release()
 
-    # --- settings ------------------------------------------------------------------------------
-
-    def with_settings(self: M, **changes: Any) -> M:
-        """A copy with other settings (validated) that shares this instance's weights and loaded
-        model: how one request or one benchmark row runs with its own settings."""
-        other = copy.copy(self)
-        other.settings = make_settings(self.name, self.settings_class, self.settings, changes)
-        return other
-
-    def configure(self, **changes: Any) -> None:
-        """Replace this instance's default settings (validated, as a new frozen object): for the
-        organiser, the command line and tests, never per user (use `with_settings`)."""
-        self.settings = make_settings(self.name, self.settings_class, self.settings, changes)
-
     def parameters(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self.settings), "dtype": components.dtype_name(self.dtype)}
+        return {**super().parameters(), "dtype": components.dtype_name(self.dtype)}
 
     # --- where the weights come from ------------------------------------------------------------
 
@@ -158,12 +128,12 @@ class ModelMethod(Method):
 
     def set_weights(self, source: str | os.PathLike | None) -> None:
         """Use weights from `source` (a folder or Hub id) from the next run on; None or "" falls back
-        to the environment variable / default. The loaded model is dropped (reloaded lazily)."""
+        to the environment variable / default. The loaded model is dropped and evicted from
+        components' cache (reloaded lazily), so the old weights do not stay resident."""
         with self._state.lock:
             self._state.explicit = source
-            self._state.model = None
-            self._state.loaded_from = None
             self._state.failed = None
+            self._state.drop()
 
     @property
     def weights_source(self) -> str:  # type: ignore[override]
@@ -180,7 +150,7 @@ class ModelMethod(Method):
         with self._state.lock:
             if self.device != str(torch.device(device)):
                 self._device = str(torch.device(device))
-                self._state.model, self._state.loaded_from = None, None
+                self._state.drop()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -199,9 +169,9 @@ class ModelMethod(Method):
         return model if model is not None and loaded_from == self.source() else None
 
     def available(self) -> Availability:
-        if self.loaded() is not None:
-            return Availability(True)
         source = self.source()
+        if self.loaded() is not None or (source is not None and self._state.ready == source):
+            return Availability(True)
         found = components.check(source, self.required_files, self.how_to_set, self.hub_files, self.name)
         if not found:
             reason = "no weights configured" if source is None and self.missing_help else found.reason
@@ -214,6 +184,11 @@ class ModelMethod(Method):
         folder = components.resolve(source, self.hub_files, self.name)
         problem = components.files_problem(folder, self.required_files)
         return self.unloadable(problem) if problem else self._check(folder, found)
+
+    def require_available(self) -> None:
+        """`Method.require_available`, remembering the source it accepted for this run's `load`."""
+        super().require_available()
+        self._state.ready = self.source()
 
     def unloadable(self, problem: str) -> Availability:
         """Not available because the weights at the current source cannot be loaded, in words."""
@@ -231,10 +206,8 @@ class ModelMethod(Method):
             model = self.loaded()
             if model is not None:
                 return model
-            availability = self.available()
-            if not availability:
-                raise MethodUnavailable(f"{self.name} cannot run here: {availability.reason}")
             source = self.source()
+            self.require_available()  # the files, unless this run's check just accepted them
             if components.is_hub_id(source):
                 components.resolve(source, self.hub_files, self.name)  # fetches exactly hub_files when permitted
             try:
@@ -244,8 +217,8 @@ class ModelMethod(Method):
                     raise  # the machine's state, not the weights'
                 log.exception("loading %s from %s failed", self.name, source)
                 reason = self.unloadable(_in_words(exc)).reason
-                state.failed = (source, reason)
-                raise MethodUnavailable(f"{self.name} cannot run here: {reason}") from exc
+                state.failed, state.ready = (source, reason), None
+                raise MethodUnavailable(f"{self.name} cannot run here: {reason}", reason) from exc
             state.loaded_from = source
             return state.model
 

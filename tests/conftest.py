@@ -26,8 +26,16 @@ _HUB_HOME = tempfile.mkdtemp(prefix="harmony-tests-hf-")
 os.environ["HF_HOME"] = _HUB_HOME
 os.environ["HF_HUB_CACHE"] = os.path.join(_HUB_HOME, "hub")
 atexit.register(shutil.rmtree, _HUB_HOME, True)
-for name in ("HARMONY_ALLOW_DOWNLOAD", "HARMONY_PTL_WEIGHTS", "HARMONY_PTL_PAPER_WEIGHTS", "HARMONY_HSPACE_WEIGHTS",
-             "HARMONY_DIFFHARMONY_WEIGHTS", "HARMONY_FREEPIH_WEIGHTS"):
+def _weights_variables() -> list[str]:
+    """The download switch and every registered method's weights variable (`ModelMethod.weights_env`)."""
+    from harmony_core.diffusion.components import ALLOW_DOWNLOAD_ENV
+    from harmony_core.registry import method_class, weighted_methods
+
+    return [ALLOW_DOWNLOAD_ENV, *(method_class(name).weights_env for name in weighted_methods())]
+
+
+# No test (nor a process it starts) sees weights this machine's environment points at.
+for name in _weights_variables():
     os.environ.pop(name, None)
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 

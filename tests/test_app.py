@@ -24,7 +24,8 @@ class Mapper(Method):
     """Stands in for ptl in the Explain tab: a background map, and a point map when clicked."""
 
     name, family, title, summary = "test-mapper", "network", "x", "x"
-    has_maps = True
+    maps = ("background contribution", "point contribution")
+    point_maps = frozenset({"point contribution"})
 
     def harmonize(self, request, progress):
         h, w = request.mask.shape

@@ -292,3 +292,16 @@ def test_bench_honours_weights_with_options(tiny_ddpm, capsys, monkeypatch):
                  "--option", "n_inv=2", "--size", "32", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert f"weights: {tiny_ddpm}" in out and "'n_gen': 2" in out and "| hspace |" in out
+
+
+def test_bench_and_harmonize_take_a_classical_methods_options(tmp_path, capsys):
+    """Issue 27: `bench --method reinhard --option std_ratio_min=0.3` said the method took no options."""
+    assert main(["bench", "--method", "reinhard", "--option", "std_ratio_min=0.3", "--size", "32", "--repeats", "1"]) == 0
+    assert "reinhard: device cpu, weights: none, options {'std_ratio_min': 0.3}" in capsys.readouterr().out
+    out = tmp_path / "run"
+    assert main(["harmonize", "--composite", str(EXAMPLES / "cat_composite.jpg"), "--mask", str(EXAMPLES / "cat_mask.png"),
+                 "--method", "reinhard", "--option", "std_ratio_min=0.3", "--out", str(out)]) == 0
+    parameters = json.loads((out / "results.json").read_text())["results"]["reinhard"]["metadata"]["parameters"]
+    assert parameters["std_ratio_min"] == 0.3
+    assert main(["bench", "--method", "reinhard", "--option", "std_ratio_min=3.0", "--size", "32"]) == 2
+    assert "std_ratio_min must be positive and at most std_ratio_max" in capsys.readouterr().err

@@ -6,17 +6,19 @@ import pytest
 
 from harmony_core import device_check
 from harmony_core.cli import main
+from harmony_core.registry import weighted_methods
 
 
 @pytest.mark.slow
 def test_tiny_device_check_writes_every_row(tmp_path, capsys):
     assert main(["device-check", "--out", str(tmp_path), "--tiny"]) == 0
     report = json.loads((tmp_path / device_check.JSON_NAME).read_text())
-    assert set(report["resident_by_method"]) == {"diffharmony", "freepih", "hspace", "ptl", "ptl-paper"}
+    assert list(report["resident_by_method"]) == weighted_methods()
     labels = [row["label"] for row in report["timings"]]
     assert labels == ["ptl @256", "ptl @512", "ptl @1024", "ptl @2048", "ptl-paper @256", "ptl-paper @1024",
-                      "diffharmony", "hspace n_gen=50",
-                      "hspace n_gen=200", "freepih", "hspace"]
+                      "hspace n_gen=50", "hspace n_gen=200",
+                      *[n for n in weighted_methods() if n not in device_check.SIZED + device_check.SLOW_ROWS],
+                      "freepih", "hspace"]
     assert all(row["status"] == "ok" and row["median_ms"] > 0 for row in report["timings"]), report["timings"]
     assert [row["head"] for row in report["training"]] == device_check.ptl_heads()
     assert all(row["samples_per_s"] > 0 for row in report["training"])
@@ -83,6 +85,8 @@ def test_each_method_is_checked_in_the_dtype_it_runs_in():
     import torch
 
     on_gpu = device_check.method_dtypes("cuda")
-    assert on_gpu == {"diffharmony": torch.float16, "freepih": torch.float16, "hspace": torch.float32,
-                      "ptl": torch.float32, "ptl-paper": torch.float32}
+    assert list(on_gpu) == weighted_methods()
+    assert {k: on_gpu[k] for k in ("diffharmony", "freepih", "hspace", "ptl", "ptl-paper")} == {
+        "diffharmony": torch.float16, "freepih": torch.float16, "hspace": torch.float32,
+        "ptl": torch.float32, "ptl-paper": torch.float32}
     assert set(device_check.method_dtypes("cpu").values()) == {torch.float32}

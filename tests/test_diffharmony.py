@@ -270,13 +270,6 @@ def test_harmony_vae_folder_is_used_when_present(archive_with_cvae, request_):
     assert not np.array_equal(with_cvae.image, plain.image)  # the skip path changes the decoded image
 
 
-def test_random_weights_instance_runs_tiny(request_):
-    method = DiffHarmony.random_weights("tiny", device="cpu")
-    method.configure(resolution=RES, steps=1)
-    result = method.run(request_)
-    assert result.image.shape == request_.composite.shape and result.metadata["weights"] == "random-tiny"
-
-
 def test_cli_weights_flag_points_the_shared_instance_at_a_folder(archive, scene, tmp_path, monkeypatch):
     from harmony_core import imaging
     from harmony_core.cli import main

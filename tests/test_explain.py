@@ -13,7 +13,8 @@ class Mapper(Method):
     """A stand-in for ptl: a background map and a map around the clicked point."""
 
     name, family, title, summary = "mapper", "network", "x", "x"
-    has_maps = True
+    maps = ("background contribution", "point contribution", "raw logits")
+    point_maps = frozenset({"point contribution"})
     runs = 0
 
     def harmonize(self, request, progress):
@@ -245,7 +246,7 @@ def test_the_first_run_uses_the_default_point_and_a_click_shows_a_point_map():
     assert explain.start_point(mask, (3, 4)) == (3, 4)
     values = np.zeros((40, 60), np.float32)
     result = explain.Explained([explain.MapPanel("m", "background contribution", values),
-                                explain.MapPanel("m", "point contribution", values)])
+                                explain.MapPanel("m", "point contribution", values, point=True)])
     assert explain.point_choice(result, "m · background contribution") == "m · point contribution"
     assert explain.point_choice(result, None) == "m · point contribution"
     assert explain.point_choice(explain.Explained(result.panels[:1]), "m · background contribution") == \

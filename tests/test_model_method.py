@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from harmony_core import imaging
+from harmony_core import imaging, registry
 from harmony_core.cli import main
 from harmony_core.diffusion import ddim, tiny
 from harmony_core.errors import InputError
@@ -19,21 +19,28 @@ from harmony_core.methods.ptl import WEIGHTS_ENV as PTL_ENV
 from harmony_core.methods.ptl import PAPER_WEIGHTS, PAPER_WEIGHTS_ENV, PTLMethod, PTLPaperMethod
 from harmony_core.model_method import ModelMethod
 from harmony_core.models.ptl_net import PTLConfig, PTLNet
-from harmony_core.registry import get_method, weighted_methods
+from harmony_core.registry import get_method, method_class, method_names, weighted_methods
 from harmony_core.types import HarmonizationRequest
 
 
 def test_the_methods_that_take_weights_are_the_model_methods():
-    assert set(weighted_methods()) == {"ptl", "ptl-paper", "hspace", "diffharmony", "freepih"}
-    assert all(isinstance(get_method(name), ModelMethod) for name in weighted_methods())
-    assert "reinhard" not in weighted_methods()
+    """`takes_weights` is what the registry reads; it must mean the ModelMethod lifecycle."""
+    assert weighted_methods() == [name for name in method_names() if isinstance(get_method(name), ModelMethod)]
+    assert {"ptl", "hspace", "freepih"} <= set(weighted_methods()) and "reinhard" not in weighted_methods()
 
 
-@pytest.mark.parametrize("build", [lambda: DiffHarmony(stepz=3), lambda: FreePIH(n_gen=3),
-                                   lambda: HSpace(resolution=3), lambda: PTLMethod(steps=1)])
-def test_an_unknown_option_is_an_input_error_everywhere(build):
+@pytest.mark.parametrize("name", method_names())
+def test_an_unknown_option_is_an_input_error_everywhere(name):
     with pytest.raises(InputError, match="has no option"):
-        build()
+        method_class(name)(no_such_option=3)
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_takes_settings_and_weights_by_keyword_only(name):
+    cls = method_class(name)
+    with pytest.raises(TypeError):
+        cls(cls.settings_class())  # positional: neither settings nor weights
+    assert cls(settings=cls.settings_class()).settings == cls.settings_class()
 
 
 def test_bad_values_are_input_errors_and_settings_are_frozen():
@@ -59,6 +66,42 @@ def test_with_settings_is_a_copy_sharing_the_loaded_model(tmp_path):
     assert other.model is ptl.model  # loaded once, for both
     ptl.set_weights(tmp_path / "nowhere")  # the organiser's override reaches the copies too
     assert not other.available() and "does not exist" in other.available().reason
+
+
+def test_set_weights_releases_the_old_model_from_the_shared_cache(tmp_path):
+    """The docstring said the old UNet is dropped; components' cache kept it resident."""
+    import gc
+    import weakref
+
+    from harmony_core.diffusion import components
+
+    first, second = tiny.save_tiny_ddpm(tmp_path / "a", seed=0), tiny.save_tiny_ddpm(tmp_path / "b", seed=1)
+    method = HSpace(weights=first, device="cpu")
+    old = weakref.ref(method.unet())
+    assert any(value is old() for value in components._MODELS.values())
+    method.set_weights(second)
+    assert not any(value is old() for value in components._MODELS.values())
+    gc.collect()
+    assert old() is None  # nothing holds the old UNet: its memory is released
+    assert method.unet() is not None and method.weights_source == str(second)
+
+
+def test_parameters_never_load_and_a_run_checks_the_files_once(tmp_path, monkeypatch):
+    from harmony_core.diffusion import components
+    from harmony_core.studio import serving
+
+    folder = tmp_path / "ptl"
+    PTLNet(PTLConfig(width=0.25)).save_pretrained(folder)
+    method = PTLMethod(weights=folder, device="cpu")
+    assert "network_size" not in method.parameters() and method.loaded() is None
+    checks = []
+    check = components.check
+    monkeypatch.setattr(components, "check", lambda *args: checks.append(args) or check(*args))
+    monkeypatch.setitem(registry._INSTANCES, "ptl", method)
+    composite = np.full((32, 32, 3), 128, np.uint8)
+    result, row = serving.serve("ptl", HarmonizationRequest(composite, np.eye(32, dtype=bool)), lambda f, m: None)
+    assert row.state == "done" and len(checks) == 1  # serve's check; run and load reuse its answer
+    assert result.metadata["parameters"]["network_size"] == 256
 
 
 def test_weights_source_order_argument_then_environment_then_default(tmp_path, monkeypatch):

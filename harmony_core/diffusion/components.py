@@ -22,6 +22,7 @@ modify them (no in-place weight edits, no ``.train()``). Schedulers are small an
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -373,6 +374,19 @@ def _from_pretrained(cls: type, folder: Path, subfolder: str | None, dtype: torc
         # diffusers names the argument torch_dtype, transformers 5 names it dtype.
         kwargs["torch_dtype" if issubclass(cls, ModelMixin) else "dtype"] = dtype
     return cls.from_pretrained(folder, **kwargs)
+
+
+def release(model: Any) -> int:
+    """Evict `model` from the cache (a loaded part, or a dataclass of parts: every field that the
+    cache holds), so that its memory goes once the method that loaded it drops it too; a part
+    another method still holds stays in that method. Returns the number of entries evicted."""
+    parts = [getattr(model, f.name) for f in dataclasses.fields(model)] if dataclasses.is_dataclass(model) else [model]
+    held = {id(part) for part in parts}
+    with _LOCK:
+        stale = [key for key, value in _MODELS.items() if id(value) in held]
+        for key in stale:
+            del _MODELS[key]
+    return len(stale)
 
 
 def cache_size() -> int:

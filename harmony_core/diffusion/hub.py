@@ -52,15 +52,11 @@ def fetch_hint(repo_id: str, files: Sequence[str], method: str | None = None) ->
 def method_files() -> dict[str, tuple[str, tuple[str, ...]]]:
     """{method name: (default Hub repo, the files it loads)} for every registered method that
     loads from the Hub, by name (the card lists them in that order)."""
-    from harmony_core.model_method import ModelMethod
-    from harmony_core.registry import get_method, method_names
+    from harmony_core.registry import method_class, weighted_methods
 
-    listing = {}
-    for name in sorted(method_names()):
-        method = get_method(name)
-        if isinstance(method, ModelMethod) and method.hub_files and method.default_weights:
-            listing[name] = (method.default_weights, tuple(method.hub_files))
-    return listing
+    classes = {name: method_class(name) for name in sorted(weighted_methods())}
+    return {name: (cls.default_weights, tuple(cls.hub_files))
+            for name, cls in classes.items() if cls.hub_files and cls.default_weights}
 
 
 def preload_entries() -> list[str]:

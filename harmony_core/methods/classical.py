@@ -13,8 +13,8 @@ The colour tools (Lab conversions, CDF matching, the Reinhard transfer) are in h
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Literal
+from dataclasses import dataclass
+from typing import Callable, Literal, get_args
 
 import cv2
 import numpy as np
@@ -23,6 +23,7 @@ from scipy.sparse.linalg import splu
 
 from harmony_core.color import from_lab, match_cdf, reinhard_transfer, to_lab
 from harmony_core.cost import Cost, Rate
+from harmony_core.errors import InputError
 from harmony_core.registry import Method, Progress, register
 from harmony_core.types import HarmonizationRequest
 
@@ -47,22 +48,34 @@ def reference_region(mask: np.ndarray, reference: Reference, ring_fraction: floa
     return ring if ring.sum() >= min_pixels else outside
 
 
-@dataclass
+def require(owner: str, checks: list[tuple[bool, str]]) -> None:
+    """An InputError naming the first failed check (`--option` values reach the settings unchecked)."""
+    for ok, message in checks:
+        if not ok:
+            raise InputError(f"{owner}: {message}")
+
+
+@dataclass(frozen=True)
 class RegionSettings:
     reference: Reference = "ring"
     ring_fraction: float = 0.5
     min_ring_pixels: int = 64
     max_reference_pixels: int = 100_000
 
+    def __post_init__(self) -> None:
+        require(type(self).__name__, [
+            (self.reference in get_args(Reference), f"reference must be one of {', '.join(get_args(Reference))}"),
+            (self.ring_fraction > 0, "ring_fraction must be positive"),
+            (self.min_ring_pixels >= 0, "min_ring_pixels must be at least 0"),
+            (self.max_reference_pixels >= 1, "max_reference_pixels must be at least 1"),
+        ])
+
 
 class _ColorTransfer(Method):
     """Transfers colour statistics from a background reference region onto the object."""
 
     family = "classical"
-    settings: Any
-
-    def parameters(self) -> dict[str, Any]:
-        return asdict(self.settings)
+    settings: RegionSettings
 
     @abstractmethod
     def transfer(self, fg_lab: np.ndarray, ref_lab: np.ndarray) -> np.ndarray:
@@ -100,10 +113,15 @@ class Composite(Method):
         return request.composite.copy()
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReinhardSettings(RegionSettings):
     std_ratio_min: float = 0.5
     std_ratio_max: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require("reinhard", [(0 < self.std_ratio_min <= self.std_ratio_max,
+                              "std_ratio_min must be positive and at most std_ratio_max")])
 
 
 @register
@@ -112,17 +130,20 @@ class Reinhard(_ColorTransfer):
     title = "Reinhard colour transfer"
     summary = "Lab mean/std of the object matched to a ring of surrounding background (std ratio clamped)."
     cost = Cost(gpu=False, on_cpu=Rate(0.02, 0.2), per_megapixel=True, source=CPU_BENCH)
-
-    def __init__(self, settings: ReinhardSettings | None = None) -> None:
-        self.settings = settings or ReinhardSettings()
+    settings_class = ReinhardSettings
+    settings: ReinhardSettings
 
     def transfer(self, fg_lab: np.ndarray, ref_lab: np.ndarray) -> np.ndarray:
         return reinhard_transfer(fg_lab, ref_lab, self.settings.std_ratio_min, self.settings.std_ratio_max)
 
 
-@dataclass
+@dataclass(frozen=True)
 class HistogramSettings(RegionSettings):
     bins: int = 1024
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require("histogram", [(self.bins >= 2, "bins must be at least 2")])
 
 
 @register
@@ -131,9 +152,8 @@ class Histogram(_ColorTransfer):
     title = "Histogram matching"
     summary = "Per-channel CDF matching in Lab from the object to the surrounding background."
     cost = Cost(gpu=False, on_cpu=Rate(0.03, 0.25), per_megapixel=True, source=CPU_BENCH)
-
-    def __init__(self, settings: HistogramSettings | None = None) -> None:
-        self.settings = settings or HistogramSettings()
+    settings_class = HistogramSettings
+    settings: HistogramSettings
 
     def transfer(self, fg_lab: np.ndarray, ref_lab: np.ndarray) -> np.ndarray:
         out = np.empty_like(fg_lab)
@@ -142,11 +162,14 @@ class Histogram(_ColorTransfer):
         return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoissonSettings:
     max_unknowns: int = 40_000
     """Above this many object pixels the interior is solved at a coarser scale (the offset field
     is harmonic, hence smooth) and only a band along the border is solved at full resolution."""
+
+    def __post_init__(self) -> None:
+        require("poisson", [(self.max_unknowns >= 16, "max_unknowns must be at least 16")])
 
 
 @register
@@ -156,12 +179,8 @@ class Poisson(Method):
     title = "Poisson blending"
     summary = "Gradient-domain blending: the object's gradients, the background's colours at its border."
     cost = Cost(gpu=False, on_cpu=Rate(0.4, 1.0), per_megapixel=True, source=CPU_BENCH)
-
-    def __init__(self, settings: PoissonSettings | None = None) -> None:
-        self.settings = settings or PoissonSettings()
-
-    def parameters(self) -> dict[str, Any]:
-        return asdict(self.settings)
+    settings_class = PoissonSettings
+    settings: PoissonSettings
 
     def harmonize(self, request: HarmonizationRequest, progress: Progress) -> np.ndarray:
         image = request.composite.astype(np.float64)

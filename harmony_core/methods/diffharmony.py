@@ -24,8 +24,7 @@ from harmony_core.diffusion.pixels import to_tensor, to_uint8
 from harmony_core.errors import InputError
 from harmony_core.model_method import ModelMethod
 from harmony_core.registry import Progress, register
-from harmony_core.types import Availability
-from harmony_core.types import HarmonizationRequest, HarmonizationResult
+from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 WEIGHTS_ENV = "HARMONY_DIFFHARMONY_WEIGHTS"
 HOW_TO_SET = (f"the environment variable {WEIGHTS_ENV}, the command-line flag `--weights diffharmony=SOURCE` "
@@ -215,18 +214,7 @@ class DiffHarmony(ModelMethod):
     how_to_set = HOW_TO_SET
     missing_help = DOWNLOAD_HELP
     settings_class = DiffHarmonySettings
-
-    # weights: the archive folder or a Hub id; None reads HARMONY_DIFFHARMONY_WEIGHTS at use time.
-    # device: None picks cuda when available (fp16 there, fp32 on the CPU). Settings:
-    # DiffHarmonySettings or its fields as keywords (`DiffHarmony(resolution=1024)`).
-
-    def configure(self, resolution: int | None = None, steps: int | None = None,  # type: ignore[override]
-                  use_refinement: bool | None = None, use_condition_vae: bool | None = None) -> None:
-        """Replace this instance's default settings (validated; None keeps a setting): for the
-        organiser, the benchmark and tests. One request with other settings: `with_settings`."""
-        changes = {"resolution": resolution, "steps": steps, "use_refinement": use_refinement,
-                   "use_condition_vae": use_condition_vae}
-        super().configure(**{k: v for k, v in changes.items() if v is not None})
+    quick_settings = {"steps": 1}
 
     @property
     def weights_source(self) -> str:  # type: ignore[override]

@@ -24,7 +24,7 @@ from harmony_core.errors import InputError
 from harmony_core.diffusion import components, ddim, hooks
 from harmony_core.diffusion.pixels import to_tensor, to_uint8
 from harmony_core.model_method import ModelMethod
-from harmony_core.registry import Progress, register
+from harmony_core.registry import PROMPT, Progress, register
 from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 # --- losses (pure functions of feature tensors, so they can be tested without a model) --------
@@ -436,6 +436,8 @@ class FreePIH(ModelMethod):
 
     name = "freepih"
     family = "diffusion"
+    inputs = frozenset({PROMPT})
+    quick_settings = {"resolution": 128, "num_inference_steps": 10, "lbfgs_max_iter": 1}
     title = "FreePIH (training-free painterly harmonization)"
     summary = "SD-1.5 latents of the object optimized with L-BFGS for the background's style at the last denoising steps"
     cost = Cost(gpu=True, on_cpu=Rate(120.0, 80.0), on_gpu=Rate(5.0, 1.0), units=loss_evaluations,

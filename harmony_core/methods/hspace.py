@@ -34,7 +34,7 @@ from harmony_core.diffusion import components, ddim, ddpm_ckpt
 from harmony_core.diffusion.pixels import to_tensor, to_uint8
 from harmony_core.errors import InputError, MethodUnavailable
 from harmony_core.model_method import ModelMethod
-from harmony_core.registry import Progress, register
+from harmony_core.registry import STYLE, Progress, register
 from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
 WEIGHTS_ENV = "HARMONY_HSPACE_WEIGHTS"
@@ -171,7 +171,9 @@ def scheduler_config(folder: Path) -> dict[str, Any] | None:
 class HSpace(ModelMethod):
     name = "hspace"
     family = "diffusion"
-    has_maps = True
+    inputs = frozenset({STYLE})
+    maps = ("hspace injection mask", "hspace |h~-h|")
+    quick_settings = {"n_inv": 5, "n_gen": 5}
     title = "h-space content injection (DiffStyle)"
     summary = "training-free: the object's h-space content injected into a DDPM generation of the background's style"
     cost = Cost(gpu=True, on_cpu=Rate(10.0, 10.3), on_gpu=Rate(5.0, 0.06), units=ddpm_calls,
@@ -183,7 +185,7 @@ class HSpace(ModelMethod):
     how_to_set = HOW_TO_SET
     settings_class = HSpaceSettings
 
-    def __init__(self, settings: HSpaceSettings | None = None, *, weights: str | os.PathLike | None = None,
+    def __init__(self, *, settings: HSpaceSettings | None = None, weights: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
                  unet: torch.nn.Module | None = None, weights_label: str | None = None, **overrides: Any) -> None:
         """settings, or any of its fields as keyword arguments (`HSpace(n_gen=200)`).
@@ -193,7 +195,8 @@ class HSpace(ModelMethod):
         loaded and the DDPM paper's linear betas are used.
         dtype: float32 by default on every device — DDIM inversion accumulates rounding over 50+ steps.
         """
-        super().__init__(weights, device or (unet.device if unet is not None else None), dtype, settings, **overrides)
+        super().__init__(settings=settings, weights=weights, device=device or (unet.device if unet is not None else None),
+                         dtype=dtype, **overrides)
         self._cache: OrderedDict[str, Inversion] = OrderedDict()
         self._cache_lock = threading.Lock()
         self.cache_hits = 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import cv2
 import numpy as np
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from harmony_core import imaging
 from harmony_core.cost import Cost, Rate
 from harmony_core.methods.classical import poisson_affine
-from harmony_core.models.ptl_net import (CONFIG_NAME, WEIGHTS_NAME, PTLNet, PTLOutput, apply_affine,
+from harmony_core.models.ptl_net import (CONFIG_NAME, WEIGHTS_NAME, PTLConfig, PTLNet, PTLOutput, apply_affine,
                                          config_from_dict)
 from harmony_core.diffusion import components
 from harmony_core.model_method import ModelMethod
@@ -47,6 +47,7 @@ PAPER_WEIGHTS_ENV = "HARMONY_PTL_PAPER_WEIGHTS"
 PAPER_VARIANT = {"head": "residual", "prior": "none"}
 """What makes a PTLConfig the paper's network (the `ptl-paper` method accepts no other)."""
 MAP_NAMES = ("ptl background contribution", "ptl point contribution", "ltl attention", "ltl point attention")
+POINT_MAPS = frozenset({"ptl point contribution", "ltl point attention"})
 
 
 def default_point(mask: np.ndarray) -> tuple[int, int]:
@@ -124,7 +125,10 @@ def full_resolution(output: PTLOutput, small: torch.Tensor, composite: np.ndarra
 class PTLMethod(ModelMethod):
     name = "ptl"
     family = "network"
-    has_maps = True
+    maps = MAP_NAMES
+    point_maps = POINT_MAPS
+    variant: ClassVar[Mapping[str, str]] = {}
+    """The PTLConfig fields that make this method's network (`random_weights` builds it)."""
     run_lock = threading.RLock()
     """ptl's network is its own (no hooks, no shared components): its runs never wait behind a diffusion run."""
     title = "Regional reference network (LTL + PTL)"
@@ -156,7 +160,21 @@ class PTLMethod(ModelMethod):
         return self.load()
 
     def parameters(self) -> dict[str, Any]:
-        return {"network_size": self.model.config.image_size, "width": self.model.config.width}
+        """The dtype, and the network's size and width once it is loaded (never loads it)."""
+        model = self.loaded()
+        network = {} if model is None else {"network_size": model.config.image_size, "width": model.config.width}
+        return {**super().parameters(), **network}
+
+    @classmethod
+    def random_weights(cls, scale: str = "full", device: str | None = None, **options: Any) -> "PTLMethod":
+        """This method's network with random weights (seed 0): the paper's width 1.0 ("full") or the
+        tests' 0.25 ("tiny"), in fp32 on `device`."""
+        from harmony_core.diffusion.tiny import seeded
+
+        config = PTLConfig(width=1.0 if scale == "full" else 0.25, ptl_write="add", **cls.variant)
+        method = cls(device=device, **options)
+        method.adopt(seeded(lambda: PTLNet(config), 0, method.device, method.dtype), f"random-{scale}")
+        return method
 
     @torch.no_grad()
     def harmonize(self, request: HarmonizationRequest, progress: Progress) -> HarmonizationResult:
@@ -208,6 +226,7 @@ class PTLPaperMethod(PTLMethod):
     studio shows the method as published beside our variant. Only its weights and their check differ."""
 
     name = "ptl-paper"
+    variant = PAPER_VARIANT
     title = "Regional reference network, as in the paper (LTL + PTL, residual output)"
     summary = ("The paper's network: each object location takes colour statistics from content-related "
                "background regions and the decoder predicts the change in RGB (model card: weights/ptl-paper/README.md).")

@@ -15,7 +15,7 @@ import numpy as np
 from harmony_core import export, imaging
 from harmony_core.errors import InputError
 from harmony_core.metrics import ImageMetrics, image_metrics
-from harmony_core.registry import Progress, get_method, resolve_methods, weighted_methods
+from harmony_core.registry import PROMPT, STYLE, Progress, get_method, reading, resolve_methods, weighted_methods
 from harmony_core.studio import words
 from harmony_core.studio.compose import finish
 from harmony_core.studio.display import DisplayFiles
@@ -26,10 +26,6 @@ from harmony_core.types import HarmonizationRequest, HarmonizationResult, parse_
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["method", "MSE", "fMSE", "PSNR", "fPSNR", "bMSE"]
-STYLE_METHOD = "hspace"
-"""The method that takes a style image (request.background)."""
-PROMPT_METHOD = "freepih"
-"""The method that reads the text prompt."""
 PROMPT_CHARACTERS = 500
 """The longest prompt kept (CLIP's 77 tokens are rarely more than ~400 characters)."""
 PROMPT_TOKENS = 77
@@ -64,9 +60,12 @@ def method_choices(pointed: dict[str, str] | None = None) -> tuple[list[str], li
             availability_note(statuses, pointed))
 
 
-WEIGHTED_METHODS = tuple(sorted(weighted_methods()))
-"""Methods whose weights the studio can point elsewhere (a local folder or a Hub id), in the
-order of the /set_weights inputs (alphabetical, so a method added later comes in its place)."""
+def weight_methods() -> tuple[str, ...]:
+    """Methods whose weights the studio can point elsewhere (a local folder or a Hub id), in the
+    order of the /set_weights inputs (alphabetical, so a method added later comes in its place)."""
+    return tuple(sorted(weighted_methods()))
+
+
 WEIGHTS_FLAG = "--allow-weight-changes"
 WEIGHTS_OFF = (f"Changing model weights is off on this server. The organiser enables it by starting the app with "
                f"`{WEIGHTS_FLAG}` (or HARMONY_ALLOW_WEIGHT_CHANGES=1), on a server only they can reach.")
@@ -103,11 +102,12 @@ def build_request(composite: Any, mask: Any, names: Sequence[str] | None, max_si
     notes = composed.notes
     if background is not None and background.shape != composed.composite.shape:
         background = None
-        notes.append(f"The background from Compose no longer matches the composite; {STYLE_METHOD} uses the composite as its style image.")
+        notes.append(f"The background from Compose no longer matches the composite; {_names(reading(STYLE))} "
+                     "will use the composite as the style image.")
     prompt = str(prompt or "")
     if len(prompt) > PROMPT_CHARACTERS:
         notes.append(f"The prompt was cut to its first {PROMPT_CHARACTERS} characters (of {len(prompt)}); "
-                     f"{PROMPT_METHOD}'s text encoder reads at most {PROMPT_TOKENS} tokens of it.")
+                     f"a text encoder such as CLIP's reads at most {PROMPT_TOKENS} tokens of it.")
         prompt = prompt[:PROMPT_CHARACTERS]
     request = HarmonizationRequest(composite=composed.composite, mask=composed.mask, ground_truth=gt,
                                    seed=parse_seed(seed), point=point, prompt=prompt, background=background)
@@ -147,18 +147,37 @@ def slider_method(run: "CompareRun | None") -> str | None:
     return next((n for n in run.results if n != "composite"), None) if run is not None else None
 
 
+def _names(names: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c' in bold."""
+    bold = [f"**{name}**" for name in names] or ["no method"]
+    return bold[0] if len(bold) == 1 else f"{', '.join(bold[:-1])} and {bold[-1]}"
+
+
 def shown_inputs(selected: Sequence[str] | None) -> tuple[bool, bool]:
-    """(the prompt box, the style note): each shown only while its method is chosen and can run here."""
+    """(the prompt box, the style note): each shown while a chosen method that can run here reads
+    it (`Method.inputs`)."""
     chosen = set(selected or [])
-    return tuple(bool(name in chosen and get_method(name).available()) for name in (PROMPT_METHOD, STYLE_METHOD))
+
+    def read(what: str) -> bool:
+        return any(name in chosen and get_method(name).available() for name in reading(what))
+
+    return read(PROMPT), read(STYLE)
+
+
+def prompt_label() -> str:
+    """The prompt box's label: which methods read it."""
+    return (f"Prompt ({', '.join(reading(PROMPT))}: what the object is, e.g. 'a white cup'; "
+            "recorded with its result)")
 
 
 def inputs_note(background: np.ndarray | None) -> str:
     """What the Compare tab says about the inputs besides the composite."""
+    styled = reading(STYLE)
+    who, verb, own = _names(styled), *(("takes", "its") if len(styled) == 1 else ("take", "their"))
     if background is not None:
-        return (f"**{STYLE_METHOD}** takes its style from the background you placed the object on in Compose "
+        return (f"{who} {verb} {own} style from the background you placed the object on in Compose "
                 "(the other methods see only the composite).")
-    return (f"**{STYLE_METHOD}** takes its style from the composite itself; place a foreground on a background in "
+    return (f"{who} {verb} {own} style from the composite itself; place a foreground on a background in "
             "Compose to give it that background instead.")
 
 

@@ -2,8 +2,8 @@
 
 Generic over the keys, so a method that adds a map needs no UI change. The contract: each map
 is an HxW array (any size; resized to the image) of values in [0, 1] (other ranges are
-rescaled and the caption says so); a method whose map depends on `request.point` names that
-map with the word "point", and only such methods are re-run when the user clicks a point.
+rescaled and the caption says so); a method declares the maps that depend on `request.point`
+(`Method.point_maps`), and only such methods are re-run when the user clicks a point.
 
 Maps of the same name from several methods (ptl and ptl-paper both return LTL and PTL maps) are
 shown side by side, and the notes give their correlation over the background: for a clicked
@@ -28,17 +28,13 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from harmony_core.errors import InputError
-from harmony_core.registry import Progress, get_method, map_methods
+from harmony_core.registry import Progress, get_method, map_methods, method_class, point_map_methods
 from harmony_core.studio import words
 from harmony_core.studio.display import DisplayFiles
 from harmony_core.studio.serving import MethodProgress, serve_stream
 from harmony_core.types import HarmonizationRequest
 
 COLORMAPS = ["inferno", "viridis", "magma", "coolwarm", "gray"]
-EXPLAINER = "ptl"
-"""The method the tab is built around (the region-matching network's contribution maps)."""
-EXPLAINERS = (EXPLAINER, "ptl-paper")
-"""The networks the tab runs by default: ours and the paper's, whose maps have the same names."""
 
 
 def to_unit(values: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, str]:
@@ -89,6 +85,8 @@ class MapPanel:
     key: str
     values: np.ndarray
     note: str = ""
+    point: bool = False
+    """Whether the map follows the clicked point (one of its method's `point_maps`)."""
 
     @property
     def label(self) -> str:
@@ -107,8 +105,8 @@ class Explained:
     """The point the point maps were made for (the tab's point boxes show it)."""
 
     def point_methods(self) -> list[str]:
-        """Methods whose maps depend on the clicked point (a map key mentions "point")."""
-        return list(dict.fromkeys(p.method for p in self.panels if "point" in p.key.lower()))
+        """Methods whose maps depend on the clicked point."""
+        return list(dict.fromkeys(p.method for p in self.panels if p.point))
 
 
 def start_point(mask: np.ndarray, point: tuple[int, int] | None) -> tuple[int, int]:
@@ -122,12 +120,14 @@ def start_point(mask: np.ndarray, point: tuple[int, int] | None) -> tuple[int, i
 def point_choice(result: Explained, chosen: str | None) -> str | None:
     """The map to show after a click: the chosen one when it depends on the point, else the first
     point map (the view must change with the click, which a background map never does)."""
-    labels = [p.label for p in side_by_side(result.panels) if "point" in p.key.lower()]
+    labels = [p.label for p in side_by_side(result.panels) if p.point]
     return chosen if chosen in labels or not labels else labels[0]
 
 
 def default_methods() -> list[str]:
-    return list(EXPLAINERS)
+    """The methods the tab runs by default: those with point maps (ptl and ptl-paper, whose maps
+    have the same names), because the tab is built around clicking a point."""
+    return point_map_methods()
 
 
 def choices() -> list[str]:
@@ -137,7 +137,7 @@ def choices() -> list[str]:
 
 def availability_note() -> str:
     """Why the tab's networks cannot run here, or '' when they can."""
-    states = {name: get_method(name).available() for name in EXPLAINERS}
+    states = {name: get_method(name).available() for name in default_methods()}
     return "\n".join(words.cannot_run(name, state.reason) for name, state in states.items() if not state)
 
 
@@ -218,7 +218,7 @@ def explain_stream(request: HarmonizationRequest, names: list[str], progress: Pr
             except ValueError as exc:
                 out.notes.append(f"**{name}** map '{key}' not shown: {exc}")
                 continue
-            out.panels.append(MapPanel(name, key, unit, note))
+            out.panels.append(MapPanel(name, key, unit, note, key in method_class(name).point_maps))
     out.notes += agreement_notes(out.panels, request.mask)
     yield out
 
@@ -323,11 +323,13 @@ def object_points(mask: np.ndarray) -> dict[str, tuple[int, int]]:
 
 
 def network_agreement(samples: Iterable[tuple[str, np.ndarray, np.ndarray]],
-                      methods: Sequence[str] = EXPLAINERS) -> list[dict[str, object]]:
+                      methods: Sequence[str] | None = None) -> list[dict[str, object]]:
     """For each (name, composite, mask) and each of `object_points`: the correlation over the
-    background of every point map (a map name with "point") that two of `methods` share, after
+    background of every point map (`Method.point_maps`) that two of `methods` (default: every
+    method with point maps) share, after
     running them with that point. Also each method's own left-versus-right correlation per point
     map, which says whether its map follows the point at all."""
+    methods = point_map_methods() if methods is None else methods
     rows: list[dict[str, object]] = []
     for name, composite, mask in samples:
         if not mask.any():
@@ -337,7 +339,7 @@ def network_agreement(samples: Iterable[tuple[str, np.ndarray, np.ndarray]],
         for label, point in object_points(mask).items():
             request = HarmonizationRequest(composite, mask, point=point)
             maps[label] = {m: {k: to_unit(v, request.size)[0] for k, v in get_method(m).run(request).maps.items()
-                               if "point" in k.lower()} for m in methods}
+                               if k in method_class(m).point_maps} for m in methods}
         for label, by_method in maps.items():
             for a, b in combinations(methods, 2):
                 for key in sorted(set(by_method[a]) & set(by_method[b])):

@@ -11,6 +11,11 @@ the CPU and never spend a visitor's GPU quota. Everywhere else (CPU, a dedicated
 method instance runs in this process and loads its model lazily, once; the GPU methods take turns
 (`GPU_SLOT`), the others run alongside them.
 
+One run passes through layers that each add one thing: `serve` (the availability check, once per
+run, and every failure as a status row), `run` (where: a ZeroGPU call, the GPU slot or this
+process), `execute` (peak memory, `profiling.measure_peak`), `ModelMethod.run` (the model's run
+lock) and `Method.run` (paste-back and metadata).
+
 Stopping: `serve_stream` runs a method in a worker thread and streams its events; closing that
 generator (Gradio closes a handler's generator when its event is cancelled or its client
 disconnects) sets the run's cancel flag, and the method stops at its next step
@@ -36,7 +41,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from harmony_core.cost import Device
-from harmony_core.errors import Cancelled, HarmonyError
+from harmony_core.errors import Cancelled, HarmonyError, MethodUnavailable
 from harmony_core.profiling import measure_peak
 from harmony_core.registry import Method, Progress, checked, get_method, method_names, weighted_methods
 from harmony_core.types import HarmonizationRequest, HarmonizationResult
@@ -193,8 +198,7 @@ weights onto the GPU (a conservative guess, not measured on ZeroGPU)."""
 
 def settings_of(method: Method) -> dict[str, Any]:
     """A method's settings as a dict, without loading its model: what its cost reads."""
-    settings = getattr(method, "settings", None)
-    return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {}
+    return dataclasses.asdict(method.settings)
 
 
 def in_gpu_call(name: str) -> bool:
@@ -372,9 +376,10 @@ def failure_reason(exc: BaseException) -> str:
 def serve(name: str, request: HarmonizationRequest, progress: Progress) -> tuple[HarmonizationResult | None, StatusRow]:
     """Run one method: (its result, a "done" row), or (None, a row saying why not). Never raises
     for the method's own problems, so one method cannot stop the others."""
-    state = get_method(name).available()
-    if not state:
-        return None, StatusRow(name, "not available", state.reason)
+    try:
+        get_method(name).require_available()  # before any wait or GPU call; the run's own checks reuse it
+    except MethodUnavailable as exc:
+        return None, StatusRow(name, "not available", exc.reason)
     try:
         result = run(Job.of(name, request), progress)
     except Cancelled:
