@@ -26,6 +26,8 @@ _HUB_HOME = tempfile.mkdtemp(prefix="harmony-tests-hf-")
 os.environ["HF_HOME"] = _HUB_HOME
 os.environ["HF_HUB_CACHE"] = os.path.join(_HUB_HOME, "hub")
 atexit.register(shutil.rmtree, _HUB_HOME, True)
+
+
 def _weights_variables() -> list[str]:
     """The download switch and every registered method's weights variable (`ModelMethod.weights_env`)."""
     from harmony_core.diffusion.components import ALLOW_DOWNLOAD_ENV
