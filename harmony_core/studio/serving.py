@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from harmony_core import config
 from harmony_core.cost import Device
 from harmony_core.errors import Cancelled, HarmonyError, MethodUnavailable
 from harmony_core.profiling import measure_peak
@@ -53,7 +54,7 @@ OUT_OF_MEMORY = "out of GPU memory: try a smaller image (Compose caps the long s
 
 
 def on_zero_gpu() -> bool:
-    return bool(os.environ.get("SPACES_ZERO_GPU")) and importlib.util.find_spec("spaces") is not None
+    return config.current().zero_gpu and importlib.util.find_spec("spaces") is not None
 
 
 # --- availability -------------------------------------------------------------------------------
