@@ -1,0 +1,177 @@
+"""The vote store's in-memory index: every stored vote as a few integers, kept up to date from the
+bytes appended since the store's last look.
+
+A million votes as row dicts would take gigabytes; here a vote is one slot in each of a few
+numpy columns (about 30 bytes) and every string (rater, source, sample, shown order) is interned
+once. Each rater's votes form a chain through the `after` column, so the duplicate check, a
+rater's voted samples and their picks cost the rater's own votes, never the store's. Counts per
+(mode, sample source, shown order, outcome) are kept as votes arrive: the crowd's win shares need
+no pass over the votes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from harmony_core.study import stats
+
+MODES = ("best_of_n", "pairwise")
+"""How a round shows its outputs (best of up to 4, or a pair): the one list for votes and rounds."""
+SOURCES = ("study", "user")
+"""Where a vote's sample comes from: the study set, or a user's own Compare results."""
+FIELDS = ("rater_id", "ip_hash", "sample_id", "mode", "sample_source", "shown_order", "winner_method", "flags")
+"""The columns of a vote row the index keeps (as codes)."""
+
+
+class Interner:
+    """Strings to dense ints and back: each distinct string is stored once."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.codes: dict[str, int] = {}
+
+    def code(self, name: str) -> int:
+        code = self.codes.get(name)
+        if code is None:
+            code = self.codes[name] = len(self.names)
+            self.names.append(name)
+        return code
+
+
+def cell_of(mode: str, sample_source: str) -> int:
+    """The (mode, sample source) pair as one small int: the leaderboard's filters select cells."""
+    return MODES.index(mode) * len(SOURCES) + SOURCES.index(sample_source)
+
+
+COLUMNS = {"rater": np.int32, "source": np.int32, "sample": np.int32, "cell": np.int8, "shown": np.int32,
+           "outcome": np.int8, "fast": np.bool_, "after": np.int32}
+"""Per vote: its codes, and `after`, the index of the same rater's previous vote (-1 for none)."""
+
+
+class VoteIndex:
+    """Every vote the store has read, as integer columns plus interned strings. Not thread-safe:
+    the store calls it under its own lock."""
+
+    def __init__(self) -> None:
+        self.raters, self.sources, self.samples, self.orders = Interner(), Interner(), Interner(), Interner()
+        self.shown: list[list[str]] = []
+        """Per shown-order code: its methods."""
+        self.size = 0
+        self._cols = {name: np.empty(1024, dtype) for name, dtype in COLUMNS.items()}
+        self._last = np.full(1024, -1, np.int32)
+        """Per rater code: the index of their latest vote."""
+        self.cells: Counter[tuple[int, int, int]] = Counter()
+        """Votes per (cell, shown-order code, outcome), kept as votes arrive."""
+
+    def __len__(self) -> int:
+        return self.size
+
+    def column(self, name: str) -> np.ndarray:
+        return self._cols[name][: self.size]
+
+    def _grow(self, extra: int) -> None:
+        need = self.size + extra
+        if need > len(self._cols["rater"]):
+            capacity = max(need, 2 * len(self._cols["rater"]))
+            for name, column in self._cols.items():
+                self._cols[name] = np.resize(column, capacity)
+        if len(self.raters.names) + extra > len(self._last):
+            grown = np.full(max(len(self.raters.names) + extra, 2 * len(self._last)), -1, np.int32)
+            grown[: len(self._last)] = self._last
+            self._last = grown
+
+    def extend(self, records: Sequence[Sequence[str]]) -> None:
+        """Add votes, each as its FIELDS values (already validated by the store's reader)."""
+        if not records:
+            return
+        self._grow(len(records))
+        values = {name: np.empty(len(records), dtype) for name, dtype in COLUMNS.items()}
+        for i, (rater_id, ip, sample, mode, sample_source, order, winner, flags) in enumerate(records):
+            rater = self.raters.code(rater_id)
+            shown = self._order(order)
+            cell = cell_of(mode, sample_source)
+            outcome = stats.outcome_code(self.shown[shown], winner, flags)
+            values["rater"][i] = rater
+            values["source"][i] = self.sources.code("ip:" + ip if ip else "rater:" + rater_id)
+            values["sample"][i] = self.samples.code(sample)
+            values["cell"][i], values["shown"][i], values["outcome"][i] = cell, shown, outcome
+            values["fast"][i] = "fast" in flags.split(";")
+            values["after"][i] = self._last[rater]
+            self._last[rater] = self.size + i
+            self.cells[(cell, shown, outcome)] += 1
+        for name, column in values.items():
+            self._cols[name][self.size: self.size + len(records)] = column
+        self.size += len(records)
+
+    def _order(self, order: str) -> int:
+        code = self.orders.code(order)
+        if code == len(self.shown):
+            self.shown.append(order.split(";"))
+        return code
+
+    # --- one rater: the cost of their own votes ----------------------------------------------
+
+    def rater_votes(self, rater_id: str) -> list[int]:
+        """Indices of this rater's votes, newest first (a walk along their chain)."""
+        rater = self.raters.codes.get(rater_id)
+        found: list[int] = []
+        at = -1 if rater is None else int(self._last[rater])
+        after = self._cols["after"]
+        while at >= 0:
+            found.append(at)
+            at = int(after[at])
+        return found
+
+    def voted(self, rater_id: str, sample_id: str, mode: str, sample_source: str) -> bool:
+        """Whether this (rater, sample, mode, source) already has a vote: the exactly-once key."""
+        sample = self.samples.codes.get(sample_id)
+        if sample is None:
+            return False
+        cell = cell_of(mode, sample_source)
+        samples, cells = self._cols["sample"], self._cols["cell"]
+        return any(samples[i] == sample and cells[i] == cell for i in self.rater_votes(rater_id))
+
+    def voted_samples(self, rater_id: str, mode: str, sample_source: str) -> set[str]:
+        cell = cell_of(mode, sample_source)
+        samples, cells = self._cols["sample"], self._cols["cell"]
+        return {self.samples.names[samples[i]] for i in self.rater_votes(rater_id) if cells[i] == cell}
+
+    # --- many votes: vectorized ----------------------------------------------------------------
+
+    def tally(self, cells: Iterable[int] | None = None, votes: Sequence[int] | np.ndarray | None = None) -> stats.Tally:
+        """The votes of the given cells (None: all), or the given vote indices, as a stats.Tally
+        (copies of the columns: the statistics run outside the store's lock)."""
+        keep: np.ndarray | slice
+        if votes is not None:
+            keep = np.asarray(votes, int)
+        elif cells is None:
+            keep = slice(None)
+        else:
+            keep = np.isin(self.column("cell"), list(cells))
+        col = {name: self.column(name)[keep] for name in ("shown", "outcome", "rater", "source", "fast")}
+        return stats.Tally(list(self.shown), col["shown"], col["outcome"].astype(int), col["rater"], col["source"],
+                           self.sources.names, col["fast"])
+
+    def shares(self, cells: Iterable[int]) -> tuple[dict[str, float], int]:
+        """({method: win share %, ties as half wins}, votes) over the given cells, from the running
+        counts: O(distinct shown orders), whatever the number of votes."""
+        wins: Counter[str] = Counter()
+        shown: Counter[str] = Counter()
+        total = 0
+        cells = set(cells)
+        for (cell, order, outcome), n in self.cells.items():
+            if cell not in cells:
+                continue
+            total += n
+            if outcome == stats.UNDECIDED:
+                continue
+            methods = self.shown[order]
+            for method in set(methods):
+                shown[method] += n
+                wins[method] += 0.5 * n if outcome in (stats.TIE_GOOD, stats.TIE_BAD) else 0
+            if outcome < stats.TIE_GOOD:
+                wins[methods[outcome]] += n
+        return {m: float(np.round(100 * wins[m] / shown[m], 1)) for m in shown}, total
