@@ -422,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_studio.add_arguments(p)
     p.set_defaults(func=bench_studio.run)
 
+    p = sub.add_parser("bench-study", help="the blind study at scale: a synthetic vote store, then start-up, a round, "
+                                           "a vote and the leaderboard against an empty store")
+    from harmony_core import bench_study
+
+    bench_study.add_arguments(p)
+    p.set_defaults(func=bench_study.run)
+
     p = sub.add_parser("device-check", help="every model-backed method on one GPU, all resident, each in the dtype it runs in, in one run")
     p.add_argument("--out", required=True, help="report folder: device_check.json + device_check.md")
     p.add_argument("--tiny", action="store_true", help="the same code path with tiny test models on the CPU")

@@ -308,7 +308,7 @@ def rater_vs_crowd(store: VoteStore, rater_id: str, after: int = CROWD_AFTER) ->
             return ""
         own = index.tally(votes=mine)
         shares, total = index.shares(study_cells)
-    table = stats.leaderboard_of(own, n_boot=0).table
+    table = stats.win_shares(own)
     lines = [f"**Your picks against the crowd** ({len(mine)} of your votes, {total} in all; ties count half):",
              "", "| method | your win share | everyone's |", "|---|---|---|"]
     lines += [f"| {m} | {a:.0f}% | {shares.get(m, float('nan')):.0f}% |" for m, a in zip(table["method"], table["win share %"])]
@@ -411,7 +411,8 @@ class Boards:
                 left_out = 0
                 if leave_out:
                     tally, left_out = stats.without_flagged_of(tally)
-                value = (stats.leaderboard_of(tally), left_out)
+                result = stats.leaderboard_of(tally)
+                value = (result, left_out, heatmap(result.methods, result.rates) if result.methods else None)
             estimate = Estimate(value, total, datetime.now(timezone.utc))
             with self._lock:
                 if key not in self._cache or self._cache[key].votes <= total:
@@ -464,7 +465,7 @@ def board(store: VoteStore, mode_filter: str = "All votes", source_filter: str =
     """(headline Markdown, the statistics, the heatmap) for the chosen votes; leave_out_flagged:
     the organiser's choice to count no vote of a flagged source (stats.source_table)."""
     estimate = boards(store).get(_key("board", mode_filter, source_filter, leave_out_flagged))
-    result, left_out = estimate.value
+    result, left_out, figure = estimate.value
     if not result.methods:
         note = "No votes match these filters yet." if estimate.votes else "No votes yet: vote in the **Blind study** tab."
         return note, result, None
@@ -483,7 +484,7 @@ def board(store: VoteStore, mode_filter: str = "All votes", source_filter: str =
              f"recomputed after {REFRESH_VOTES} more votes or {REFRESH_SECONDS:.0f} s)."]
     if left_out:
         lines.append(f"{left_out} flagged source(s) left out (see *Sources*).")
-    return "\n\n".join(lines), result, heatmap(result.methods, result.rates)
+    return "\n\n".join(lines), result, figure
 
 
 def pair_board(store: VoteStore, mode_filter: str = "All votes", source_filter: str = "Study set",

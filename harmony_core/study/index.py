@@ -11,7 +11,6 @@ no pass over the votes.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -63,8 +62,11 @@ class VoteIndex:
         self._cols = {name: np.empty(1024, dtype) for name, dtype in COLUMNS.items()}
         self._last = np.full(1024, -1, np.int32)
         """Per rater code: the index of their latest vote."""
-        self.cells: Counter[tuple[int, int, int]] = Counter()
+        self.methods = Interner()
+        self._counts = np.zeros((len(MODES) * len(SOURCES), 64, stats.OUTCOMES), np.int64)
         """Votes per (cell, shown-order code, outcome), kept as votes arrive."""
+        self._wins = np.zeros((64, stats.OUTCOMES, 0))
+        """Per (shown-order code, outcome): the win each method gets (1 the pick, 0.5 a tie)."""
 
     def __len__(self) -> int:
         return self.size
@@ -101,7 +103,7 @@ class VoteIndex:
             values["fast"][i] = "fast" in flags.split(";")
             values["after"][i] = self._last[rater]
             self._last[rater] = self.size + i
-            self.cells[(cell, shown, outcome)] += 1
+            self._counts[cell, shown, outcome] += 1
         for name, column in values.items():
             self._cols[name][self.size: self.size + len(records)] = column
         self.size += len(records)
@@ -109,8 +111,22 @@ class VoteIndex:
     def _order(self, order: str) -> int:
         code = self.orders.code(order)
         if code == len(self.shown):
-            self.shown.append(order.split(";"))
+            methods = order.split(";")
+            self.shown.append(methods)
+            ids = [self.methods.code(m) for m in methods]
+            if code >= self._counts.shape[1] or len(self.methods.names) > self._wins.shape[2]:
+                self._grow_orders(2 * max(code, 32), len(self.methods.names) + 8)
+            for o, winner in enumerate(ids[: stats.TIE_GOOD]):
+                self._wins[code, o, winner] = 1.0
+            self._wins[code, stats.TIE_GOOD: stats.UNDECIDED, ids] = 0.5
         return code
+
+    def _grow_orders(self, orders: int, methods: int) -> None:
+        counts = np.zeros((self._counts.shape[0], max(orders, self._counts.shape[1]), stats.OUTCOMES), np.int64)
+        counts[:, : self._counts.shape[1]] = self._counts
+        wins = np.zeros((counts.shape[1], stats.OUTCOMES, max(methods, self._wins.shape[2])))
+        wins[: self._wins.shape[0], :, : self._wins.shape[2]] = self._wins
+        self._counts, self._wins = counts, wins
 
     # --- one rater: the cost of their own votes ----------------------------------------------
 
@@ -157,21 +173,11 @@ class VoteIndex:
 
     def shares(self, cells: Iterable[int]) -> tuple[dict[str, float], int]:
         """({method: win share %, ties as half wins}, votes) over the given cells, from the running
-        counts: O(distinct shown orders), whatever the number of votes."""
-        wins: Counter[str] = Counter()
-        shown: Counter[str] = Counter()
-        total = 0
-        cells = set(cells)
-        for (cell, order, outcome), n in self.cells.items():
-            if cell not in cells:
-                continue
-            total += n
-            if outcome == stats.UNDECIDED:
-                continue
-            methods = self.shown[order]
-            for method in set(methods):
-                shown[method] += n
-                wins[method] += 0.5 * n if outcome in (stats.TIE_GOOD, stats.TIE_BAD) else 0
-            if outcome < stats.TIE_GOOD:
-                wins[methods[outcome]] += n
-        return {m: float(np.round(100 * wins[m] / shown[m], 1)) for m in shown}, total
+        counts: a product over the distinct shown orders, whatever the number of votes."""
+        counts = self._counts[sorted(set(cells))].sum(axis=0)
+        shows = (self._wins[:, : stats.UNDECIDED] > 0).any(axis=1)  # per code: the methods it shows
+        shown = counts[:, : stats.UNDECIDED].sum(axis=1) @ shows
+        wins = np.einsum("co,com->m", counts, self._wins)
+        names = self.methods.names
+        return ({names[m]: float(np.round(100 * wins[m] / shown[m], 1)) for m in np.flatnonzero(shown)},
+                int(counts.sum()))

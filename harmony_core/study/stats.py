@@ -374,6 +374,35 @@ def _per_cluster(t: Tally, r: _Reduced) -> np.ndarray:
     return np.asarray(votes @ r.contrib.reshape(r.counts.size, k * k)).reshape(len(present), k, k)
 
 
+def _points(r: _Reduced) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(which code shows which method, votes that showed each method, its wins with ties as
+    halves, the wins chance would give it), all over the judged votes, from the counts alone."""
+    k = len(r.methods)
+    member = np.zeros((len(r.members), k), int)
+    winner_of = np.zeros((len(r.members), OUTCOMES, k))
+    for c, shown in enumerate(r.members):
+        member[c, shown] = 1
+        for o, winner in enumerate(shown[:TIE_GOOD]):
+            winner_of[c, o, winner] = 1.0
+        winner_of[c, TIE_GOOD:UNDECIDED] = 0.5 * member[c]
+    size = np.array([len(s) for s in r.members], float)
+    judged_counts = r.counts[:, :UNDECIDED].sum(axis=1)
+    return (member, judged_counts @ member, np.einsum("co,cok->k", r.counts, winner_of),
+            (judged_counts / size) @ member)
+
+
+def win_shares(t: Tally) -> pd.DataFrame:
+    """(method, win share %) with ties as half wins, best Bradley-Terry score first (the order of
+    the leaderboard's table): a rater's own picks, without the intervals and tests."""
+    r = _reduce(t)
+    _, appearances, wins_total, _ = _points(r)
+    score = bradley_terry(np.einsum("co,comn->mn", r.counts, r.contrib))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.round(100 * np.where(appearances > 0, wins_total / np.maximum(appearances, 1), np.nan), 1)
+    table = pd.DataFrame({"method": r.methods, "win share %": share, "score": np.round(score, 3)})
+    return table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+
 def leaderboard(votes: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> Leaderboard:
     """Everything the Leaderboard tab shows, from the raw votes."""
     return leaderboard_of(tally_of(votes), n_boot, seed)
@@ -387,18 +416,7 @@ def leaderboard_of(t: Tally, n_boot: int = 500, seed: int = 0) -> Leaderboard:
     if not methods:
         empty = pd.DataFrame(columns=TABLE_COLUMNS)
         return Leaderboard(empty, [], np.zeros((0, 0)), "No votes yet.", 0, 0)
-    member = np.zeros((len(r.members), k), int)
-    winner_of = np.zeros((len(r.members), OUTCOMES, k))
-    for c, shown in enumerate(r.members):
-        member[c, shown] = 1
-        for o, winner in enumerate(shown[:TIE_GOOD]):
-            winner_of[c, o, winner] = 1.0
-        winner_of[c, TIE_GOOD:UNDECIDED] = 0.5 * member[c]
-    size = np.array([len(s) for s in r.members], float)
-    judged_counts = r.counts[:, :UNDECIDED].sum(axis=1)
-    appearances = judged_counts @ member
-    wins_total = np.einsum("co,cok->k", r.counts, winner_of)
-    expected = (judged_counts / size) @ member
+    member, appearances, wins_total, expected = _points(r)
     sources = len(np.unique(t.source))
     lo, hi = wilson_interval(wins_total, appearances)
     wins = np.einsum("co,comn->mn", r.counts, r.contrib)
