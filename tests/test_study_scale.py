@@ -98,6 +98,24 @@ def test_shards_merge_exactly_once_with_an_old_single_file(tmp_path):
     assert len(public.splitlines()) == 4 and ",r1," not in public  # every shard, anonymised
 
 
+def test_the_bulk_reader_keeps_exactly_the_rows_the_line_reader_keeps(tmp_path):
+    store = VoteStore(tmp_path)
+    fill(store, 40)
+    good = store.path.read_bytes().split(b"\n")[1:-1]
+    rng = np.random.default_rng(3)
+    hostile = []
+    for line in good[:20]:
+        cells = line.decode().split(",")
+        column = int(rng.integers(len(cells)))
+        cells[column] = str(rng.choice(["2", "ranking", "users", "9", "x;y", "", "=1", '"a,b"', "a\0b", "z" * 600]))
+        hostile.append(",".join(cells).encode())
+    hostile += [b'"unterminated,quote', b"garbage,line", b",".join([b"x"] * 15), b"\r".join(good[:1]) + b"\r"]
+    block = votes.HEADER + b"\n".join(good + hostile) + b"\n"
+    expected = [[r[i] for i in votes._INDEXED] for r in votes._parse(block, "test")]
+    columns = votes._columns(block, "test")
+    assert sorted(map(list, zip(*columns))) == sorted(expected) and len(expected) >= len(good)
+
+
 def test_a_torn_line_in_one_shard_costs_only_that_line(tmp_path, caplog):
     crashed, alive = VoteStore(tmp_path), VoteStore(tmp_path)
     crashed.append(Vote("pairwise", "s1", "study", ["a", "b"], 0, "r1"))

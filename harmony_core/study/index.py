@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from harmony_core.study import stats
 
@@ -38,6 +39,12 @@ class Interner:
             code = self.codes[name] = len(self.names)
             self.names.append(name)
         return code
+
+
+def _factorize(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """(a code per value, the distinct values): pandas' hash table, in C."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    return codes, list(uniques)
 
 
 def cell_of(mode: str, sample_source: str) -> int:
@@ -75,38 +82,89 @@ class VoteIndex:
         return self._cols[name][: self.size]
 
     def _grow(self, extra: int) -> None:
+        """Room for `extra` more votes and for every rater interned so far (capacity doubles)."""
         need = self.size + extra
         if need > len(self._cols["rater"]):
             capacity = max(need, 2 * len(self._cols["rater"]))
             for name, column in self._cols.items():
                 self._cols[name] = np.resize(column, capacity)
-        if len(self.raters.names) + extra > len(self._last):
-            grown = np.full(max(len(self.raters.names) + extra, 2 * len(self._last)), -1, np.int32)
+        if len(self.raters.names) > len(self._last):
+            grown = np.full(max(len(self.raters.names), 2 * len(self._last)), -1, np.int32)
             grown[: len(self._last)] = self._last
             self._last = grown
 
-    def extend(self, records: Sequence[Sequence[str]]) -> None:
-        """Add votes, each as its FIELDS values (already validated by the store's reader)."""
-        if not records:
+    def extend(self, columns: Sequence[Sequence[str]]) -> None:
+        """Add votes given as the FIELDS columns (parallel sequences of strings, rows already
+        validated by the store's reader). Columnar: each distinct string is looked up once and
+        the rest is numpy, so a million votes load in seconds."""
+        rater_id, ip, sample, mode, sample_source, order, winner, flags = columns
+        n = len(rater_id)
+        if not n:
             return
-        self._grow(len(records))
-        values = {name: np.empty(len(records), dtype) for name, dtype in COLUMNS.items()}
-        for i, (rater_id, ip, sample, mode, sample_source, order, winner, flags) in enumerate(records):
-            rater = self.raters.code(rater_id)
-            shown = self._order(order)
-            cell = cell_of(mode, sample_source)
-            outcome = stats.outcome_code(self.shown[shown], winner, flags)
-            values["rater"][i] = rater
-            values["source"][i] = self.sources.code("ip:" + ip if ip else "rater:" + rater_id)
-            values["sample"][i] = self.samples.code(sample)
-            values["cell"][i], values["shown"][i], values["outcome"][i] = cell, shown, outcome
-            values["fast"][i] = "fast" in flags.split(";")
-            values["after"][i] = self._last[rater]
-            self._last[rater] = self.size + i
-            self._counts[cell, shown, outcome] += 1
+        rater_codes, raters = _factorize(rater_id)
+        rater = np.array([self.raters.code(r) for r in raters], np.int32)[rater_codes]
+        values = {"rater": rater, "source": self._sources(ip, rater_codes, raters), "sample": self._intern(self.samples, sample)}
+        mode_codes, modes = _factorize(mode)
+        source_codes, sources = _factorize(sample_source)
+        values["cell"] = (np.array([cell_of(m, "study") for m in modes])[mode_codes]
+                          + np.array([SOURCES.index(s) for s in sources])[source_codes])
+        order_codes, orders = _factorize(order)
+        values["shown"] = np.array([self._order(o) for o in orders], np.int32)[order_codes]
+        values["outcome"] = self._outcomes(values["shown"], winner, flags)
+        values["fast"] = np.fromiter(("fast" in f and "fast" in f.split(";") for f in flags), bool, n)
+        self._grow(n)
+        values["after"] = self._chain(rater)
         for name, column in values.items():
-            self._cols[name][self.size: self.size + len(records)] = column
-        self.size += len(records)
+            self._cols[name][self.size: self.size + n] = column
+        np.add.at(self._counts, (values["cell"], values["shown"], values["outcome"]), 1)
+        self.size += n
+
+    @staticmethod
+    def _intern(interner: Interner, values: Sequence[str]) -> np.ndarray:
+        codes, uniques = _factorize(values)
+        return np.array([interner.code(u) for u in uniques], np.int32)[codes]
+
+    def _sources(self, ip: Sequence[str], rater_codes: np.ndarray, raters: list[str]) -> np.ndarray:
+        """Each vote's source code: its IP hash, else its rater id (votes.source_of)."""
+        ip_codes, ips = _factorize(ip)
+        source = np.array([self.sources.code("ip:" + i) if i else -1 for i in ips], np.int32)[ip_codes]
+        missing = source < 0
+        if missing.any():
+            needed = np.unique(rater_codes[missing])
+            by_rater = np.full(len(raters), -1, np.int32)
+            by_rater[needed] = [self.sources.code("rater:" + raters[r]) for r in needed]
+            source[missing] = by_rater[rater_codes[missing]]
+        return source
+
+    def _outcomes(self, shown: np.ndarray, winner: Sequence[str], flags: Sequence[str]) -> np.ndarray:
+        """stats.outcome_code of every vote: the winner's position per distinct (order, winner),
+        the tie kind read only for the votes without a winner."""
+        winner_codes, winners = _factorize(winner)
+        pairs, inverse = np.unique(shown.astype(np.int64) * len(winners) + winner_codes, return_inverse=True)
+        position = np.array([self._position(int(p // len(winners)), winners[p % len(winners)]) for p in pairs], np.int8)
+        outcome = position[inverse.ravel()]
+        for i in np.flatnonzero(outcome < 0):
+            outcome[i] = stats.outcome_code([], "", flags[i])
+        return outcome
+
+    def _position(self, shown: int, winner: str) -> int:
+        methods = self.shown[shown]
+        return methods.index(winner) if winner and winner in methods else -1
+
+    def _chain(self, rater: np.ndarray) -> np.ndarray:
+        """Each new vote's `after` (the same rater's previous vote, in this batch or before), and
+        the raters' latest votes moved on to this batch's."""
+        at = self.size + np.arange(len(rater), dtype=np.int32)
+        order = np.argsort(rater, kind="stable")
+        ranked = rater[order]
+        same = ranked[1:] == ranked[:-1]
+        previous = self._last[ranked]
+        previous[1:][same] = at[order][:-1][same]
+        after = np.empty(len(rater), np.int32)
+        after[order] = previous
+        ends = np.flatnonzero(np.append(~same, True))
+        self._last[ranked[ends]] = at[order][ends]
+        return after
 
     def _order(self, order: str) -> int:
         code = self.orders.code(order)
