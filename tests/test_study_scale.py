@@ -32,11 +32,11 @@ def random_vote(rng: np.random.Generator, rater: str, sample: str, mode: str, so
     return Vote(mode, sample, source, shown, choice, rater, ip_hash=ip, flags=flags)
 
 
-def fill(store: VoteStore, n: int, seed: int = 0) -> None:
+def fill(store: VoteStore, n: int, seed: int = 0, prefix: str = "s") -> None:
     rng = np.random.default_rng(seed)
     for i in range(n):
         mode, source = ("best_of_n", "pairwise")[i % 2], ("study", "user")[int(rng.random() < 0.2)]
-        store.append(random_vote(rng, f"r{i % 23}", f"s{i}", mode, source))
+        store.append(random_vote(rng, f"r{i % 23}", f"{prefix}{i}", mode, source))
 
 
 def test_the_index_board_equals_the_frame_statistics(tmp_path):
@@ -310,3 +310,25 @@ def test_two_processes_with_their_own_shards_record_a_contested_vote_once(tmp_pa
         assert p.exitcode == 0
     rows = VoteStore(tmp_path).rows()
     assert sorted(r["sample_id"] for r in rows) == sorted(f"contested-{j}" for j in range(30))
+
+
+def test_the_organisers_export_merges_every_shard_into_csv_parquet_and_a_card(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    from harmony_core import cli
+    from harmony_core.study import dataset
+
+    folder = tmp_path / "votes"
+    fill(VoteStore(folder), 30)
+    fill(VoteStore(folder), 30, seed=2, prefix="t")  # a second shard
+    assert cli.main(["export-votes", "--votes", str(folder), "--out", str(tmp_path / "out")]) == 0
+    table = pq.read_table(tmp_path / "out" / "votes.parquet")
+    kept = len(VoteStore(folder).rows())
+    assert table.num_rows == kept and tuple(table.column_names) == votes.PUBLIC_COLUMNS
+    assert str(table.schema.field("latency_ms").type) == "int64"
+    text = (tmp_path / "out" / "votes.csv").read_text()
+    assert len(text.splitlines()) == kept + 1 and ",r1," not in text
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert card.startswith("---\nlicense: cc-by-4.0") and all(f"`{c}`" in card for c in votes.PUBLIC_COLUMNS)
+    assert f"{kept} votes" in card
+    with pytest.raises(InputError, match="outside the votes folder"):
+        dataset.export(folder, folder / "export")
