@@ -12,6 +12,7 @@ no pass over the votes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -41,10 +42,27 @@ class Interner:
         return code
 
 
-def _factorize(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+@dataclass
+class Coded:
+    """A column as a code per row and the distinct values: each distinct value is then checked
+    and interned once. The store's reader codes a column once for its checks and the index."""
+
+    codes: np.ndarray
+    uniques: list[str]
+
+    @classmethod
+    def of(cls, values: Sequence[str]) -> "Coded":
+        codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+        return cls(codes, list(uniques))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+def _factorize(values: "Sequence[str] | Coded") -> tuple[np.ndarray, list[str]]:
     """(a code per value, the distinct values): pandas' hash table, in C."""
-    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
-    return codes, list(uniques)
+    coded = values if isinstance(values, Coded) else Coded.of(values)
+    return coded.codes, coded.uniques
 
 
 def cell_of(mode: str, sample_source: str) -> int:
@@ -93,9 +111,9 @@ class VoteIndex:
             grown[: len(self._last)] = self._last
             self._last = grown
 
-    def extend(self, columns: Sequence[Sequence[str]]) -> None:
-        """Add votes given as the FIELDS columns (parallel sequences of strings, rows already
-        validated by the store's reader). Columnar: each distinct string is looked up once and
+    def extend(self, columns: "Sequence[Sequence[str] | Coded]") -> None:
+        """Add votes given as the FIELDS columns (parallel sequences of strings, or Coded, rows
+        already validated by the store's reader). Columnar: each distinct string is looked up once and
         the rest is numpy, so a million votes load in seconds."""
         rater_id, ip, sample, mode, sample_source, order, winner, flags = columns
         n = len(rater_id)

@@ -171,12 +171,13 @@ def bootstrap_scores(per_cluster: np.ndarray, n_boot: int = 500, seed: int = 0,
     if g == 0 or n_boot == 0:
         return np.full(k, np.nan), np.full(k, np.nan)
     rng = np.random.default_rng(seed)
-    flat = per_cluster.reshape(g, k * k)
+    flat = per_cluster.reshape(g, k * k).astype(np.float32)  # whole and half wins: exact below 2**23
     draws = np.empty((n_boot, k))
     for start in range(0, n_boot, BOOT_BATCH):
         size = min(BOOT_BATCH, n_boot - start)
-        counts = np.stack([np.bincount(rng.integers(0, g, g), minlength=g) for _ in range(size)]).astype(float)
-        draws[start:start + size] = bradley_terry_many((counts @ flat).reshape(size, k, k))
+        picks = rng.integers(0, g, (size, g)) + g * np.arange(size)[:, None]  # one resample of clusters per row
+        counts = np.bincount(picks.ravel(), minlength=size * g).reshape(size, g).astype(np.float32)
+        draws[start:start + size] = bradley_terry_many((counts @ flat).astype(float).reshape(size, k, k))
     alpha = (1 - level) / 2
     return np.quantile(draws, alpha, axis=0), np.quantile(draws, 1 - alpha, axis=0)
 

@@ -37,7 +37,7 @@ from filelock import FileLock
 
 from harmony_core import __version__, atomic
 from harmony_core.errors import InputError
-from harmony_core.study.index import FIELDS, MODES, SOURCES, VoteIndex  # noqa: F401 (MODES: for the rounds)
+from harmony_core.study.index import FIELDS, MODES, SOURCES, Coded, VoteIndex  # noqa: F401 (MODES: for the rounds)
 
 log = logging.getLogger(__name__)
 
@@ -252,51 +252,50 @@ def _parse(lines: bytes, where: str) -> list[list[str]]:
     return records
 
 
-def _columns(block: bytes, where: str) -> list[tuple[str, ...]]:
+def _columns(block: bytes, where: str) -> list["list[str] | Coded"]:
     """The FIELDS columns of the sound rows of complete lines: what `_parse` keeps, read in bulk
-    (the index's start-up over a million votes). Plain lines (no quote, no NUL, no field that could
-    be too long) are split on commas and checked a column at a time, each distinct value once;
-    any other line goes through `_fields` alone."""
+    (the index's start-up over a million votes). Plain lines (no quote, no NUL, exactly the
+    columns' commas, too short for a field to be too long) are joined and split on commas at once,
+    then checked a column at a time, each distinct value once; any other line goes through
+    `_fields` alone."""
     lines = block.decode("utf-8", errors="replace").split("\n")
     if b"\r" in block:
         lines = [line.rstrip("\r") for line in lines]
-    header = HEADER.decode().rstrip("\n")
-    plain = [line.split(",") for line in lines
-             if line and len(line) <= MAX_FIELD_CHARS and '"' not in line and "\0" not in line and line != header]
-    other = [_fields(line) for line in lines
-             if line and line != header and not (len(line) <= MAX_FIELD_CHARS and '"' not in line and "\0" not in line)]
-    records = [r for r in plain if len(r) == len(COLUMNS)] + [r for r in other if r is not None]
-    bad = len(plain) + len(other) - len(records)
-    if not records:
-        columns: list[tuple[str, ...]] = [()] * len(COLUMNS)
-    else:
-        columns = list(zip(*records))
-        sound = _sound(columns)
-        bad += int((~sound).sum())
-        if not sound.all():
-            columns = [tuple(itertools.compress(c, sound)) for c in columns]
+    header, commas = HEADER.decode().rstrip("\n"), len(COLUMNS) - 1
+    plain = [line for line in lines if len(line) <= MAX_FIELD_CHARS and line.count(",") == commas
+             and '"' not in line and "\0" not in line and line != header]
+    flat = ",".join(plain).split(",") if plain else []
+    columns = [flat[i::len(COLUMNS)] for i in range(len(COLUMNS))]
+    bad = 0
+    if len(plain) + lines.count("") + lines.count(header) < len(lines):  # some lines need the careful reader
+        other = [_fields(line) for line in lines if line and line != header and not (
+            len(line) <= MAX_FIELD_CHARS and line.count(",") == commas and '"' not in line and "\0" not in line)]
+        bad = sum(r is None for r in other)
+        for record in (r for r in other if r is not None):
+            for column, value in zip(columns, record):
+                column.append(value)
+    coded = {i: Coded.of(columns[i]) for i in (1, 4, 6, 7, 8, 9)}
+    sound = _sound(coded) if columns[0] else np.ones(0, bool)
+    bad += int((~sound).sum())
     if bad:
         log.warning("%s: %d malformed line(s) skipped", where, bad)
-    return [columns[i] for i in _INDEXED]
+    if not sound.all():  # the index codes the kept values afresh
+        return [list(itertools.compress(columns[i], sound)) for i in _INDEXED]
+    return [coded.get(i, columns[i]) for i in _INDEXED]
 
 
-def _sound(columns: list[tuple[str, ...]]) -> np.ndarray:
+def _sound(coded: dict[int, Coded]) -> np.ndarray:
     """Per row: `_fields`' checks of the values (schema, mode, source, choice and winner), each
     distinct value or (shown order, choice, winner) combination checked once."""
-    def codes(i: int, ok) -> tuple[np.ndarray, np.ndarray]:
-        code, uniques = pd.factorize(np.asarray(columns[i], dtype=object))
-        return code, np.array([ok(u) for u in uniques], bool)
-
-    sound = np.ones(len(columns[0]), bool)
+    sound = np.ones(len(coded[1]), bool)
     for i, allowed in ((1, (SCHEMA_VERSION,)), (4, MODES), (6, SOURCES)):
-        code, ok = codes(i, lambda value, allowed=allowed: value in allowed)
-        sound &= ok[code]
-    (order, orders), (choice, choices), (winner, winners) = (pd.factorize(np.asarray(columns[i], dtype=object))
-                                                             for i in (7, 8, 9))
-    combined = (order.astype(np.int64) * len(choices) + choice) * len(winners) + winner
+        sound &= np.array([u in allowed for u in coded[i].uniques], bool)[coded[i].codes]
+    orders, choices, winners = coded[7], coded[8], coded[9]
+    n_choices, n_winners = len(choices.uniques), len(winners.uniques)
+    combined = (orders.codes.astype(np.int64) * n_choices + choices.codes) * n_winners + winners.codes
     combos, inverse = np.unique(combined, return_inverse=True)
-    ok = np.array([_choice_ok(orders[c // (len(choices) * len(winners))], choices[c // len(winners) % len(choices)],
-                              winners[c % len(winners)]) for c in combos], bool)
+    ok = np.array([_choice_ok(orders.uniques[c // (n_choices * n_winners)], choices.uniques[c // n_winners % n_choices],
+                              winners.uniques[c % n_winners]) for c in combos], bool)
     return sound & ok[inverse.ravel()]
 
 
