@@ -332,3 +332,41 @@ def test_the_organisers_export_merges_every_shard_into_csv_parquet_and_a_card(tm
     assert f"{kept} votes" in card
     with pytest.raises(InputError, match="outside the votes folder"):
         dataset.export(folder, folder / "export")
+
+
+def test_the_running_pair_counts_are_the_frames_win_matrix(tmp_path):
+    store = VoteStore(tmp_path)
+    fill(store, 200, seed=4)
+    frame = pd.DataFrame(store.rows(), columns=list(COLUMNS))
+    study_votes = frame[frame["sample_source"] == "study"]
+    with store.locked_index() as index:
+        names, wins = index.pair_wins({study.cell_of(m, "study") for m in votes.MODES})
+    order = [names.index(m) for m in METHODS]
+    expected = stats.win_matrix(stats.comparisons(study_votes), METHODS)
+    np.testing.assert_allclose(wins[np.ix_(order, order)], expected)
+
+
+def test_a_pairwise_round_shows_the_least_compared_open_pair():
+    import random
+
+    from harmony_core.study import sampling
+    from harmony_core.study.studyset import StudySample, StudySet, next_round
+
+    wins = np.array([[0, 30, 5, 1], [0, 0, 4, 2], [4, 4, 0, 3], [1, 2, 3, 0]], float)  # a-b: 30-0, separated
+    assert sampling.separated(wins)[0, 1] and not sampling.separated(wins)[0, 3]
+    picks = {sampling.informative_pair([0, 1, 2, 3], wins, random.Random(s)) for s in range(20)}
+    assert picks == {(0, 3)}  # 2 comparisons, the fewest of the open pairs
+    sample = StudySample("s", "s", Path("."), Path("."), dict.fromkeys("abcd", Path(".")))
+    rounds = {tuple(sorted(next_round(StudySet(Path("."), list("abcd"), [sample]), "pairwise", set(), seed=s,
+                                      compared=(list("abcd"), wins)).shown)) for s in range(10)}
+    assert rounds == {("a", "d")}
+    fresh = {tuple(sorted(next_round(StudySet(Path("."), list("abcd"), [sample]), "pairwise", set(), seed=s,
+                                     compared=([], np.zeros((0, 0)))).shown)) for s in range(40)}
+    assert len(fresh) > 3  # nothing compared yet: every pair is as good, chosen at random
+
+
+def test_informative_sampling_separates_with_fewer_votes_in_simulation():
+    from harmony_core.study import sampling
+
+    result = sampling.compare([-0.6, -0.2, 0.2, 0.6], runs=4)
+    assert result["informative votes"] < result["uniform votes"]

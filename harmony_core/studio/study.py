@@ -182,11 +182,14 @@ def mode_of(mode_label: object) -> str:
 
 def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: str,
                 limiter: raters.RateLimiter | None = None, source: str | None = None, previous: RoundState | None = None) -> tuple[RoundState | None, RoundView]:
-    """The next round for this (verified) rater, or a thank-you when every sample has their vote.
+    """The next round for this (verified) rater, or a thank-you when every sample has their vote;
+    a pairwise round shows the least-compared pair not yet separated (studyset.next_round).
     The source (IP hash) is charged for the round until its vote; the session's previous round's
     files are removed (its images were served already)."""
     mode = mode_of(mode_label)
-    rnd = next_round(study, mode, store.voted_samples(rater_id, mode))
+    with store.locked_index() as index:
+        compared = index.pair_wins(cell_of(m, "study") for m in MODES)
+    rnd = next_round(study, mode, store.voted_samples(rater_id, mode), compared=compared)
     if rnd is None:
         return None, RoundView([None] * MAX_SHOWN, list(LETTERS),
                                f"Thank you: you have voted on all {len(study.samples)} images in this mode. "

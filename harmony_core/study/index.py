@@ -247,6 +247,21 @@ class VoteIndex:
         return stats.Tally(list(self.shown), col["shown"], col["outcome"].astype(int), col["rater"], col["source"],
                            self.sources.names, col["fast"])
 
+    def pair_wins(self, cells: Iterable[int]) -> tuple[list[str], np.ndarray]:
+        """(methods, wins[i, j] = comparisons i won over j, ties as halves) over the given cells,
+        from the running counts: a loop over the distinct shown orders, whatever the votes."""
+        counts = self._counts[sorted(set(cells))].sum(axis=0)
+        names = list(self.methods.names)
+        wins = np.zeros((len(names), len(names)))
+        for code in np.flatnonzero(counts[:, : stats.UNDECIDED].sum(axis=1)):
+            ids = [self.methods.codes[m] for m in self.shown[code]]
+            ties = 0.5 * (counts[code, stats.TIE_GOOD] + counts[code, stats.TIE_BAD])
+            for o, winner in enumerate(ids):
+                for other in ids:
+                    if other != winner:
+                        wins[winner, other] += (counts[code, o] if o < stats.TIE_GOOD else 0) + ties
+        return names, wins
+
     def shares(self, cells: Iterable[int]) -> tuple[dict[str, float], int]:
         """({method: win share %, ties as half wins}, votes) over the given cells, from the running
         counts: a product over the distinct shown orders, whatever the number of votes."""
