@@ -352,7 +352,7 @@ def test_a_pairwise_round_shows_the_least_compared_open_pair():
     from harmony_core.study import sampling
     from harmony_core.study.studyset import StudySample, StudySet, next_round
 
-    wins = np.array([[0, 30, 5, 1], [0, 0, 4, 2], [4, 4, 0, 3], [1, 2, 3, 0]], float)  # a-b: 30-0, separated
+    wins = np.array([[0, 60, 5, 1], [0, 0, 4, 2], [4, 4, 0, 3], [1, 2, 3, 0]], float)  # a-b: 60-0, settled
     assert sampling.separated(wins)[0, 1] and not sampling.separated(wins)[0, 3]
     picks = {sampling.informative_pair([0, 1, 2, 3], wins, random.Random(s)) for s in range(20)}
     assert picks == {(0, 3)}  # 2 comparisons, the fewest of the open pairs
