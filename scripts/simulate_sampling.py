@@ -1,7 +1,8 @@
 """Votes saved by informative pair choice (harmony_core.study.sampling) against a uniform one,
 simulated with known Bradley-Terry strengths; the table in docs/studio.md comes from this.
 
-    python scripts/simulate_sampling.py --runs 40
+    python scripts/simulate_sampling.py --runs 30
+    python scripts/simulate_sampling.py --runs 12 --settled-after 10
 """
 
 import argparse
@@ -18,7 +19,10 @@ SCENARIOS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40, help="seeds per scenario and policy (medians reported)")
+    parser.add_argument("--settled-after", type=int, default=sampling.SETTLED_AFTER,
+                        help="comparisons a separated pair needs before it stops getting votes")
     args = parser.parse_args()
+    sampling.SETTLED_AFTER = args.settled_after
     print("| scenario | uniform: votes | right | informative: votes | right | saved |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, strengths in SCENARIOS.items():

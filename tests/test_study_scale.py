@@ -238,6 +238,17 @@ def test_a_restart_restores_the_dataset_and_never_overwrites_it(tmp_path):
     assert again.voted_samples("r1", "pairwise") == {"s1", "s2", "s9"}
 
 
+def test_an_unreachable_hub_leaves_the_studio_serving(tmp_path, caplog):
+    class Down(FakeHub):
+        def list_repo_files(self, repo_id, repo_type=None, **_):
+            raise ConnectionError("no network")
+
+    with caplog.at_level(logging.ERROR):
+        assert hub.restore_shards(tmp_path, "org/votes", api=Down()) == []
+    assert "could not restore" in caplog.text
+    VoteStore(tmp_path).append(Vote("pairwise", "s1", "study", ["a", "b"], 0, "r1"))
+
+
 def _replica(folder: str, name: str, fake_files, start) -> None:
     fake = FakeHub()
     fake.files = fake_files

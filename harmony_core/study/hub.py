@@ -46,23 +46,26 @@ def restore_shards(folder: str | os.PathLike, repo_id: str | None = None, api=No
     from huggingface_hub.errors import RepositoryNotFoundError
 
     api = _api(api)
-    try:
-        files = api.list_repo_files(repo_id, repo_type="dataset")
-    except RepositoryNotFoundError:
-        return []
     folder = Path(folder)
     staging = folder / DOWNLOADS
-    taken = []
-    for name in files:
-        directory, _, base = name.rpartition("/")
-        if directory != PATH_IN_REPO or not SHARD_PATTERN.fullmatch(base):
-            continue
-        copy = Path(api.hf_hub_download(repo_id, name, repo_type="dataset", local_dir=staging))
-        local = folder / base
-        if not local.exists() or copy.stat().st_size > local.stat().st_size:
-            os.replace(copy, local)
-            taken.append(base)
-    shutil.rmtree(staging, ignore_errors=True)
+    taken: list[str] = []
+    try:
+        for name in api.list_repo_files(repo_id, repo_type="dataset"):
+            directory, _, base = name.rpartition("/")
+            if directory != PATH_IN_REPO or not SHARD_PATTERN.fullmatch(base):
+                continue
+            copy = Path(api.hf_hub_download(repo_id, name, repo_type="dataset", local_dir=staging))
+            local = folder / base
+            if not local.exists() or copy.stat().st_size > local.stat().st_size:
+                os.replace(copy, local)
+                taken.append(base)
+    except RepositoryNotFoundError:
+        pass  # a new dataset: nothing to restore
+    except Exception:  # noqa: BLE001 (the Hub unreachable: serve what is on disk; pushes still never overwrite)
+        log.exception("could not restore the vote shards of %s; serving with the shards on disk only "
+                      "(the board and the duplicate check miss the others until the next start)", repo_id)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     log.info("restored %d vote shard(s) from the Hub dataset %s", len(taken), repo_id)
     return taken
 
