@@ -32,7 +32,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from filelock import FileLock
 
 from harmony_core import __version__, atomic
