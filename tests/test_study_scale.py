@@ -381,3 +381,22 @@ def test_informative_sampling_separates_with_fewer_votes_in_simulation():
 
     result = sampling.compare([-0.6, -0.2, 0.2, 0.6], runs=4)
     assert result["informative votes"] < result["uniform votes"]
+
+
+def test_a_restart_keeps_the_days_rate_limits(tmp_path):
+    from harmony_core.studio import raters
+
+    store = VoteStore(tmp_path)
+    for j in range(2):
+        store.append(Vote("pairwise", f"s{j}", "study", ["a", "b"], 0, "r1", ip_hash="ip-a"))
+    old = store.rows()[0]
+    with open(store.path, "a") as handle:  # a vote of two days ago, by another rater on the same address
+        stale = dict(old, rater_id="r2", sample_id="s-old", ts_utc="2000-01-01T00:00:00.000000Z")
+        handle.write(",".join(stale[c] for c in COLUMNS) + "\n")
+    limiter = raters.RateLimiter(raters.RateLimits(per_minute=0, per_day=2))
+    study.seed_rate_limits(VoteStore(tmp_path), limiter)  # what the app does at start-up
+    with pytest.raises(raters.RateLimited):
+        limiter.take("r1", "")
+    with pytest.raises(raters.RateLimited):
+        limiter.take("r3", "ip-a")  # the address used its day too
+    limiter.take("r2", "ip-b")  # the old vote is not counted

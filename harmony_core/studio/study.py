@@ -458,6 +458,13 @@ def open_store(folder: str | os.PathLike, leave_out_flagged: bool = False) -> Vo
     return store
 
 
+def seed_rate_limits(store: VoteStore, limiter: raters.RateLimiter) -> None:
+    """Count the last day's stored votes in the limiter (at start-up: a restart resets no quota)."""
+    with store.locked_index() as index:
+        recent = index.since(time.time() - raters.DAY)
+    limiter.seed_votes(recent)
+
+
 def warm_board(store: VoteStore, leave_out_flagged: bool = False) -> None:
     """Start computing the default board in the background (at start-up, before the first visitor)."""
     boards(store).refresh_later(_key("board", "All votes", "Study set", leave_out_flagged))

@@ -23,7 +23,7 @@ MODES = ("best_of_n", "pairwise")
 """How a round shows its outputs (best of up to 4, or a pair): the one list for votes and rounds."""
 SOURCES = ("study", "user")
 """Where a vote's sample comes from: the study set, or a user's own Compare results."""
-FIELDS = ("rater_id", "ip_hash", "sample_id", "mode", "sample_source", "shown_order", "winner_method", "flags")
+FIELDS = ("rater_id", "ip_hash", "sample_id", "mode", "sample_source", "shown_order", "winner_method", "flags", "ts_utc")
 """The columns of a vote row the index keeps (as codes)."""
 
 
@@ -65,14 +65,19 @@ def _factorize(values: "Sequence[str] | Coded") -> tuple[np.ndarray, list[str]]:
     return coded.codes, coded.uniques
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+"""votes.Vote.row's ts_utc."""
+
+
 def cell_of(mode: str, sample_source: str) -> int:
     """The (mode, sample source) pair as one small int: the leaderboard's filters select cells."""
     return MODES.index(mode) * len(SOURCES) + SOURCES.index(sample_source)
 
 
 COLUMNS = {"rater": np.int32, "source": np.int32, "sample": np.int32, "cell": np.int8, "shown": np.int32,
-           "outcome": np.int8, "fast": np.bool_, "after": np.int32}
-"""Per vote: its codes, and `after`, the index of the same rater's previous vote (-1 for none)."""
+           "outcome": np.int8, "fast": np.bool_, "after": np.int32, "time": np.float64}
+"""Per vote: its codes, `after`, the index of the same rater's previous vote (-1 for none), and
+`time`, its UTC seconds (NaN if unreadable: the rate limits after a restart)."""
 
 
 class VoteIndex:
@@ -115,7 +120,7 @@ class VoteIndex:
         """Add votes given as the FIELDS columns (parallel sequences of strings, or Coded, rows
         already validated by the store's reader). Columnar: each distinct string is looked up once and
         the rest is numpy, so a million votes load in seconds."""
-        rater_id, ip, sample, mode, sample_source, order, winner, flags = columns
+        rater_id, ip, sample, mode, sample_source, order, winner, flags, stamps = columns
         n = len(rater_id)
         if not n:
             return
@@ -130,6 +135,8 @@ class VoteIndex:
         values["shown"] = np.array([self._order(o) for o in orders], np.int32)[order_codes]
         values["outcome"] = self._outcomes(values["shown"], winner, flags)
         values["fast"] = np.fromiter(("fast" in f and "fast" in f.split(";") for f in flags), bool, n)
+        when = pd.to_datetime(pd.Series(list(stamps), dtype=object), format=TIME_FORMAT, errors="coerce", utc=True)
+        values["time"] = np.where(when.isna(), np.nan, when.to_numpy("datetime64[us]").astype(np.int64) / 1e6)
         self._grow(n)
         values["after"] = self._chain(rater)
         for name, column in values.items():
@@ -246,6 +253,16 @@ class VoteIndex:
         col = {name: self.column(name)[keep] for name in ("shown", "outcome", "rater", "source", "fast")}
         return stats.Tally(list(self.shown), col["shown"], col["outcome"].astype(int), col["rater"], col["source"],
                            self.sources.names, col["fast"])
+
+    def since(self, start: float) -> list[tuple[str, str, float]]:
+        """(rater id, IP hash or "", UTC seconds) of the votes from `start` on, oldest first: what
+        the rate limits counted before a restart."""
+        times = self.column("time")
+        recent = np.flatnonzero(times >= start)
+        recent = recent[np.argsort(times[recent], kind="stable")]
+        raters, sources = self.column("rater"), self.column("source")
+        ip = [name[3:] if name.startswith("ip:") else "" for name in self.sources.names]
+        return [(self.raters.names[raters[i]], ip[sources[i]], float(times[i])) for i in recent]
 
     def pair_wins(self, cells: Iterable[int]) -> tuple[list[str], np.ndarray]:
         """(methods, wins[i, j] = comparisons i won over j, ties as halves) over the given cells,
