@@ -853,9 +853,10 @@ def make_server(max_side: int, study_dir: str | os.PathLike | None, votes_dir: s
             study_note += " " + study.DEMO_NOTE
     except HarmonyError as exc:
         study_set, study_note = None, f"No study set: {exc}"
+    store, limiter = study.open_store(votes_dir, leave_out_flagged), RateLimiter(rate_limits)
+    study.seed_rate_limits(store, limiter)  # the last day's votes: a restart resets no quota
     return Server(max_side, (gr.utils.get_upload_folder(), EXAMPLES), (study_dir,), allow_weight_changes, study_set,
-                  study_note, study.VoteStore(votes_dir), study.load_secret(votes_dir), RateLimiter(rate_limits),
-                  leave_out_flagged)
+                  study_note, store, study.load_secret(votes_dir), limiter, leave_out_flagged)
 
 
 def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.PathLike | None = None,
@@ -940,7 +941,6 @@ def main() -> None:
     loaded = serving.preload()  # ZeroGPU only: models on the CPU now, moved to the GPU inside each call
     if loaded:
         log.info("preloaded for ZeroGPU: %s", ", ".join(loaded))
-    study.start_hub_sync(votes_dir)  # only when $HARMONY_VOTES_DATASET is set; its thread pushes until exit
     queued(demo).launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft(), css=CSS)
 
 

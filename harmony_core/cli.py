@@ -422,6 +422,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_studio.add_arguments(p)
     p.set_defaults(func=bench_studio.run)
 
+    p = sub.add_parser("bench-study", help="the blind study at scale: a synthetic vote store, then start-up, a round, "
+                                           "a vote and the leaderboard against an empty store")
+    from harmony_core import bench_study
+
+    bench_study.add_arguments(p)
+    p.set_defaults(func=bench_study.run)
+
+    p = sub.add_parser("export-votes", help="the organiser's export: every shard's votes as one CSV and Parquet "
+                                            "(public columns, per-export pseudonyms) with a dataset card")
+    p.add_argument("--votes", required=True, help="the votes folder (every shard, and an older votes.csv)")
+    p.add_argument("--out", required=True, help="output folder (outside the votes folder)")
+    p.add_argument("--license", default="cc-by-4.0", help="the licence the dataset card states")
+    p.set_defaults(func=cmd_export_votes)
+
     p = sub.add_parser("device-check", help="every model-backed method on one GPU, all resident, each in the dtype it runs in, in one run")
     p.add_argument("--out", required=True, help="report folder: device_check.json + device_check.md")
     p.add_argument("--tiny", action="store_true", help="the same code path with tiny test models on the CPU")
@@ -500,6 +514,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed passed to every method")
     p.set_defaults(func=cmd_prepare_study)
     return parser
+
+
+def cmd_export_votes(args: argparse.Namespace) -> int:
+    from harmony_core.study import dataset
+
+    for kind, path in dataset.export(args.votes, args.out, args.license).items():
+        print(f"{kind}: {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,10 +7,11 @@ import os
 import signal
 import stat
 import threading
+from pathlib import Path
 
 import pytest
 
-from harmony_core.study import votes
+from harmony_core.study import hub, votes
 from harmony_core.study.votes import COLUMNS, DuplicateVote, Vote, VoteStore
 
 SHOWN = ["composite", "reinhard", "histogram", "poisson"]
@@ -22,9 +23,15 @@ def make_vote(rater: str, sample: str, mode: str = "best_of_n", choice: int | No
 
 
 def physical_lines(store: VoteStore) -> list[list[str]]:
-    text = store.path.read_text()
-    assert text.endswith("\n")
-    return list(csv.reader(text.splitlines()))
+    """The header, then every shard's rows (each shard starts with the header and ends with a newline)."""
+    lines = [list(COLUMNS)]
+    for path in votes.shards(store.folder):
+        text = path.read_text()
+        assert text.endswith("\n")
+        header, *rows = csv.reader(text.splitlines())
+        assert tuple(header) == COLUMNS
+        lines += rows
+    return lines
 
 
 def _worker(folder: str, worker: int, count: int, shared_wins) -> None:
@@ -91,20 +98,23 @@ def _crash_mid_write(folder: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     votes.os.write = half_then_die
-    VoteStore(folder).append(make_vote("crasher", "s-crash"))
+    store = VoteStore(folder)
+    Path(folder, "crasher-shard").write_text(store.path.name)
+    store.append(make_vote("crasher", "s-crash"))
 
 
 def test_a_crash_mid_write_loses_only_that_vote(tmp_path, caplog):
     store = VoteStore(tmp_path)
     for j in range(5):
         store.append(make_vote("r1", f"s{j}"))
-    before = store.path.read_bytes()
     child = mp.get_context("fork").Process(target=_crash_mid_write, args=(str(tmp_path),))
     child.start()
     child.join(timeout=60)
     assert child.exitcode == -signal.SIGKILL
-    torn = store.path.read_bytes()
-    assert torn.startswith(before) and not torn.endswith(b"\n")  # half a line really is there
+    crashed = tmp_path / (tmp_path / "crasher-shard").read_text()  # the crashed process's own shard
+    torn = crashed.read_bytes()
+    before = len(votes.HEADER)
+    assert torn.startswith(votes.HEADER) and not torn.endswith(b"\n")  # half a line really is there
     with caplog.at_level(logging.WARNING):
         assert len(VoteStore(tmp_path).rows()) == 5
     assert "torn last line" in caplog.text
@@ -112,7 +122,8 @@ def test_a_crash_mid_write_loses_only_that_vote(tmp_path, caplog):
     rows = VoteStore(tmp_path).rows()
     assert [r["rater_id"] for r in rows] == ["r1"] * 5 + ["r2"]
     assert all(len(line) == len(COLUMNS) for line in physical_lines(store))
-    assert store.torn_path.read_bytes() == torn[len(before):] + b"\n"  # kept for inspection, not lost
+    assert crashed.with_suffix(".torn").read_bytes() == torn[before:] + b"\n"  # kept for inspection, not lost
+    assert crashed.read_bytes() == votes.HEADER  # cut back to its last complete line
     store.append(make_vote("crasher", "s-crash"))  # the lost vote can be cast again
 
 
@@ -193,7 +204,7 @@ def test_vote_validation(tmp_path):
 
 def test_hub_sync_is_off_unless_configured(tmp_path, monkeypatch):
     monkeypatch.delenv("HARMONY_VOTES_DATASET", raising=False)
-    assert votes.start_hub_sync(tmp_path) is None
+    assert hub.start_hub_sync(VoteStore(tmp_path)) is None and hub.restore_shards(tmp_path) == []
 
 
 def test_oversized_fields_are_refused_and_hostile_lines_skipped(tmp_path, caplog):

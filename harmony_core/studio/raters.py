@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from harmony_core.errors import InputError
 
@@ -106,8 +106,9 @@ class _Windows:
 
 
 class RateLimiter:
-    """The limits of RateLimits, as sliding windows in this process's memory (a restart forgets
-    them, which only lets a visitor start afresh after the restart). Thread-safe."""
+    """The limits of RateLimits, as sliding windows in this process's memory. At start-up the app
+    counts the last day's stored votes in again (`seed_votes`); new ids and rounds without a vote
+    start afresh after a restart. Thread-safe."""
 
     def __init__(self, limits: RateLimits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
@@ -135,6 +136,15 @@ class RateLimiter:
         """Count one vote for every non-empty key, or raise RateLimited (counting none) when any
         key has used up a window."""
         self._take(self._votes, keys)
+
+    def seed_votes(self, votes: Iterable[tuple[str, str, float]], wall_now: float | None = None) -> None:
+        """Count votes recorded before this process started ((rater id, IP hash, UTC seconds),
+        oldest first) in the vote windows, so a restart resets nobody's quota."""
+        wall, now = time.time() if wall_now is None else wall_now, self.clock()
+        with self._lock:
+            for rater, ip, at in votes:
+                if wall - at < DAY:
+                    self._votes.count(tuple(k for k in (rater, ip) if k), now - (wall - at))
 
     def new_id(self, source: str) -> None:
         """Count one newly issued rater id for this source (IP hash), or raise RateLimited."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,11 +25,13 @@ from harmony_core.study.stats import PAIR_COLUMNS, SOURCE_COLUMNS, TABLE_COLUMNS
 from harmony_core.study.studyset import (
     LETTERS, MAX_SHOWN, Round, StudySample, StudySet, next_round, sample_id, user_round,
 )
-from harmony_core.study.votes import (  # noqa: F401 (load_secret, start_hub_sync: for the app)
-    DuplicateVote, Vote, VoteStore, anonymous_csv, ip_hash, load_secret, session_key, start_hub_sync,
+from harmony_core.study.hub import restore_shards, start_hub_sync
+from harmony_core.study.index import cell_of
+from harmony_core.study.votes import (  # noqa: F401 (load_secret: for the app)
+    MODES, SOURCES, DuplicateVote, Vote, VoteStore, anonymous_lines, ip_hash, load_secret, neutralize, session_key,
 )
 
-# LETTERS, MAX_SHOWN, PAIR_COLUMNS, TABLE_COLUMNS, StudySet, VoteStore, load_secret and start_hub_sync
+# LETTERS, MAX_SHOWN, PAIR_COLUMNS, TABLE_COLUMNS, StudySet, VoteStore and load_secret
 # are imported here for the app, which reaches harmony_core.study only through this module.
 CANT_DECIDE = "Can't decide"
 TIES = {"Both good": "both_good", "Both bad": "both_bad"}
@@ -177,11 +182,14 @@ def mode_of(mode_label: object) -> str:
 
 def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: str,
                 limiter: raters.RateLimiter | None = None, source: str | None = None, previous: RoundState | None = None) -> tuple[RoundState | None, RoundView]:
-    """The next round for this (verified) rater, or a thank-you when every sample has their vote.
+    """The next round for this (verified) rater, or a thank-you when every sample has their vote;
+    a pairwise round shows the least-compared pair not yet separated (studyset.next_round).
     The source (IP hash) is charged for the round until its vote; the session's previous round's
     files are removed (its images were served already)."""
     mode = mode_of(mode_label)
-    rnd = next_round(study, mode, store.voted_samples(rater_id, mode))
+    with store.locked_index() as index:
+        compared = index.pair_wins(cell_of(m, "study") for m in MODES)
+    rnd = next_round(study, mode, store.voted_samples(rater_id, mode), compared=compared)
     if rnd is None:
         return None, RoundView([None] * MAX_SHOWN, list(LETTERS),
                                f"Thank you: you have voted on all {len(study.samples)} images in this mode. "
@@ -293,17 +301,20 @@ def restyle_round(state: RoundState | None, zoom: bool, difference: bool, source
 
 def rater_vs_crowd(store: VoteStore, rater_id: str, after: int = CROWD_AFTER) -> str:
     """Markdown: after `after` votes, this rater's win share per method next to everyone's
-    (ties as half wins), so a rater sees where their taste differs; '' before that."""
-    votes = store.frame()
-    votes = votes[votes["sample_source"] == "study"]
-    mine = votes[votes["rater_id"] == rater_id]
-    if len(mine) < after:
-        return ""
-    own, crowd = stats.leaderboard(mine, n_boot=0).table, stats.leaderboard(votes, n_boot=0).table
-    shares = dict(zip(crowd["method"], crowd["win share %"]))
-    lines = [f"**Your picks against the crowd** ({len(mine)} of your votes, {len(votes)} in all; ties count half):",
+    (ties as half wins), so a rater sees where their taste differs; '' before that. Read from the
+    index: the rater's own votes and the crowd's running counts, never the whole store."""
+    study_cells = {cell_of(mode, "study") for mode in MODES}
+    with store.locked_index() as index:
+        cells = index.column("cell")
+        mine = [i for i in index.rater_votes(neutralize(rater_id)) if cells[i] in study_cells]
+        if len(mine) < after:
+            return ""
+        own = index.tally(votes=mine)
+        shares, total = index.shares(study_cells)
+    table = stats.win_shares(own)
+    lines = [f"**Your picks against the crowd** ({len(mine)} of your votes, {total} in all; ties count half):",
              "", "| method | your win share | everyone's |", "|---|---|---|"]
-    lines += [f"| {m} | {a:.0f}% | {shares.get(m, float('nan')):.0f}% |" for m, a in zip(own["method"], own["win share %"])]
+    lines += [f"| {m} | {a:.0f}% | {shares.get(m, float('nan')):.0f}% |" for m, a in zip(table["method"], table["win share %"])]
     return "\n".join(lines)
 
 
@@ -335,35 +346,138 @@ def heatmap(methods: list[str], rates: np.ndarray) -> Figure:
 
 def export_csv(store: VoteStore) -> Path:
     """The public votes CSV (votes.anonymous_csv: per-export pseudonyms, no rater id, no session,
-    no IP hash) in a fresh scratch folder, written only when a visitor asks for it. The organiser's
-    full file stays on the server."""
+    no IP hash) of every shard, in a fresh scratch folder, written only when a visitor asks for it
+    and streamed a shard at a time. The organiser's full files stay on the server."""
     folder = scratch_folder("votes-")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"votes-{stamp}.csv"
-    path.write_bytes(anonymous_csv(store.rows()))
+    with open(path, "wb") as handle:
+        handle.writelines(anonymous_lines(store.iter_rows()))
     return path
 
 
-def _filtered(store: VoteStore, mode_filter: str, source_filter: str, leave_out_flagged: bool = False) -> tuple[pd.DataFrame, int, int]:
-    """(the votes the filters keep, the number of votes in all, the flagged sources left out)."""
-    every = votes = store.frame()
-    for column, value in (("mode", MODE_FILTERS.get(mode_filter)), ("sample_source", SOURCE_FILTERS.get(source_filter))):
-        if value is not None:
-            votes = votes[votes[column] == value]
-    left_out = 0
-    if leave_out_flagged:
-        votes, left_out = stats.without_flagged(votes)
-    return votes, len(every), left_out
+REFRESH_VOTES = 1000
+REFRESH_SECONDS = 60.0
+"""A cached board is recomputed (in the background) once this many votes arrived or this many
+seconds passed since its estimate, whichever comes first."""
+SYNC_UP_TO = 20_000
+"""Up to this many stored votes a board is recomputed whenever a vote arrived (tens of ms), so a
+small study always shows its latest vote; above, the cached estimate is served."""
+
+
+@dataclass
+class Estimate:
+    value: object
+    votes: int
+    """Votes in the store when it was computed."""
+    at: datetime
+
+
+class Boards:
+    """The Leaderboard tab's numbers per filter, cached: a request reads the latest estimate and
+    at most starts its recomputation in a background thread, so no request waits on a bootstrap
+    over a large store (only the very first request of a filter computes in place)."""
+
+    def __init__(self, store: VoteStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._cache: dict[tuple, Estimate] = {}
+        self._running: set[tuple] = set()
+
+    def get(self, key: tuple) -> Estimate:
+        total = self.store.refresh()
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is None or (cached.votes != total and total <= SYNC_UP_TO):
+            return self._compute(key)
+        age = (datetime.now(timezone.utc) - cached.at).total_seconds()
+        if cached.votes != total and (total - cached.votes >= REFRESH_VOTES or age >= REFRESH_SECONDS):
+            self.refresh_later(key)
+        return cached
+
+    def refresh_later(self, key: tuple) -> None:
+        """Recompute in a background thread (one per key at a time)."""
+        with self._lock:
+            if key in self._running:
+                return
+            self._running.add(key)
+        threading.Thread(target=self._compute, args=(key,), daemon=True, name=f"board-{key}").start()
+
+    def _compute(self, key: tuple) -> Estimate:
+        try:
+            kind, cells, leave_out = key
+            with self.store.locked_index() as index:
+                tally, total = index.tally(cells), len(index)
+            if kind == "sources":
+                value: object = stats.source_table_of(tally)
+            else:
+                left_out = 0
+                if leave_out:
+                    tally, left_out = stats.without_flagged_of(tally)
+                result = stats.leaderboard_of(tally)
+                value = (result, left_out, heatmap(result.methods, result.rates) if result.methods else None)
+            estimate = Estimate(value, total, datetime.now(timezone.utc))
+            with self._lock:
+                if key not in self._cache or self._cache[key].votes <= total:
+                    self._cache[key] = estimate
+            return estimate
+        finally:
+            with self._lock:
+                self._running.discard(key)
+
+
+_BOARDS: "weakref.WeakKeyDictionary[VoteStore, Boards]" = weakref.WeakKeyDictionary()
+_BOARDS_LOCK = threading.Lock()
+
+
+def boards(store: VoteStore) -> Boards:
+    """The store's board cache (one per store)."""
+    with _BOARDS_LOCK:
+        if store not in _BOARDS:
+            _BOARDS[store] = Boards(store)
+        return _BOARDS[store]
+
+
+def _key(kind: str, mode_filter: str, source_filter: str, leave_out_flagged: bool = False) -> tuple:
+    """A cache key from the filters' labels (an unknown label means all, as before: the key space
+    stays bounded whatever a client sends)."""
+    mode, source = MODE_FILTERS.get(mode_filter), SOURCE_FILTERS.get(source_filter)
+    cells = tuple(sorted(cell_of(m, s) for m in ([mode] if mode else MODES) for s in ([source] if source else SOURCES)))
+    return kind, cells, bool(leave_out_flagged) and kind == "board"
+
+
+def open_store(folder: str | os.PathLike, leave_out_flagged: bool = False) -> VoteStore:
+    """The app's vote store, ready before the first request: the Hub dataset's shards restored
+    (when $HARMONY_VOTES_DATASET is set), every shard indexed, this process's shard pushed from now
+    on, and the default board computing in the background."""
+    restore_shards(folder)
+    store = VoteStore(folder)
+    store.refresh()
+    start_hub_sync(store)  # its thread pushes until exit
+    warm_board(store, leave_out_flagged)
+    return store
+
+
+def seed_rate_limits(store: VoteStore, limiter: raters.RateLimiter) -> None:
+    """Count the last day's stored votes in the limiter (at start-up: a restart resets no quota)."""
+    with store.locked_index() as index:
+        recent = index.since(time.time() - raters.DAY)
+    limiter.seed_votes(recent)
+
+
+def warm_board(store: VoteStore, leave_out_flagged: bool = False) -> None:
+    """Start computing the default board in the background (at start-up, before the first visitor)."""
+    boards(store).refresh_later(_key("board", "All votes", "Study set", leave_out_flagged))
 
 
 def board(store: VoteStore, mode_filter: str = "All votes", source_filter: str = "Study set",
           leave_out_flagged: bool = False) -> tuple[str, stats.Leaderboard, Figure | None]:
     """(headline Markdown, the statistics, the heatmap) for the chosen votes; leave_out_flagged:
     the organiser's choice to count no vote of a flagged source (stats.source_table)."""
-    votes, total, left_out = _filtered(store, mode_filter, source_filter, leave_out_flagged)
-    result = stats.leaderboard(votes)
+    estimate = boards(store).get(_key("board", mode_filter, source_filter, leave_out_flagged))
+    result, left_out, figure = estimate.value
     if not result.methods:
-        note = "No votes match these filters yet." if total else "No votes yet: vote in the **Blind study** tab."
+        note = "No votes match these filters yet." if estimate.votes else "No votes yet: vote in the **Blind study** tab."
         return note, result, None
     lines = [result.headline,
              f"{result.votes} vote(s) from {result.sources} source(s) ({result.raters} rater id(s)); a source is one "
@@ -375,18 +489,20 @@ def board(store: VoteStore, mode_filter: str = "All votes", source_filter: str =
              "<details><summary>details</summary>\n\nThe score (BT score) is a Bradley-Terry log-strength (mean 0), "
              "fitted to every comparison the votes imply; its range (BT 95% CI) is a 95% bootstrap interval over "
              "sources (the fit repeated on sources drawn again with replacement). Win share has a Wilson 95% interval."
-             "\n\n</details>"]
+             "\n\n</details>",
+             f"*Estimate of {estimate.at:%Y-%m-%d %H:%M:%S} UTC* (from the {estimate.votes} votes stored then; "
+             f"recomputed after {REFRESH_VOTES} more votes or {REFRESH_SECONDS:.0f} s)."]
     if left_out:
         lines.append(f"{left_out} flagged source(s) left out (see *Sources*).")
-    return "\n\n".join(lines), result, heatmap(result.methods, result.rates)
+    return "\n\n".join(lines), result, figure
 
 
 def pair_board(store: VoteStore, mode_filter: str = "All votes", source_filter: str = "Study set",
                leave_out_flagged: bool = False) -> pd.DataFrame:
     """Per pair of methods: comparisons, win rate, and how many more votes would separate them."""
-    return stats.leaderboard(_filtered(store, mode_filter, source_filter, leave_out_flagged)[0], n_boot=0).pairs
+    return boards(store).get(_key("board", mode_filter, source_filter, leave_out_flagged)).value[0].pairs
 
 
 def sources_board(store: VoteStore, mode_filter: str = "All votes", source_filter: str = "Study set") -> pd.DataFrame:
     """The organiser's Sources table for the chosen votes (every source, flagged ones included)."""
-    return stats.source_table(_filtered(store, mode_filter, source_filter)[0])
+    return boards(store).get(_key("sources", mode_filter, source_filter)).value

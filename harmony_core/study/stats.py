@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from scipy import stats as sps
 
 Z95 = 1.959963984540054
@@ -73,18 +74,8 @@ def decided(votes: pd.DataFrame) -> pd.DataFrame:
     return votes[votes["winner_method"].astype(str) != ""]
 
 
-def judged(votes: pd.DataFrame) -> pd.DataFrame:
-    """Votes with a winner or a tie: every vote that says something about the methods."""
-    return votes[(votes["winner_method"].astype(str) != "") | (ties_of(votes) != "")]
-
-
 def shown_lists(votes: pd.DataFrame) -> list[list[str]]:
     return [str(s).split(";") for s in votes["shown_order"]]
-
-
-def methods_of(votes: pd.DataFrame) -> list[str]:
-    """Every method shown in any vote, sorted."""
-    return sorted({m for shown in shown_lists(votes) for m in shown})
 
 
 def sources_of(votes: pd.DataFrame) -> pd.Series:
@@ -128,19 +119,27 @@ def bradley_terry(wins: np.ndarray, prior: float = 0.1, iterations: int = 10_000
     `prior` pseudo-wins each way on every pair keep a method that never won finite and join
     methods never compared directly; with a few hundred votes its pull is negligible.
     """
-    k = wins.shape[0]
+    return bradley_terry_many(wins[None], prior, iterations, tol)[0]
+
+
+def bradley_terry_many(wins: np.ndarray, prior: float = 0.1, iterations: int = 10_000, tol: float = 1e-10) -> np.ndarray:
+    """`bradley_terry` of a stack of win matrices (B x k x k) at once: the bootstrap's hundreds of
+    fits in one vectorized loop; each fit stops (is frozen) as soon as it converges on its own."""
+    k = wins.shape[-1]
     w = wins + prior * (1 - np.eye(k))
-    games = w + w.T
-    total_wins = w.sum(axis=1)
-    p = np.ones(k)
+    games = w + np.swapaxes(w, 1, 2)
+    total_wins = w.sum(axis=2)
+    p = np.ones(wins.shape[:2])
+    active = np.ones(len(wins), bool)
     for _ in range(iterations):
-        denom = (games / (p[:, None] + p[None, :])).sum(axis=1)
+        denom = (games / (p[:, :, None] + p[:, None, :])).sum(axis=2)
         new = total_wins / denom
-        new /= np.exp(np.log(new).mean())
-        if np.max(np.abs(np.log(new) - np.log(p))) < tol:
-            p = new
+        new /= np.exp(np.log(new).mean(axis=1, keepdims=True))
+        moved = np.max(np.abs(np.log(new) - np.log(p)), axis=1)
+        p = np.where(active[:, None], new, p)
+        active &= moved >= tol
+        if not active.any():
             break
-        p = new
     return np.log(p)
 
 
@@ -150,15 +149,35 @@ def bootstrap_bradley_terry(pairs: pd.DataFrame, methods: list[str], n_boot: int
     was recorded), not votes: the votes of one source are correlated (one person, however many
     rater ids), so resampling votes or ids would understate the uncertainty."""
     cluster = "source" if "source" in pairs.columns else "rater_id"
-    raters = sorted(pairs[cluster].unique())
-    if len(raters) == 0 or n_boot == 0:
-        return np.full(len(methods), np.nan), np.full(len(methods), np.nan)
-    per_rater = np.stack([win_matrix(pairs[pairs[cluster] == r], methods) for r in raters])
+    index = {m: i for i, m in enumerate(methods)}
+    names, group = np.unique(pairs[cluster].astype(str).to_numpy(), return_inverse=True)
+    per_cluster = np.zeros((len(names), len(methods), len(methods)))
+    weights = pairs["weight"].to_numpy(float) if "weight" in pairs.columns else np.ones(len(pairs))
+    np.add.at(per_cluster, (group, pairs["winner"].map(index).to_numpy(int), pairs["loser"].map(index).to_numpy(int)),
+              weights)
+    return bootstrap_scores(per_cluster, n_boot, seed, level)
+
+
+BOOT_BATCH = 64
+"""Resamples fitted together: bounds the (batch x clusters) weight matrix at a million votes."""
+
+
+def bootstrap_scores(per_cluster: np.ndarray, n_boot: int = 500, seed: int = 0,
+                     level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of the Bradley-Terry scores from per-cluster win matrices (G x k x k,
+    clusters in a fixed order): each resample draws G clusters with replacement and sums their
+    matrices, as one matrix product per batch, so the cost is linear in the clusters, not votes."""
+    g, k = per_cluster.shape[0], per_cluster.shape[-1]
+    if g == 0 or n_boot == 0:
+        return np.full(k, np.nan), np.full(k, np.nan)
     rng = np.random.default_rng(seed)
-    draws = np.empty((n_boot, len(methods)))
-    for b in range(n_boot):
-        counts = np.bincount(rng.integers(0, len(raters), len(raters)), minlength=len(raters))
-        draws[b] = bradley_terry(np.tensordot(counts, per_rater, axes=1))
+    flat = per_cluster.reshape(g, k * k).astype(np.float32)  # whole and half wins: exact below 2**23
+    draws = np.empty((n_boot, k))
+    for start in range(0, n_boot, BOOT_BATCH):
+        size = min(BOOT_BATCH, n_boot - start)
+        picks = rng.integers(0, g, (size, g)) + g * np.arange(size)[:, None]  # one resample of clusters per row
+        counts = np.bincount(picks.ravel(), minlength=size * g).reshape(size, g).astype(np.float32)
+        draws[start:start + size] = bradley_terry_many((counts @ flat).astype(float).reshape(size, k, k))
     alpha = (1 - level) / 2
     return np.quantile(draws, alpha, axis=0), np.quantile(draws, 1 - alpha, axis=0)
 
@@ -236,18 +255,6 @@ def pair_table(methods: list[str], wins: np.ndarray, sources: np.ndarray | None 
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
 
-def pair_sources(pairs: pd.DataFrame, methods: list[str]) -> np.ndarray:
-    """count[i, j]: distinct sources behind the comparisons of methods i and j (either way)."""
-    index = {m: k for k, m in enumerate(methods)}
-    count = np.zeros((len(methods), len(methods)))
-    if len(pairs):
-        a, b = pairs["winner"].map(index).to_numpy(int), pairs["loser"].map(index).to_numpy(int)
-        keyed = pd.DataFrame({"i": np.minimum(a, b), "j": np.maximum(a, b), "source": pairs["source"].to_numpy()})
-        for (i, j), n in keyed.groupby(["i", "j"])["source"].nunique().items():
-            count[i, j] = count[j, i] = n
-    return count
-
-
 @dataclass
 class Leaderboard:
     table: pd.DataFrame
@@ -263,31 +270,166 @@ class Leaderboard:
     """Distinct sources (IP hashes; rater ids where none was recorded) behind the votes."""
 
 
+TABLE_COLUMNS = ["method", "shown", "wins", "win share %", "Wilson 95% CI %", "chance %", "BT score", "BT 95% CI",
+                 "rank", "badge"]
+
+# --- votes reduced to integer codes -----------------------------------------------------------
+
+TIE_GOOD, TIE_BAD, UNDECIDED = 4, 5, 6
+OUTCOMES = 7
+"""A vote's outcome code: 0-3 the chosen position in the shown order, a tie of either kind, or
+"can't decide". With the code of its shown order it says everything the statistics use."""
+
+
+@dataclass
+class Tally:
+    """Votes as parallel integer arrays (no row objects), so a million of them fit in a few tens
+    of MB and every statistic is a handful of vectorized passes. Codes index `shown` (the shown
+    orders, as method lists) and `source_names`; rater codes only need to be distinct."""
+
+    shown: list[list[str]]
+    code: np.ndarray
+    outcome: np.ndarray
+    rater: np.ndarray
+    source: np.ndarray
+    source_names: list[str]
+    fast: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.code)
+
+    def subset(self, keep: np.ndarray) -> "Tally":
+        return Tally(self.shown, self.code[keep], self.outcome[keep], self.rater[keep], self.source[keep],
+                     self.source_names, self.fast[keep])
+
+
+def outcome_code(shown: list[str], winner: str, flags: object) -> int:
+    """The outcome code of a vote row (its winner's position, else its tie kind, else undecided)."""
+    if winner and winner in shown:
+        return shown.index(winner)
+    tie = tie_kind(flags)
+    return TIE_GOOD if tie == "both_good" else TIE_BAD if tie == "both_bad" else UNDECIDED
+
+
+def tally_of(votes: pd.DataFrame) -> Tally:
+    """A votes frame (the store's columns; ip_hash and flags optional) as a Tally."""
+    code, orders = pd.factorize(votes["shown_order"].astype(str)) if len(votes) else (np.zeros(0, int), [])
+    shown = [str(o).split(";") for o in orders]
+    flags = votes["flags"] if "flags" in votes.columns else pd.Series("", index=votes.index)
+    outcome = np.array([outcome_code(shown[c], str(w), f) for c, w, f in zip(code, votes["winner_method"], flags)], int)
+    source, names = pd.factorize(sources_of(votes)) if len(votes) else (np.zeros(0, int), [])
+    rater = pd.factorize(votes["rater_id"].astype(str))[0] if len(votes) else np.zeros(0, int)
+    fast = np.array(["fast" in str(f).split(";") for f in flags], bool)
+    return Tally(shown, np.asarray(code), outcome, np.asarray(rater), np.asarray(source), list(names), fast)
+
+
+@dataclass
+class _Reduced:
+    """A Tally summed per (shown order, outcome): what every point estimate is computed from."""
+
+    methods: list[str]
+    members: list[list[int]]
+    """Per local code: the shown methods as indices into `methods`."""
+    inverse: np.ndarray
+    """Per vote: its local code."""
+    counts: np.ndarray
+    """Votes per (local code, outcome)."""
+    contrib: np.ndarray
+    """Per (local code, outcome): the k x k comparisons one such vote implies."""
+
+
+def _reduce(t: Tally) -> _Reduced:
+    codes, inverse = np.unique(t.code, return_inverse=True)
+    methods = sorted({m for c in codes for m in t.shown[c]})
+    index = {m: i for i, m in enumerate(methods)}
+    members = [[index[m] for m in t.shown[c]] for c in codes]
+    k = len(methods)
+    contrib = np.zeros((len(codes), OUTCOMES, k, k))
+    for c, shown in enumerate(members):
+        for o, winner in enumerate(shown[:TIE_GOOD]):
+            for loser in shown:
+                if loser != winner:
+                    contrib[c, o, winner, loser] += 1.0
+        for a in shown:
+            for b in shown:
+                if a != b:
+                    contrib[c, TIE_GOOD:UNDECIDED, a, b] += 0.5
+    counts = np.bincount(inverse * OUTCOMES + t.outcome, minlength=len(codes) * OUTCOMES).reshape(-1, OUTCOMES)
+    return _Reduced(methods, members, inverse.ravel(), counts, contrib)
+
+
+def _per_cluster(t: Tally, r: _Reduced) -> np.ndarray:
+    """Per source with a judged vote (sorted by name, the bootstrap's fixed order): its k x k win
+    matrix, one sparse-times-dense product over the votes (linear in them)."""
+    judged = t.outcome != UNDECIDED
+    present, group = np.unique(t.source[judged], return_inverse=True)
+    k = len(r.methods)
+    if not len(present):
+        return np.zeros((0, k, k))
+    names = np.array([t.source_names[s] for s in present])
+    rank = np.empty(len(present), int)
+    rank[np.argsort(names, kind="stable")] = np.arange(len(present))
+    key = r.inverse[judged] * OUTCOMES + t.outcome[judged]
+    votes = sparse.coo_matrix((np.ones(len(key)), (rank[group.ravel()], key)),
+                              shape=(len(present), r.counts.size)).tocsr()
+    return np.asarray(votes @ r.contrib.reshape(r.counts.size, k * k)).reshape(len(present), k, k)
+
+
+def _points(r: _Reduced) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(which code shows which method, votes that showed each method, its wins with ties as
+    halves, the wins chance would give it), all over the judged votes, from the counts alone."""
+    k = len(r.methods)
+    member = np.zeros((len(r.members), k), int)
+    winner_of = np.zeros((len(r.members), OUTCOMES, k))
+    for c, shown in enumerate(r.members):
+        member[c, shown] = 1
+        for o, winner in enumerate(shown[:TIE_GOOD]):
+            winner_of[c, o, winner] = 1.0
+        winner_of[c, TIE_GOOD:UNDECIDED] = 0.5 * member[c]
+    size = np.array([len(s) for s in r.members], float)
+    judged_counts = r.counts[:, :UNDECIDED].sum(axis=1)
+    return (member, judged_counts @ member, np.einsum("co,cok->k", r.counts, winner_of),
+            (judged_counts / size) @ member)
+
+
+def win_shares(t: Tally) -> pd.DataFrame:
+    """(method, win share %) with ties as half wins, best Bradley-Terry score first (the order of
+    the leaderboard's table): a rater's own picks, without the intervals and tests."""
+    r = _reduce(t)
+    _, appearances, wins_total, _ = _points(r)
+    score = bradley_terry(np.einsum("co,comn->mn", r.counts, r.contrib))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.round(100 * np.where(appearances > 0, wins_total / np.maximum(appearances, 1), np.nan), 1)
+    table = pd.DataFrame({"method": r.methods, "win share %": share, "score": np.round(score, 3)})
+    return table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+
 def leaderboard(votes: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> Leaderboard:
     """Everything the Leaderboard tab shows, from the raw votes."""
-    methods = methods_of(votes)
-    raters = votes["rater_id"].nunique()
+    return leaderboard_of(tally_of(votes), n_boot, seed)
+
+
+def leaderboard_of(t: Tally, n_boot: int = 500, seed: int = 0) -> Leaderboard:
+    """Everything the Leaderboard tab shows, from a Tally: point estimates from the per-(shown
+    order, outcome) counts, intervals from the per-source matrices."""
+    r = _reduce(t)
+    methods, k = r.methods, len(r.methods)
     if not methods:
         empty = pd.DataFrame(columns=TABLE_COLUMNS)
         return Leaderboard(empty, [], np.zeros((0, 0)), "No votes yet.", 0, 0)
-    sources = int(sources_of(votes).nunique())
-    chosen, tied = judged(votes), votes[ties_of(votes) != ""]
-    shown = shown_lists(chosen)
-    appearances = np.array([sum(m in s for s in shown) for m in methods])
-    tie_shown = [str(s).split(";") for s in tied["shown_order"]]
-    wins_total = np.array([(chosen["winner_method"] == m).sum() + 0.5 * sum(m in s for s in tie_shown) for m in methods])
-    expected = np.array([sum(1 / len(s) for s in shown if m in s) for m in methods])
+    member, appearances, wins_total, expected = _points(r)
+    sources = len(np.unique(t.source))
     lo, hi = wilson_interval(wins_total, appearances)
-    pairs = comparisons(votes)
-    wins = win_matrix(pairs, methods)
+    wins = np.einsum("co,comn->mn", r.counts, r.contrib)
     score = bradley_terry(wins)
+    per_cluster = _per_cluster(t, r)
     if sources >= MIN_SOURCES:
-        bt_lo, bt_hi = bootstrap_bradley_terry(pairs, methods, n_boot, seed)
+        bt_lo, bt_hi = bootstrap_scores(per_cluster, n_boot, seed)
         intervals = [f"{a:.2f} – {b:.2f}" if np.isfinite(a) else "" for a, b in zip(bt_lo, bt_hi)]
         ranks = rank_ranges(bt_lo, bt_hi)
     else:  # a bootstrap over fewer sources has (near) zero width: it would fake certainty
-        intervals = [f"needs {MIN_SOURCES} sources"] * len(methods)
-        ranks = [f"1-{len(methods)}" if len(methods) > 1 else "1"] * len(methods)
+        intervals = [f"needs {MIN_SOURCES} sources"] * k
+        ranks = [f"1-{k}" if k > 1 else "1"] * k
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(appearances > 0, wins_total / np.maximum(appearances, 1), np.nan)
     table = pd.DataFrame({
@@ -302,13 +444,10 @@ def leaderboard(votes: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> Leader
         "rank": ranks,
         "badge": ["provisional" if n < PROVISIONAL_BELOW or sources < MIN_SOURCES else "" for n in appearances],
     }).sort_values("BT score", ascending=False, kind="stable").reset_index(drop=True)
-    headline = _headline(votes, methods, wins_total, appearances, expected)
-    return Leaderboard(table, methods, win_rates(wins), headline, len(votes), raters,
-                       pair_table(methods, wins, pair_sources(pairs, methods)), sources)
-
-
-TABLE_COLUMNS = ["method", "shown", "wins", "win share %", "Wilson 95% CI %", "chance %", "BT score", "BT 95% CI",
-                 "rank", "badge"]
+    headline = _headline(t, r, member, wins_total, appearances, expected)
+    pair_count = ((per_cluster + np.swapaxes(per_cluster, 1, 2)) > 0).sum(axis=0)
+    return Leaderboard(table, methods, win_rates(wins), headline, len(t), len(np.unique(t.rater)),
+                       pair_table(methods, wins, pair_count), sources)
 
 
 def cluster_test(excess: np.ndarray) -> float:
@@ -323,23 +462,23 @@ def cluster_test(excess: np.ndarray) -> float:
     return float(2 * sps.t.sf(abs(t), g - 1))
 
 
-def design_effect(votes: pd.DataFrame) -> float:
-    """The worst-case design effect of clustered votes (every vote of a source alike): the
-    vote-weighted mean number of votes per source. Dividing a chi-square by it is the first-order
-    Rao-Scott correction under that worst case."""
-    sizes = sources_of(votes).value_counts().to_numpy(float)
+def design_effect(cluster_sizes: np.ndarray) -> float:
+    """The worst-case design effect of clustered votes (every vote of a source alike) from the
+    votes per source: the vote-weighted mean number of votes per source. Dividing a chi-square by
+    it is the first-order Rao-Scott correction under that worst case."""
+    sizes = np.asarray(cluster_sizes, float)
     return float((sizes ** 2).sum() / sizes.sum()) if sizes.sum() else 1.0
 
 
-def _headline(votes: pd.DataFrame, methods: list[str], wins: np.ndarray, shown: np.ndarray, expected: np.ndarray) -> str:
+def _headline(t: Tally, r: _Reduced, member: np.ndarray, wins: np.ndarray, shown: np.ndarray,
+              expected: np.ndarray) -> str:
     """'X% of the N votes that showed Y preferred it' for the most-chosen method (ties as half
     wins; N and X are its row of the table), the sources and rater ids behind them, a test over
     sources (not votes) of its outright decisions, and the ties and "can't decide" counted."""
-    kinds = ties_of(votes)
-    undecided = int(((votes["winner_method"].astype(str) == "") & (kinds == "")).sum())
+    undecided = int((t.outcome == UNDECIDED).sum())
+    good, bad = int((t.outcome == TIE_GOOD).sum()), int((t.outcome == TIE_BAD).sum())
     tail = ""
-    if (kinds != "").any():
-        good, bad = int((kinds == "both_good").sum()), int((kinds == "both_bad").sum())
+    if good + bad:
         tail += f" {good + bad} tie(s), counted as half a win each: {good} \"both good\", {bad} \"both bad\"."
     if undecided:
         tail += f" ({undecided} more were \"can't decide\".)"
@@ -348,26 +487,30 @@ def _headline(votes: pd.DataFrame, methods: list[str], wins: np.ndarray, shown: 
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(shown > 0, wins / np.maximum(shown, 1), -1)
     best = int(np.argmax(share))
-    name, n = methods[best], int(shown[best])
-    chosen = judged(votes)
-    showing = chosen[[name in s for s in shown_lists(chosen)]]
-    raters, sources = showing["rater_id"].nunique(), sources_of(showing).nunique()
+    name, n = r.methods[best], int(shown[best])
+    judged = t.outcome != UNDECIDED
+    showing = judged & (member[r.inverse, best] > 0)
+    raters, sources = len(np.unique(t.rater[showing])), len(np.unique(t.source[showing]))
     text = (
         f"**{100 * wins[best] / n:.0f}% of the {n} votes that showed {name} preferred it** "
         f"(chance: {100 * expected[best] / n:.0f}%), from {sources} source{'s' if sources != 1 else ''} "
         f"({raters} rater id{'s' if raters != 1 else ''})"
     )
-    outright = decided(showing)
-    if len(outright):
-        excess = pd.Series((outright["winner_method"] == name).to_numpy(float)
-                           - np.array([1 / len(s) for s in shown_lists(outright)]), index=outright.index)
-        p = cluster_test(excess.groupby(sources_of(outright)).sum().to_numpy())
+    outright = showing & (t.outcome < TIE_GOOD)
+    if outright.any():
+        picked = np.array([[o < len(s) and s[o] == best for o in range(OUTCOMES)] for s in r.members], float)
+        size = np.array([len(s) for s in r.members], float)
+        codes = r.inverse[outright]
+        excess = picked[codes, t.outcome[outright]] - 1 / size[codes]
+        group = np.unique(t.source[outright], return_inverse=True)[1].ravel()
+        p = cluster_test(np.bincount(group, weights=excess))
         text += (f"; a test over sources: p = {p:.2g}" if np.isfinite(p) else
                  f"; too few sources for a test (at least {MIN_SOURCES})")
     text += "."
     compared = shown > 0
-    if compared.sum() >= 2 and sources_of(chosen).nunique() >= MIN_SOURCES:
-        chi = sps.chisquare(wins[compared], expected[compared]).statistic / design_effect(chosen)
+    cluster_sizes = np.unique(t.source[judged], return_counts=True)[1]
+    if compared.sum() >= 2 and len(cluster_sizes) >= MIN_SOURCES:
+        chi = sps.chisquare(wins[compared], expected[compared]).statistic / design_effect(cluster_sizes)
         text += f" All methods equally preferred? Chi-square p (votes clustered by source) = {sps.chi2.sf(chi, compared.sum() - 1):.2g}."
     return text + tail
 
@@ -385,27 +528,47 @@ images shown, honest picks of the same method 9 times in 10 are rare."""
 
 
 def source_table(votes: pd.DataFrame) -> pd.DataFrame:
-    """The organiser's view of who voted: per source (shown as a short hash of the IP hash), its
-    rater ids, votes, fast votes, most-picked method and share, and why it is flagged (if it is)."""
-    if votes.empty:
+    """The organiser's view of who voted (see source_table_of), from a votes frame."""
+    return source_table_of(tally_of(votes))
+
+
+def source_table_of(t: Tally) -> pd.DataFrame:
+    """Per source (shown as a short hash of the IP hash, first voter first, then most votes
+    first): its rater ids, votes, fast votes, most-picked method and share, and why it is flagged
+    (if it is). Vectorized group counts: linear in the votes."""
+    if not len(t):
         return pd.DataFrame(columns=SOURCE_COLUMNS)
-    votes = votes.assign(source=sources_of(votes), fast=votes.get("flags", pd.Series("", index=votes.index))
-                         .astype(str).str.split(";").map(lambda f: "fast" in f))
+    present, first, group = np.unique(t.source, return_index=True, return_inverse=True)
+    group = group.ravel()
+    r, g = _reduce(t), len(present)
+    votes = np.bincount(group, minlength=g)
+    fast = np.bincount(group, weights=t.fast, minlength=g).astype(int)
+    pairs = np.unique(group.astype(np.int64) * (int(t.rater.max()) + 1) + t.rater)
+    ids = np.bincount(pairs // (int(t.rater.max()) + 1), minlength=g)
+    winner = np.full((len(r.members), OUTCOMES), -1)
+    for c, shown in enumerate(r.members):
+        winner[c, :min(len(shown), TIE_GOOD)] = shown[:TIE_GOOD]
+    won = winner[r.inverse, t.outcome]
+    k, decided = len(r.methods), won >= 0
+    key = group[decided].astype(np.int64) * k + won[decided]
+    picks = np.bincount(key, minlength=g * k).reshape(g, k)
+    seen = np.full(g * k, len(t))
+    keys, at = np.unique(key, return_index=True)
+    seen[keys] = np.flatnonzero(decided)[at]
+    top = np.argmax(picks * (len(t) + 1) + (len(t) - seen.reshape(g, k)), axis=1)  # ties: the first picked
+    picked = picks.sum(axis=1)
+    top_share = np.where(picked > 0, picks[np.arange(g), top] / np.maximum(picked, 1), 0.0)
     rows = []
-    for source, group in votes.groupby("source", sort=False):
-        picks = group["winner_method"].astype(str)
-        picks = picks[picks != ""]
-        top = picks.value_counts()
-        top_name, top_share = (top.index[0], top.iloc[0] / len(picks)) if len(picks) else ("", 0.0)
-        ids, n, fast = group["rater_id"].nunique(), len(group), int(group["fast"].sum())
+    for s in np.argsort(first, kind="stable"):
         flags = []
-        if ids > MANY_IDS:
-            flags.append(f"{ids} rater ids")
-        if n >= FLAG_MIN_VOTES and fast > FAST_SHARE * n:
+        if ids[s] > MANY_IDS:
+            flags.append(f"{ids[s]} rater ids")
+        if votes[s] >= FLAG_MIN_VOTES and fast[s] > FAST_SHARE * votes[s]:
             flags.append("mostly fast votes")
-        if len(picks) >= FLAG_MIN_VOTES and top_share > ONE_SIDED_SHARE:
+        if picked[s] >= FLAG_MIN_VOTES and top_share[s] > ONE_SIDED_SHARE:
             flags.append("one-sided picks")
-        rows.append([source_label(source), ids, n, fast, top_name, round(100 * top_share, 1), ", ".join(flags)])
+        rows.append([source_label(t.source_names[present[s]]), int(ids[s]), int(votes[s]), int(fast[s]),
+                     r.methods[top[s]] if picked[s] else "", round(100 * float(top_share[s]), 1), ", ".join(flags)])
     table = pd.DataFrame(rows, columns=SOURCE_COLUMNS)
     return table.sort_values("votes", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -423,3 +586,14 @@ def without_flagged(votes: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         return votes, 0
     keep = ~sources_of(votes).map(source_label).isin(flagged)
     return votes[keep], len(flagged)
+
+
+def without_flagged_of(t: Tally) -> tuple[Tally, int]:
+    """(the votes of unflagged sources, the number of sources left out), for a Tally."""
+    table = source_table_of(t)
+    flagged = set(table.loc[table["flags"] != "", "source"])
+    if not flagged:
+        return t, 0
+    present, group = np.unique(t.source, return_inverse=True)
+    out = np.array([source_label(t.source_names[s]) in flagged for s in present], bool)
+    return t.subset(~out[group.ravel()]), len(flagged)

@@ -98,18 +98,40 @@ class Round:
         return list(LETTERS[: len(self.shown)])
 
 
-def next_round(study: StudySet, mode: str, done: set[str], seed: int | None = None) -> Round | None:
+def next_round(study: StudySet, mode: str, done: set[str], seed: int | None = None,
+               compared: tuple[list[str], np.ndarray] | None = None) -> Round | None:
     """A sample this rater has not voted on, its methods shuffled; None when all are done.
 
     The seed (random unless given) fixes the sample, the order and, in pairwise mode, the pair;
-    it is recorded with the vote, so every round can be replayed.
+    it is recorded with the vote, so every round can be replayed. compared: (methods, win
+    matrix) of the comparisons so far; given, a pairwise round shows the least-compared pair not
+    yet separated (sampling.informative_pair; the seed then breaks ties), so the votes go where
+    they still decide something.
     """
     seed, rng = _round_rng(mode, seed)
     remaining = [s for s in study.samples if s.id not in done]
     if not remaining:
         return None
     sample = rng.choice(remaining)
+    if mode == "pairwise" and compared is not None:
+        return Round(sample, mode, _informative_pair(rng, sample, compared), seed)
     return Round(sample, mode, _shuffled(rng, sample, mode), seed)
+
+
+def _informative_pair(rng: random.Random, sample: StudySample, compared: tuple[list[str], np.ndarray]) -> list[str]:
+    """sampling.informative_pair among the sample's methods, in random order."""
+    from harmony_core.study.sampling import informative_pair
+
+    names, wins = compared
+    methods = sorted(sample.outputs)
+    at = {m: i for i, m in enumerate(names)}
+    local = np.zeros((len(methods), len(methods)))
+    for i, a in enumerate(methods):
+        for j, b in enumerate(methods):
+            if a in at and b in at:
+                local[i, j] = wins[at[a], at[b]]
+    a, b = informative_pair(list(range(len(methods))), local, rng)
+    return rng.sample([methods[a], methods[b]], 2)
 
 
 def user_round(sample: StudySample, mode: str, seed: int | None = None) -> Round:
