@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from harmony_core import config
 from harmony_core.errors import InputError
 
 RATER_ID_LENGTH = 43
@@ -163,7 +164,7 @@ class RateLimiter:
 def proxy_hops() -> int:
     """Trusted reverse proxies in front of the app: $HARMONY_PROXY_HOPS, else 1 on a Hugging Face
     Space (its proxy adds the client's address), else 0."""
-    return int(os.environ.get("HARMONY_PROXY_HOPS") or (1 if os.environ.get("SPACE_ID") else 0))
+    return config.current().proxy_hops
 
 
 def distrust_server_proxy_headers() -> None:

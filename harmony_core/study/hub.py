@@ -16,12 +16,11 @@ import re
 import shutil
 from pathlib import Path
 
+from harmony_core import config
 from harmony_core.study.votes import VoteStore
 
 log = logging.getLogger(__name__)
 
-DATASET_ENV = "HARMONY_VOTES_DATASET"
-MINUTES_ENV = "HARMONY_VOTES_SYNC_MINUTES"
 PATH_IN_REPO = "votes"
 SHARD_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.csv")
 """A shard name as this app writes them (and the old votes.csv): no folders, no odd characters,
@@ -40,7 +39,7 @@ def _api(api):
 def restore_shards(folder: str | os.PathLike, repo_id: str | None = None, api=None) -> list[str]:
     """Copy the dataset's vote shards into `folder` (before the store is read); returns the names
     taken. Nothing to do without a dataset; a dataset that does not exist yet has no shards."""
-    repo_id = repo_id or os.environ.get(DATASET_ENV)
+    repo_id = repo_id or config.current().votes_dataset
     if not repo_id:
         return []
     from huggingface_hub.errors import RepositoryNotFoundError
@@ -77,12 +76,12 @@ def start_hub_sync(store: VoteStore, repo_id: str | None = None, api=None, minut
     Only the store's own shard is pushed (never another's, the HMAC secret or the lock), and the
     store writes each row holding the scheduler's lock, so a push never catches half a row.
     """
-    repo_id = repo_id or os.environ.get(DATASET_ENV)
+    repo_id = repo_id or config.current().votes_dataset
     if not repo_id:
         return None
     from huggingface_hub import CommitScheduler
 
-    every = minutes if minutes is not None else float(os.environ.get(MINUTES_ENV, "5"))
+    every = minutes if minutes is not None else config.current().votes_sync_minutes
     log.info("pushing %s to the Hub dataset %s every %g min", store.path, repo_id, every)
     scheduler = CommitScheduler(
         repo_id=repo_id, repo_type="dataset", folder_path=store.folder, path_in_repo=PATH_IN_REPO,

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from harmony_core import __version__, atomic
+from harmony_core import __version__, atomic, config
 from harmony_core.errors import InputError
 from harmony_core.study.index import FIELDS, MODES, SOURCES, Coded, VoteIndex  # noqa: F401 (MODES: for the rounds)
 
@@ -128,8 +128,9 @@ def source_of(row: dict[str, str]) -> str:
 
 def load_secret(folder: str | os.PathLike) -> bytes:
     """The HMAC secret: $HARMONY_VOTE_SECRET, else `<folder>/.ip_hash_secret` (created 0600 once)."""
-    if os.environ.get(SECRET_ENV):
-        return os.environ[SECRET_ENV].encode()
+    secret = config.current().vote_secret
+    if secret:
+        return secret.encode()
     path = Path(folder) / SECRET_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=30):
