@@ -31,6 +31,7 @@ import gradio as gr
 import numpy as np
 
 from harmony_core import __version__, config, imaging
+from harmony_core.arena import stats, studyset, votes
 from harmony_core.errors import HarmonyError, InputError
 from harmony_core.registry import no_progress
 from harmony_core.studio import budget, compare, compose, explain, notice, showcase, study, words
@@ -253,9 +254,9 @@ class Server:
     denied_roots: tuple[Path | str, ...]
     """Never read nor handed back, whatever the roots allow: the study set's folder."""
     allow_weight_changes: bool
-    study_set: study.StudySet | None
+    study_set: studyset.StudySet | None
     study_note: str
-    store: study.VoteStore
+    store: votes.VoteStore
     secret: bytes
     limiter: RateLimiter
     leave_out_flagged: bool = False
@@ -266,7 +267,7 @@ class Server:
 
     def source(self, request: gr.Request | None) -> str:
         """The caller's IP hash: the unit of the rate limits and of the statistics' clusters."""
-        return study.ip_hash(_client_ip(request), self.secret)
+        return votes.ip_hash(_client_ip(request), self.secret)
 
 
 def _client_ip(request: gr.Request | None) -> str | None:
@@ -717,9 +718,9 @@ def study_tab(server: Server, rater: gr.BrowserState, demo: gr.Blocks) -> StudyT
     message = gr.Markdown(elem_id="study-message")
     with gr.Row(elem_id="study-slots"):
         slots = [gr.Image(label=letter, type="filepath", interactive=False, elem_id=f"slot-{letter}")
-                 for letter in study.LETTERS[:study.MAX_SHOWN]]
+                 for letter in studyset.LETTERS[:studyset.MAX_SHOWN]]
     with gr.Row(elem_id="study-votes"):
-        vote_buttons = [gr.Button(letter, interactive=False, elem_id=f"vote-{letter}") for letter in study.LETTERS[:study.MAX_SHOWN]]
+        vote_buttons = [gr.Button(letter, interactive=False, elem_id=f"vote-{letter}") for letter in studyset.LETTERS[:studyset.MAX_SHOWN]]
         cant_decide = gr.Button(study.CANT_DECIDE, interactive=False, elem_id="vote-none")
         tie_buttons = [gr.Button(label, interactive=False, visible=False, elem_id=f"vote-{kind.replace('_', '-')}")
                        for label, kind in study.TIES.items()]
@@ -760,8 +761,8 @@ def study_tab(server: Server, rater: gr.BrowserState, demo: gr.Blocks) -> StudyT
 
         return vote
 
-    choices = [*study.LETTERS[:study.MAX_SHOWN], study.CANT_DECIDE, *study.TIES]
-    names = [f"vote_{letter.lower()}" for letter in study.LETTERS[:study.MAX_SHOWN]] + ["vote_cant_decide"]
+    choices = [*studyset.LETTERS[:studyset.MAX_SHOWN], study.CANT_DECIDE, *study.TIES]
+    names = [f"vote_{letter.lower()}" for letter in studyset.LETTERS[:studyset.MAX_SHOWN]] + ["vote_cant_decide"]
     names += [f"vote_{kind}" for kind in study.TIES.values()]
     for choice, button, api_name in zip(choices, [*vote_buttons, cant_decide, *tie_buttons], names):
         button.click(voter(choice), [state, rater], rounds, api_name=api_name, concurrency_limit=None).then(**view, api_name=False)
@@ -797,12 +798,12 @@ def leaderboard_tab(server: Server, tab: gr.Tab) -> None:
         prepare = gr.Button("Prepare the votes CSV (anonymous)", elem_id="board-csv")
         download = gr.DownloadButton("Download the votes CSV", value=None, elem_id="board-download")
     headline = gr.Markdown(elem_id="board-headline")
-    table = gr.Dataframe(headers=study.TABLE_COLUMNS, label="Methods (best first)", interactive=False, elem_id="board-table")
-    pairs = gr.Dataframe(headers=study.PAIR_COLUMNS, label="Pairs: how many more votes would separate them at the current "
+    table = gr.Dataframe(headers=stats.TABLE_COLUMNS, label="Methods (best first)", interactive=False, elem_id="board-table")
+    pairs = gr.Dataframe(headers=stats.PAIR_COLUMNS, label="Pairs: how many more votes would separate them at the current "
                          "rates (normal 95% interval of the win rate)", interactive=False, elem_id="board-pairs")
     plot = gr.Plot(label="Pairwise win rates")
     with gr.Accordion("Sources: votes per network address (for the organiser)", open=False):
-        sources = gr.Dataframe(headers=study.SOURCE_COLUMNS, interactive=False, elem_id="board-sources")
+        sources = gr.Dataframe(headers=stats.SOURCE_COLUMNS, interactive=False, elem_id="board-sources")
 
     @user_errors
     def show_board(mode_filter, source_filter):
@@ -837,7 +838,7 @@ def leaderboard_tab(server: Server, tab: gr.Tab) -> None:
 
 def folders(study_dir: str | os.PathLike | None, votes_dir: str | os.PathLike | None) -> tuple[Path, Path]:
     """The study set and votes folders: the given ones, else the config's, else the demo set and
-    outputs/votes. The one rule, for `main` (which starts the votes' Hub sync) and `build_app`."""
+    outputs/votes. The one rule, for `main` and `make_server`."""
     settings = config.current()
     return (Path(study_dir or settings.study_dir or DEFAULT_STUDY),
             Path(votes_dir or settings.votes_dir or DEFAULT_VOTES))
@@ -847,7 +848,7 @@ def make_server(max_side: int, study_dir: str | os.PathLike | None, votes_dir: s
                 allow_weight_changes: bool, rate_limits: RateLimits, leave_out_flagged: bool = False) -> Server:
     study_dir, votes_dir = folders(study_dir, votes_dir)
     try:
-        study_set: study.StudySet | None = study.StudySet.load(study_dir)
+        study_set: studyset.StudySet | None = studyset.StudySet.load(study_dir)
         study_note = f"{len(study_set.samples)} images, methods: {', '.join(study_set.methods)}."
         if study_dir.resolve() == DEFAULT_STUDY.resolve():
             study_note += " " + study.DEMO_NOTE
@@ -856,14 +857,14 @@ def make_server(max_side: int, study_dir: str | os.PathLike | None, votes_dir: s
     store, limiter = study.open_store(votes_dir, leave_out_flagged), RateLimiter(rate_limits)
     study.seed_rate_limits(store, limiter)  # the last day's votes: a restart resets no quota
     return Server(max_side, (gr.utils.get_upload_folder(), EXAMPLES), (study_dir,), allow_weight_changes, study_set,
-                  study_note, store, study.load_secret(votes_dir), limiter, leave_out_flagged)
+                  study_note, store, votes.load_secret(votes_dir), limiter, leave_out_flagged)
 
 
 def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.PathLike | None = None,
               votes_dir: str | os.PathLike | None = None, allow_weight_changes: bool = False,
               rate_limits: RateLimits = RateLimits(), leave_out_flagged: bool = False) -> gr.Blocks:
     """The Blocks UI. study_dir: the blind study set (default examples/study); votes_dir: where
-    votes.csv and the server secret live (default outputs/votes); allow_weight_changes: whether
+    the vote shards and the server secret live (default outputs/votes); allow_weight_changes: whether
     clients may repoint model weights for the whole process (the organiser's --allow-weight-changes);
     rate_limits: votes, new rater ids and rounds without a vote per rater and per IP hash;
     leave_out_flagged: the board counts no vote of a flagged source."""

@@ -331,8 +331,8 @@ def cmd_explain_agreement(args: argparse.Namespace) -> int:
 
 def cmd_prepare_study(args: argparse.Namespace) -> int:
     from harmony_core.data.datasets import read_dataset
-    from harmony_core.study.prepare import prepare_study
-    from harmony_core.study.studyset import StudySet
+    from harmony_core.arena.prepare import prepare_study
+    from harmony_core.arena.studyset import StudySet
 
     methods = [n.strip() for n in args.methods.split(",") if n.strip()]
     total = len(read_dataset(Path(args.inputs))) * len(dict.fromkeys(methods))
@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_export_votes(args: argparse.Namespace) -> int:
-    from harmony_core.study import dataset
+    from harmony_core.arena import dataset
 
     for kind, path in dataset.export(args.votes, args.out, args.license).items():
         print(f"{kind}: {path}")

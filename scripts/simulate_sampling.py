@@ -1,4 +1,4 @@
-"""Votes saved by informative pair choice (harmony_core.study.sampling) against a uniform one,
+"""Votes saved by informative pair choice (harmony_core.arena.sampling) against a uniform one,
 simulated with known Bradley-Terry strengths; the table in docs/studio.md comes from this.
 
     python scripts/simulate_sampling.py --runs 30
@@ -7,7 +7,7 @@ simulated with known Bradley-Terry strengths; the table in docs/studio.md comes 
 
 import argparse
 
-from harmony_core.study import sampling
+from harmony_core.arena import sampling
 
 SCENARIOS = {
     "4 methods, evenly spaced (log-strengths -0.6 .. 0.6)": [-0.6, -0.2, 0.2, 0.6],

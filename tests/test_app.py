@@ -10,8 +10,8 @@ from PIL import Image
 
 from harmony_core import registry
 from harmony_core.registry import Method
-from harmony_core.study.studyset import StudySet
-from harmony_core.study.votes import VoteStore
+from harmony_core.arena.studyset import StudySet
+from harmony_core.arena.votes import VoteStore
 from harmony_core.types import HarmonizationResult
 from tests.conftest import free_port
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from harmony_core import imaging
 from harmony_core.studio import blind
-from harmony_core.study.studyset import StudySet
+from harmony_core.arena.studyset import StudySet
 from tests.test_trust import launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,7 +197,7 @@ def _votes(rows: list[tuple[str, str, str, str]]) -> "pd.DataFrame":
 
 
 def test_one_comparison_separates_nothing_and_one_rater_ranks_nothing():
-    from harmony_core.study import stats
+    from harmony_core.arena import stats
 
     board = stats.leaderboard(_votes([("a;b", "a", "r1", "ip1")]), n_boot=50)
     assert board.pairs["more votes to separate"].tolist() == [stats.MIN_PAIR_COMPARISONS - 1]  # 1-0 is not "separated"
@@ -210,7 +210,7 @@ def test_one_comparison_separates_nothing_and_one_rater_ranks_nothing():
 
 
 def test_the_headline_counts_are_the_tables():
-    from harmony_core.study import stats
+    from harmony_core.arena import stats
 
     votes = _votes([("a;b;c;d", "abcd"[i % 3 if i % 4 else 0], f"r{i}", f"ip{i % 6}") for i in range(10)]
                    + [("a;b", "b", "r0", "ip0"), ("a;b", "", "r1", "ip1")])
@@ -221,7 +221,7 @@ def test_the_headline_counts_are_the_tables():
 
 
 def test_many_ids_from_one_source_are_one_opinion():
-    from harmony_core.study import stats
+    from harmony_core.arena import stats
 
     stuffed = _votes([("a;b;c;d", "d", f"r{i}", "ip-stuffer") for i in range(25) for _ in range(3)])
     board = stats.leaderboard(stuffed, n_boot=50)
@@ -281,7 +281,7 @@ def test_twenty_five_ids_from_one_address_cannot_make_a_significant_headline(tmp
 
 @pytest.mark.slow
 def test_the_public_csv_and_the_store_hold_no_session_or_rater_id(server, votes_dir):
-    from harmony_core.study.votes import VoteStore, shards
+    from harmony_core.arena.votes import VoteStore, shards
 
     victim = Client(server, verbose=False)
     out = victim.predict("Pairwise (A/B)", "", api_name="/study_next")
@@ -369,7 +369,7 @@ def test_every_event_answers_bad_calls_with_one_line_and_no_traceback(app, capfd
 
 @pytest.mark.slow
 def test_forwarded_for_is_trusted_only_for_the_configured_hops(tmp_path, monkeypatch):
-    from harmony_core.study.votes import VoteStore
+    from harmony_core.arena.votes import VoteStore
 
     monkeypatch.delenv("HARMONY_PROXY_HOPS", raising=False)
     monkeypatch.delenv("SPACE_ID", raising=False)

@@ -3,7 +3,7 @@
 import pytest
 
 from harmony_core.studio import notice
-from harmony_core.study.votes import COLUMNS
+from harmony_core.arena.votes import COLUMNS
 
 
 def test_the_notice_names_every_recorded_column_and_the_rules():

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harmony_core.study import stats
+from harmony_core.arena import stats
 
 METHODS = ["composite", "histogram", "poisson", "reinhard"]
 TRUE_LOG = np.array([-0.6, -0.2, 0.6, 0.2])  # Luce choice strengths, mean 0

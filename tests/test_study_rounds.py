@@ -7,6 +7,7 @@ import pytest
 
 from harmony_core import export, imaging
 from harmony_core.errors import InputError
+from harmony_core.arena import stats, studyset, votes
 from harmony_core.studio import scratch, study
 from harmony_core.studio.raters import RateLimiter, RateLimits, issue_rater_id
 
@@ -17,12 +18,12 @@ SECRET = b"s" * 32
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setattr(scratch, "SCRATCH_ROOT", tmp_path / "scratch")
-    return study.VoteStore(tmp_path / "votes")
+    return votes.VoteStore(tmp_path / "votes")
 
 
 @pytest.fixture
 def study_set():
-    return study.StudySet.load(EXAMPLES / "study")
+    return studyset.StudySet.load(EXAMPLES / "study")
 
 
 def vote(state, choice, store, rater):
@@ -95,5 +96,5 @@ def test_the_board_ranks_and_the_pairs(store, study_set):
     assert "3 tie(s)" in text and "rank" in result.table.columns
     pairs = study.pair_board(store)
     k = len(result.methods)  # the methods these votes showed
-    assert list(pairs.columns) == study.PAIR_COLUMNS and len(pairs) == k * (k - 1) // 2
+    assert list(pairs.columns) == stats.PAIR_COLUMNS and len(pairs) == k * (k - 1) // 2
     assert set(pairs["more votes to separate"]) == {"no difference yet"}  # ties only: even

@@ -16,8 +16,8 @@ import pytest
 
 from harmony_core.errors import InputError
 from harmony_core.studio import study
-from harmony_core.study import hub, stats, votes
-from harmony_core.study.votes import COLUMNS, DuplicateVote, Vote, VoteStore
+from harmony_core.arena import hub, stats, votes
+from harmony_core.arena.votes import COLUMNS, DuplicateVote, Vote, VoteStore
 
 METHODS = ["a", "b", "c", "d", "e"]
 
@@ -326,7 +326,7 @@ def test_two_processes_with_their_own_shards_record_a_contested_vote_once(tmp_pa
 def test_the_organisers_export_merges_every_shard_into_csv_parquet_and_a_card(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     from harmony_core import cli
-    from harmony_core.study import dataset
+    from harmony_core.arena import dataset
 
     folder = tmp_path / "votes"
     fill(VoteStore(folder), 30)
@@ -360,8 +360,8 @@ def test_the_running_pair_counts_are_the_frames_win_matrix(tmp_path):
 def test_a_pairwise_round_shows_the_least_compared_open_pair():
     import random
 
-    from harmony_core.study import sampling
-    from harmony_core.study.studyset import StudySample, StudySet, next_round
+    from harmony_core.arena import sampling
+    from harmony_core.arena.studyset import StudySample, StudySet, next_round
 
     wins = np.array([[0, 60, 5, 1], [0, 0, 4, 2], [4, 4, 0, 3], [1, 2, 3, 0]], float)  # a-b: 60-0, settled
     assert sampling.separated(wins)[0, 1] and not sampling.separated(wins)[0, 3]
@@ -377,7 +377,7 @@ def test_a_pairwise_round_shows_the_least_compared_open_pair():
 
 
 def test_informative_sampling_separates_with_fewer_votes_in_simulation():
-    from harmony_core.study import sampling
+    from harmony_core.arena import sampling
 
     result = sampling.compare([-0.6, -0.2, 0.2, 0.6], runs=4)
     assert result["informative votes"] < result["uniform votes"]

@@ -19,8 +19,8 @@ from PIL import Image
 
 from harmony_core.studio import raters
 from harmony_core.studio.raters import RateLimiter, RateLimits
-from harmony_core.study.studyset import StudySet
-from harmony_core.study.votes import COLUMNS, VoteStore
+from harmony_core.arena.studyset import StudySet
+from harmony_core.arena.votes import COLUMNS, VoteStore
 from tests.conftest import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

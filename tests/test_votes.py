@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harmony_core.study import hub, votes
-from harmony_core.study.votes import COLUMNS, DuplicateVote, Vote, VoteStore
+from harmony_core.arena import hub, votes
+from harmony_core.arena.votes import COLUMNS, DuplicateVote, Vote, VoteStore
 
 SHOWN = ["composite", "reinhard", "histogram", "poisson"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from harmony_core.studio.raters import RateLimits
 from harmony_core.studio.scratch import SCRATCH_MAX_AGE_S
-from harmony_core.study.votes import COLUMNS, VOTES_FILE
+from harmony_core.arena.votes import COLUMNS, VOTES_FILE
 
 _LIMITS = RateLimits()
 

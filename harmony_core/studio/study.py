@@ -20,19 +20,16 @@ from harmony_core import export, imaging
 from harmony_core.errors import InputError
 from harmony_core.studio import blind, raters
 from harmony_core.studio.scratch import scratch_folder
-from harmony_core.study import stats
-from harmony_core.study.stats import PAIR_COLUMNS, SOURCE_COLUMNS, TABLE_COLUMNS  # noqa: F401 (for the app)
-from harmony_core.study.studyset import (
+from harmony_core.arena import stats
+from harmony_core.arena.studyset import (
     LETTERS, MAX_SHOWN, Round, StudySample, StudySet, next_round, sample_id, user_round,
 )
-from harmony_core.study.hub import restore_shards, start_hub_sync
-from harmony_core.study.index import cell_of
-from harmony_core.study.votes import (  # noqa: F401 (load_secret: for the app)
-    MODES, SOURCES, DuplicateVote, Vote, VoteStore, anonymous_lines, ip_hash, load_secret, neutralize, session_key,
+from harmony_core.arena.hub import restore_shards, start_hub_sync
+from harmony_core.arena.index import cell_of
+from harmony_core.arena.votes import (
+    MODES, SOURCES, DuplicateVote, Vote, VoteStore, anonymous_lines, ip_hash, neutralize, session_key,
 )
 
-# LETTERS, MAX_SHOWN, PAIR_COLUMNS, TABLE_COLUMNS, StudySet, VoteStore and load_secret
-# are imported here for the app, which reaches harmony_core.study only through this module.
 CANT_DECIDE = "Can't decide"
 TIES = {"Both good": "both_good", "Both bad": "both_bad"}
 """Pairwise mode's ties (button label -> the kind stored in the vote's flags as tie=KIND)."""

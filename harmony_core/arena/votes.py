@@ -36,7 +36,7 @@ from filelock import FileLock
 
 from harmony_core import __version__, atomic, config
 from harmony_core.errors import InputError
-from harmony_core.study.index import FIELDS, MODES, SOURCES, Coded, VoteIndex  # noqa: F401 (MODES: for the rounds)
+from harmony_core.arena.index import FIELDS, MODES, SOURCES, Coded, VoteIndex  # noqa: F401 (MODES: for the rounds)
 
 log = logging.getLogger(__name__)
 

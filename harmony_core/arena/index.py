@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harmony_core.study import stats
+from harmony_core.arena import stats
 
 MODES = ("best_of_n", "pairwise")
 """How a round shows its outputs (best of up to 4, or a pair): the one list for votes and rounds."""

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harmony_core.errors import InputError
-from harmony_core.study.votes import PUBLIC_COLUMNS, VoteStore, anonymous_lines
+from harmony_core.arena.votes import PUBLIC_COLUMNS, VoteStore, anonymous_lines
 
 DESCRIPTIONS = {
     "vote_id": "Random id of the vote (uuid4, hex).",

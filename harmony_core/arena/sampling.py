@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from harmony_core.study import stats
+from harmony_core.arena import stats
 
 
 def separated(wins: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from harmony_core import config
-from harmony_core.study.votes import VoteStore
+from harmony_core.arena.votes import VoteStore
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Precomputing means voting needs no GPU and every rater judges the very same pixe
     STUDY/manifest.json              methods, settings, and one entry per complete sample
     STUDY/samples/NAME/composite.EXT, mask.png, outputs/METHOD.EXT
 
-The set is written offline by `prepare_study` (harmony_core/study/prepare.py, the CLI's
+The set is written offline by `prepare_study` (harmony_core/arena/prepare.py, the CLI's
 prepare-study), which runs the methods.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from harmony_core import imaging
 from harmony_core.errors import InputError
-from harmony_core.study.votes import MODES
+from harmony_core.arena.votes import MODES
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -120,7 +120,7 @@ def next_round(study: StudySet, mode: str, done: set[str], seed: int | None = No
 
 def _informative_pair(rng: random.Random, sample: StudySample, compared: tuple[list[str], np.ndarray]) -> list[str]:
     """sampling.informative_pair among the sample's methods, in random order."""
-    from harmony_core.study.sampling import informative_pair
+    from harmony_core.arena.sampling import informative_pair
 
     names, wins = compared
     methods = sorted(sample.outputs)
