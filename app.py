@@ -23,9 +23,10 @@ import hmac
 import inspect
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -37,7 +38,11 @@ from harmony_core.registry import no_progress
 from harmony_core.studio import budget, compare, compose, explain, notice, showcase, study, words
 from harmony_core.studio.display import DisplayFiles
 from harmony_core.studio.raters import (
-    RateLimiter, RateLimits, client_address, distrust_server_proxy_headers, proxy_hops,
+    RateLimiter,
+    RateLimits,
+    client_address,
+    distrust_server_proxy_headers,
+    proxy_hops,
 )
 from harmony_core.studio.uploads import editor_paths, upload_path
 

@@ -29,9 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -189,11 +190,10 @@ def table(rows: list[tuple[list[Timed], float | None]]) -> str:
 
 def overhead(args: argparse.Namespace) -> str:
     """Each method timed as `bench` times it and as the studio runs it, alternating (see the docstring)."""
+    from harmony_core.bench import parse_options
     from harmony_core.registry import get_method, no_progress
     from harmony_core.studio.serving import Job, execute
     from harmony_core.types import HarmonizationRequest
-
-    from harmony_core.bench import parse_options
 
     options = parse_options(args.option)
     folder = Path(tempfile.mkdtemp(prefix="bench-studio-"))

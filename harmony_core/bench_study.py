@@ -24,9 +24,9 @@ import numpy as np
 import psutil
 
 from harmony_core import __version__
-from harmony_core.studio import raters, study
 from harmony_core.arena import votes
 from harmony_core.arena.studyset import StudySet
+from harmony_core.studio import raters, study
 
 DEFAULT_STUDY = Path(__file__).resolve().parent.parent / "examples" / "study"
 SOURCE_SHARE = 0.9

@@ -13,9 +13,10 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO
+from typing import TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -330,9 +331,9 @@ def cmd_explain_agreement(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_study(args: argparse.Namespace) -> int:
-    from harmony_core.data.datasets import read_dataset
     from harmony_core.arena.prepare import prepare_study
     from harmony_core.arena.studyset import StudySet
+    from harmony_core.data.datasets import read_dataset
 
     methods = [n.strip() for n in args.methods.split(",") if n.strip()]
     total = len(read_dataset(Path(args.inputs))) * len(dict.fromkeys(methods))

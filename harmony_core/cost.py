@@ -11,8 +11,9 @@ GPU (README, "GPU device check"): each `Cost.source` says which.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 Device = Literal["cpu", "gpu"]
 

@@ -9,8 +9,8 @@ Metrics are computed per image and averaged over images, never pooled over pixel
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import numpy as np
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import threading
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import psutil
 

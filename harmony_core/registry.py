@@ -18,7 +18,8 @@ import pkgutil
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Literal, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
@@ -248,7 +249,7 @@ def _load_builtins() -> None:
     _import_methods(tuple(methods.__path__))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_methods(paths: tuple[str, ...]) -> None:
     """Import every module of the methods package found on `paths`, once (not a folder listing per lookup)."""
     found = [m.name for m in pkgutil.iter_modules(paths) if not m.name.startswith("_")]

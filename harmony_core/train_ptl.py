@@ -39,11 +39,11 @@ from tqdm import tqdm
 
 from harmony_core import atomic
 from harmony_core.data import SyntheticComposites, list_photos, select_split
-from harmony_core.errors import InputError
-from harmony_core.metrics import psnr_from_mse
 from harmony_core.data.synth import SPEC_TRANSFORMS, SynthConfig, TensorComposites
+from harmony_core.errors import InputError
 from harmony_core.evaluate import Shard, current_shard
 from harmony_core.methods.classical import poisson_affine
+from harmony_core.metrics import psnr_from_mse
 from harmony_core.models.ptl_net import AFFINE_PARAMS, PTLConfig, PTLNet, foreground_mse_loss
 
 CHECKPOINT = "checkpoint.pt"

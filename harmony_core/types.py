@@ -12,7 +12,6 @@ import numpy as np
 from harmony_core import imaging
 from harmony_core.errors import InputError
 
-
 SEED_LIMIT = 2 ** 63
 SEED_RULE = f"The seed must be a whole number from 0 to {SEED_LIMIT - 1} (2^63 - 1)."
 """Every seed reaches torch.Generator.manual_seed, which takes a signed 64-bit integer."""

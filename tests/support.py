@@ -8,7 +8,7 @@ benchmarks and `device-check --tiny` need.
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch

@@ -9,9 +9,9 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from harmony_core import registry
-from harmony_core.registry import Method
 from harmony_core.arena.studyset import StudySet
 from harmony_core.arena.votes import VoteStore
+from harmony_core.registry import Method
 from harmony_core.types import HarmonizationResult
 from tests.conftest import free_port
 

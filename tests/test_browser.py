@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from harmony_core import registry
+from harmony_core.arena.studyset import StudySet
 from harmony_core.cost import Cost, Rate
 from harmony_core.registry import Method
-from harmony_core.arena.studyset import StudySet
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -4,7 +4,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 import torch
 
 from harmony_core.diffusion import components, ddim, hooks, tiny, unet_parts

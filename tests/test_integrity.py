@@ -18,8 +18,8 @@ from gradio_client import Client
 from PIL import Image
 
 from harmony_core import imaging
-from harmony_core.studio import blind
 from harmony_core.arena.studyset import StudySet
+from harmony_core.studio import blind
 from tests.test_trust import launch
 
 ROOT = Path(__file__).resolve().parents[1]

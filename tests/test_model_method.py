@@ -15,8 +15,8 @@ from harmony_core.errors import InputError
 from harmony_core.methods.diffharmony import DiffHarmony
 from harmony_core.methods.freepih import FreePIH
 from harmony_core.methods.hspace import HSpace, scheduler_config
-from harmony_core.methods.ptl import WEIGHTS_ENV as PTL_ENV
 from harmony_core.methods.ptl import PAPER_WEIGHTS, PAPER_WEIGHTS_ENV, PTLMethod, PTLPaperMethod
+from harmony_core.methods.ptl import WEIGHTS_ENV as PTL_ENV
 from harmony_core.model_method import ModelMethod
 from harmony_core.models.ptl_net import PTLConfig, PTLNet
 from harmony_core.registry import get_method, method_class, method_names, weighted_methods

@@ -2,8 +2,8 @@
 
 import pytest
 
-from harmony_core.studio import notice
 from harmony_core.arena.votes import COLUMNS
+from harmony_core.studio import notice
 
 
 def test_the_notice_names_every_recorded_column_and_the_rules():

@@ -13,11 +13,26 @@ import torch.nn.functional as F
 
 from harmony_core import imaging
 from harmony_core.errors import InputError
-from harmony_core.methods.ptl import (MAP_NAMES, PAPER_WEIGHTS, SHIPPED_WEIGHTS, PTLMethod, PTLPaperMethod,
-                                     resize_window, spread_blocks)
 from harmony_core.methods.classical import _seam_values, poisson_affine, poisson_offset
-from harmony_core.models.ptl_net import (LTL, PTL, PTLConfig, PTLNet, apply_affine, block_means, compose_affine,
-                                         foreground_mse_loss)
+from harmony_core.methods.ptl import (
+    MAP_NAMES,
+    PAPER_WEIGHTS,
+    SHIPPED_WEIGHTS,
+    PTLMethod,
+    PTLPaperMethod,
+    resize_window,
+    spread_blocks,
+)
+from harmony_core.models.ptl_net import (
+    LTL,
+    PTL,
+    PTLConfig,
+    PTLNet,
+    apply_affine,
+    block_means,
+    compose_affine,
+    foreground_mse_loss,
+)
 from harmony_core.types import HarmonizationRequest
 
 

@@ -208,6 +208,7 @@ def test_spaces_is_installed_and_a_no_op_outside_a_space(monkeypatch):
 @pytest.mark.slow
 def test_the_app_starts_with_spaces_installed(tmp_path):
     import spaces  # noqa: F401  (installed, as on a Space)
+
     from app import build_app
 
     demo = build_app(max_side=256, votes_dir=tmp_path)

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from harmony_core import export, imaging
-from harmony_core.errors import InputError
 from harmony_core.arena import stats, studyset, votes
+from harmony_core.errors import InputError
 from harmony_core.studio import scratch, study
 from harmony_core.studio.raters import RateLimiter, RateLimits, issue_rater_id
 

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harmony_core.errors import InputError
-from harmony_core.studio import study
 from harmony_core.arena import hub, stats, votes
 from harmony_core.arena.votes import COLUMNS, DuplicateVote, Vote, VoteStore
+from harmony_core.errors import InputError
+from harmony_core.studio import study
 
 METHODS = ["a", "b", "c", "d", "e"]
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harmony_core.cli import main
-from harmony_core.errors import InputError
 from harmony_core.arena import studyset
 from harmony_core.arena.prepare import prepare_study
 from harmony_core.arena.studyset import StudySet, next_round, sample_id
+from harmony_core.cli import main
+from harmony_core.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 

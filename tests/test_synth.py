@@ -13,7 +13,13 @@ from harmony_core import imaging
 from harmony_core.bench import synthetic_request
 from harmony_core.cli import main
 from harmony_core.data import (
-    TRANSFORMS, SynthConfig, SyntheticComposites, is_validation, list_photos, load_sample, read_iharmony,
+    TRANSFORMS,
+    SynthConfig,
+    SyntheticComposites,
+    is_validation,
+    list_photos,
+    load_sample,
+    read_iharmony,
     select_split,
 )
 from harmony_core.data.datasets import load_photo, pack_photos

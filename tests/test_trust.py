@@ -17,10 +17,10 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from harmony_core.studio import raters
-from harmony_core.studio.raters import RateLimiter, RateLimits
 from harmony_core.arena.studyset import StudySet
 from harmony_core.arena.votes import COLUMNS, VoteStore
+from harmony_core.studio import raters
+from harmony_core.studio.raters import RateLimiter, RateLimits
 from tests.conftest import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -14,8 +14,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harmony_core.errors import InputError
 from harmony_core.arena.votes import PUBLIC_COLUMNS, VoteStore, anonymous_lines
+from harmony_core.errors import InputError
 
 DESCRIPTIONS = {
     "vote_id": "Random id of the vote (uuid4, hex).",
@@ -59,7 +59,8 @@ def _write_parquet(csv_path: Path, parquet_path: Path) -> dict[str, object]:
     """The CSV as Parquet (every column text, the integer ones as nullable integers), and the
     counts the card reports."""
     import pyarrow as pa
-    from pyarrow import csv as pa_csv, parquet as pq
+    from pyarrow import csv as pa_csv
+    from pyarrow import parquet as pq
 
     types = {c: pa.int64() if c in INTEGER_COLUMNS else pa.string() for c in PUBLIC_COLUMNS}
     table = pa_csv.read_csv(csv_path, convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=False))

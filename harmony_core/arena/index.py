@@ -51,7 +51,7 @@ class Coded:
     uniques: list[str]
 
     @classmethod
-    def of(cls, values: Sequence[str]) -> "Coded":
+    def of(cls, values: Sequence[str]) -> Coded:
         codes, uniques = pd.factorize(np.asarray(values, dtype=object))
         return cls(codes, list(uniques))
 
@@ -59,7 +59,7 @@ class Coded:
         return len(self.codes)
 
 
-def _factorize(values: "Sequence[str] | Coded") -> tuple[np.ndarray, list[str]]:
+def _factorize(values: Sequence[str] | Coded) -> tuple[np.ndarray, list[str]]:
     """(a code per value, the distinct values): pandas' hash table, in C."""
     coded = values if isinstance(values, Coded) else Coded.of(values)
     return coded.codes, coded.uniques
@@ -116,7 +116,7 @@ class VoteIndex:
             grown[: len(self._last)] = self._last
             self._last = grown
 
-    def extend(self, columns: "Sequence[Sequence[str] | Coded]") -> None:
+    def extend(self, columns: Sequence[Sequence[str] | Coded]) -> None:
         """Add votes given as the FIELDS columns (parallel sequences of strings, or Coded, rows
         already validated by the store's reader). Columnar: each distinct string is looked up once and
         the rest is numpy, so a million votes load in seconds."""

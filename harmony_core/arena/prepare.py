@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from harmony_core import __version__, atomic, imaging
+from harmony_core.arena.studyset import FORMATS, MANIFEST, MANIFEST_VERSION, sample_id
 from harmony_core.data.datasets import read_dataset
 from harmony_core.errors import InputError
 from harmony_core.registry import get_method, resolve_methods
-from harmony_core.arena.studyset import FORMATS, MANIFEST, MANIFEST_VERSION, sample_id
 from harmony_core.types import HarmonizationRequest
 
 log = logging.getLogger(__name__)

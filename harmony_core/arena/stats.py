@@ -298,7 +298,7 @@ class Tally:
     def __len__(self) -> int:
         return len(self.code)
 
-    def subset(self, keep: np.ndarray) -> "Tally":
+    def subset(self, keep: np.ndarray) -> Tally:
         return Tally(self.shown, self.code[keep], self.outcome[keep], self.rater[keep], self.source[keep],
                      self.source_names, self.fast[keep])
 

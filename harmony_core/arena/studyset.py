@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from harmony_core import imaging
-from harmony_core.errors import InputError
 from harmony_core.arena.votes import MODES
+from harmony_core.errors import InputError
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -60,7 +60,7 @@ class StudySet:
     settings: dict = field(default_factory=dict)
 
     @classmethod
-    def load(cls, root: str | Path) -> "StudySet":
+    def load(cls, root: str | Path) -> StudySet:
         root = Path(root)
         path = root / MANIFEST
         if not path.is_file():

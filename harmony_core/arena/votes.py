@@ -35,8 +35,8 @@ import numpy as np
 from filelock import FileLock
 
 from harmony_core import __version__, atomic, config
-from harmony_core.errors import InputError
 from harmony_core.arena.index import FIELDS, MODES, SOURCES, Coded, VoteIndex  # noqa: F401 (MODES: for the rounds)
+from harmony_core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def _parse(lines: bytes, where: str) -> list[list[str]]:
     return records
 
 
-def _columns(block: bytes, where: str) -> list["list[str] | Coded"]:
+def _columns(block: bytes, where: str) -> list[list[str] | Coded]:
     """The FIELDS columns of the sound rows of complete lines: what `_parse` keeps, read in bulk
     (the index's start-up over a million votes). Plain lines (no quote, no NUL, exactly the
     columns' commas, too short for a field to be too long) are joined and split on commas at once,

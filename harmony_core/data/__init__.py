@@ -7,10 +7,19 @@ photo's name: validation iff int(sha1(NAME).hexdigest(), 16) % 10 == 0, training
 """
 
 from harmony_core.data.datasets import (
-    Photo, Sample, SampleFiles, is_validation, list_photos, load_photo, load_sample, read_dataset,
-    read_flat, read_iharmony, select_split,
+    Photo,
+    Sample,
+    SampleFiles,
+    is_validation,
+    list_photos,
+    load_photo,
+    load_sample,
+    read_dataset,
+    read_flat,
+    read_iharmony,
+    select_split,
 )
-from harmony_core.data.synth import SynthConfig, SynthSample, SyntheticComposites, TRANSFORMS, write_iharmony
+from harmony_core.data.synth import TRANSFORMS, SynthConfig, SyntheticComposites, SynthSample, write_iharmony
 
 __all__ = [
     "Photo", "Sample", "SampleFiles", "is_validation", "list_photos", "load_photo", "load_sample",

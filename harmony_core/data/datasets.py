@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from PIL import Image

@@ -8,8 +8,9 @@ leaves a shared model (components.load returns shared instances) with stray hook
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 

@@ -15,8 +15,8 @@ and fp32 copies and the safety checker, about 47 GB in all; the list takes its f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 
 def fetch(repo_id: str, files: Sequence[str], revision: str | None = None) -> Path:

@@ -13,8 +13,9 @@ The colour tools (Lab conversions, CDF matching, the Reinhard transfer) are in h
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, get_args
+from typing import Literal, get_args
 
 import cv2
 import numpy as np

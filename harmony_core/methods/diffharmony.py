@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from harmony_core import imaging
 from harmony_core.cost import Cost, Rate, diffusion_steps
 from harmony_core.diffusion.pixels import to_tensor, to_uint8
@@ -83,7 +82,7 @@ class WeightsLayout:
     condition_vae: Path | None
 
     @classmethod
-    def of(cls, folder: Path) -> "WeightsLayout":
+    def of(cls, folder: Path) -> WeightsLayout:
         """`folder/base` when present (the archive's layout), else `folder` itself as the base pipeline."""
         base = folder / "base" if (folder / "base").is_dir() else folder
 
@@ -270,7 +269,7 @@ class DiffHarmony(ModelMethod):
         )
 
     @classmethod
-    def random_weights(cls, scale: str = "full", device: str | None = None, **options: Any) -> "DiffHarmony":
+    def random_weights(cls, scale: str = "full", device: str | None = None, **options: Any) -> DiffHarmony:
         """An instance with randomly initialized components of the real architectures (benchmarks).
 
         "full": SD-1.5 inpainting UNet (859.5M), SD VAE, CLIP ViT-L/14 text tower, the authors'

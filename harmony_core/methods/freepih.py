@@ -11,18 +11,19 @@ every step, so only the object changes. Paper vs our settings: docs/methods.md.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from harmony_core import imaging
 from harmony_core.cost import Cost, Rate, loss_evaluations
-from harmony_core.errors import InputError
 from harmony_core.diffusion import components, ddim, hooks
 from harmony_core.diffusion.pixels import to_tensor, to_uint8
+from harmony_core.errors import InputError
 from harmony_core.model_method import ModelMethod
 from harmony_core.registry import PROMPT, Progress, register
 from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
@@ -450,7 +451,7 @@ class FreePIH(ModelMethod):
     settings_class = FreePIHSettings
 
     @classmethod
-    def random_weights(cls, scale: str = "full", device: str | None = None, **overrides: Any) -> "FreePIH":
+    def random_weights(cls, scale: str = "full", device: str | None = None, **overrides: Any) -> FreePIH:
         """An instance on randomly initialized SD-1.5 components (benchmarks; the output is noise).
 
         "full": the real architectures (859.5M-parameter text-to-image UNet, SD VAE, CLIP ViT-L/14

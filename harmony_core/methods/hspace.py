@@ -20,9 +20,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -154,7 +155,7 @@ class DDPM:
     num_train_timesteps: int = 1000
 
     @classmethod
-    def of(cls, unet: torch.nn.Module, scheduler_config: dict[str, Any] | None = None) -> "DDPM":
+    def of(cls, unet: torch.nn.Module, scheduler_config: dict[str, Any] | None = None) -> DDPM:
         ac = ddim.alphas_cumprod_from_config(scheduler_config)
         return cls(unet, ac, len(ac))
 
@@ -214,7 +215,7 @@ class HSpace(ModelMethod):
             self._cache.clear()
 
     @classmethod
-    def random_weights(cls, scale: str = "full", device: str | torch.device | None = None, **options: Any) -> "HSpace":
+    def random_weights(cls, scale: str = "full", device: str | torch.device | None = None, **options: Any) -> HSpace:
         """The 256-px DDPM architecture ("full", 113.7M parameters) or the tiny one, random weights (seed 0)."""
         from harmony_core.diffusion import tiny
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -32,11 +33,18 @@ import torch.nn.functional as F
 
 from harmony_core import imaging
 from harmony_core.cost import Cost, Rate
-from harmony_core.methods.classical import poisson_affine
-from harmony_core.models.ptl_net import (CONFIG_NAME, WEIGHTS_NAME, PTLConfig, PTLNet, PTLOutput, apply_affine,
-                                         config_from_dict)
 from harmony_core.diffusion import components
+from harmony_core.methods.classical import poisson_affine
 from harmony_core.model_method import ModelMethod
+from harmony_core.models.ptl_net import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    PTLConfig,
+    PTLNet,
+    PTLOutput,
+    apply_affine,
+    config_from_dict,
+)
 from harmony_core.registry import Progress, register
 from harmony_core.types import Availability, HarmonizationRequest, HarmonizationResult
 
@@ -166,7 +174,7 @@ class PTLMethod(ModelMethod):
         return {**super().parameters(), **network}
 
     @classmethod
-    def random_weights(cls, scale: str = "full", device: str | None = None, **options: Any) -> "PTLMethod":
+    def random_weights(cls, scale: str = "full", device: str | None = None, **options: Any) -> PTLMethod:
         """This method's network with random weights (seed 0): the paper's width 1.0 ("full") or the
         tests' 0.25 ("tiny"), in fp32 on `device`."""
         from harmony_core.diffusion.tiny import seeded

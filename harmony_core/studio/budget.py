@@ -6,9 +6,9 @@ without a Hugging Face account has in a day. Estimates come from each method's c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image
 

@@ -6,9 +6,10 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,14 @@ from harmony_core.studio import words
 from harmony_core.studio.compose import finish
 from harmony_core.studio.display import DisplayFiles
 from harmony_core.studio.scratch import scratch_folder
-from harmony_core.studio.serving import MethodProgress, MethodStatus, StatusRow, method_statuses, public_value, serve_stream
+from harmony_core.studio.serving import (
+    MethodProgress,
+    MethodStatus,
+    StatusRow,
+    method_statuses,
+    public_value,
+    serve_stream,
+)
 from harmony_core.types import HarmonizationRequest, HarmonizationResult, parse_seed
 
 log = logging.getLogger(__name__)
@@ -122,7 +130,7 @@ def missing_composite(composite: Any, mask: Any) -> str | None:
     return NO_COMPOSITE if composite is None or mask is None else None
 
 
-def missing_run(run: "CompareRun | None") -> str | None:
+def missing_run(run: CompareRun | None) -> str | None:
     """What to say when an export is asked for before a run finished, else None."""
     return NO_RUN if run is None or not run.results else None
 
@@ -142,7 +150,7 @@ def slider_label(method: str | None) -> str:
     return f"Before / after: {method} on the right"
 
 
-def slider_method(run: "CompareRun | None") -> str | None:
+def slider_method(run: CompareRun | None) -> str | None:
     """The method a finished run puts on the slider's right side (the first that is not the composite)."""
     return next((n for n in run.results if n != "composite"), None) if run is not None else None
 

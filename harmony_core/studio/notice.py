@@ -6,9 +6,9 @@ the same facts); the values come from the modules that decide them, so the notic
 
 from __future__ import annotations
 
+from harmony_core.arena.votes import COLUMNS, VOTES_FILE
 from harmony_core.studio.raters import RateLimits
 from harmony_core.studio.scratch import SCRATCH_MAX_AGE_S
-from harmony_core.arena.votes import COLUMNS, VOTES_FILE
 
 _LIMITS = RateLimits()
 

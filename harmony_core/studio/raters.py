@@ -16,8 +16,8 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from harmony_core import config
 from harmony_core.errors import InputError

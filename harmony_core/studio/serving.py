@@ -35,8 +35,9 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +125,7 @@ class Job:
     """seed, prompt and point (the per-request settings of HarmonizationRequest)."""
 
     @classmethod
-    def of(cls, method: str, request: HarmonizationRequest) -> "Job":
+    def of(cls, method: str, request: HarmonizationRequest) -> Job:
         return cls(method, request.composite, request.mask, request.background,
                    {"seed": request.seed, "prompt": request.prompt, "point": request.point})
 

@@ -17,18 +17,33 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from harmony_core import export, imaging
+from harmony_core.arena import stats
+from harmony_core.arena.hub import restore_shards, start_hub_sync
+from harmony_core.arena.index import cell_of
+from harmony_core.arena.studyset import (
+    LETTERS,
+    MAX_SHOWN,
+    Round,
+    StudySample,
+    StudySet,
+    next_round,
+    sample_id,
+    user_round,
+)
+from harmony_core.arena.votes import (
+    MODES,
+    SOURCES,
+    DuplicateVote,
+    Vote,
+    VoteStore,
+    anonymous_lines,
+    ip_hash,
+    neutralize,
+    session_key,
+)
 from harmony_core.errors import InputError
 from harmony_core.studio import blind, raters
 from harmony_core.studio.scratch import scratch_folder
-from harmony_core.arena import stats
-from harmony_core.arena.studyset import (
-    LETTERS, MAX_SHOWN, Round, StudySample, StudySet, next_round, sample_id, user_round,
-)
-from harmony_core.arena.hub import restore_shards, start_hub_sync
-from harmony_core.arena.index import cell_of
-from harmony_core.arena.votes import (
-    MODES, SOURCES, DuplicateVote, Vote, VoteStore, anonymous_lines, ip_hash, neutralize, session_key,
-)
 
 CANT_DECIDE = "Can't decide"
 TIES = {"Both good": "both_good", "Both bad": "both_bad"}
@@ -423,7 +438,7 @@ class Boards:
                 self._running.discard(key)
 
 
-_BOARDS: "weakref.WeakKeyDictionary[VoteStore, Boards]" = weakref.WeakKeyDictionary()
+_BOARDS: weakref.WeakKeyDictionary[VoteStore, Boards] = weakref.WeakKeyDictionary()
 _BOARDS_LOCK = threading.Lock()
 
 

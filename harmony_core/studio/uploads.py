@@ -12,8 +12,9 @@ tells what is on the server's disk.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from harmony_core.errors import InputError
 

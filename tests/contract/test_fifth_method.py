@@ -71,7 +71,7 @@ class Tint(ModelMethod):
         return model.to(self.device)
 
     @classmethod
-    def random_weights(cls, scale: str = "full", device: str | None = None, **options: Any) -> "Tint":
+    def random_weights(cls, scale: str = "full", device: str | None = None, **options: Any) -> Tint:
         method = cls(device=device, **options)
         method.adopt(network().to(method.device), f"random-{scale}")
         return method

@@ -21,8 +21,9 @@ import json
 import os
 import pickle
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 RELEASE_TIMEOUT_S = 120
 
