@@ -147,7 +147,8 @@ def _bad_input(block: Any, value: Any) -> str | None:
     label = _cut(str(getattr(block, "label", None) or type(block).__name__), 40)
     if isinstance(block, (gr.State, gr.BrowserState)) or value is None:
         return None
-    if isinstance(block, gr.CheckboxGroup):  # method names (a list, or one comma-separated text): the handlers name an unknown one
+    # method names (a list, or one comma-separated text): the handlers name an unknown one
+    if isinstance(block, gr.CheckboxGroup):
         if isinstance(value, str):
             return None if len(value) <= MAX_TEXT_CHARS else f"'{label}' takes a list of its choices"
         if not isinstance(value, list) or len(value) > 4 * len(block.choices or []) or \
@@ -164,7 +165,8 @@ def _bad_input(block: Any, value: Any) -> str | None:
     if isinstance(block, gr.Checkbox):
         return None if isinstance(value, bool) else f"'{label}' takes true or false"
     if isinstance(block, (gr.Number, gr.Slider)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not np.isfinite(value)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(value, float) and not np.isfinite(value)):
             return f"'{label}' takes a number"  # a Python int of any size is finite: the handler judges its range
         low, high = getattr(block, "minimum", None), getattr(block, "maximum", None)
         if (low is not None and value < low) or (high is not None and value > high):
@@ -310,14 +312,18 @@ def _compose_inputs() -> dict[str, Any]:
     with gr.Tabs():
         with gr.Tab("Composite + mask"):
             with gr.Row():
-                c["composite"] = gr.Image(label="Composite", type="filepath", image_mode=None, format="png", elem_id="compose-composite")
-                c["mask"] = gr.Image(label="Mask (white = pasted object)", type="filepath", image_mode=None, format="png", elem_id="compose-mask")
+                c["composite"] = gr.Image(label="Composite", type="filepath", image_mode=None, format="png",
+                                          elem_id="compose-composite")
+                c["mask"] = gr.Image(label="Mask (white = pasted object)", type="filepath", image_mode=None, format="png",
+                                     elem_id="compose-mask")
             c["use"] = gr.Button("Use this composite", variant="primary", elem_id="compose-use")
         with gr.Tab("Background + foreground"):
             with gr.Row():
                 c["background"] = gr.Image(label="Background", type="filepath", image_mode=None, format="png")
-                c["foreground"] = gr.Image(label="Foreground (PNG with transparency)", type="filepath", image_mode=None, format="png")
-                c["foreground_mask"] = gr.Image(label="Foreground mask (optional)", type="filepath", image_mode=None, format="png")
+                c["foreground"] = gr.Image(label="Foreground (PNG with transparency)", type="filepath", image_mode=None,
+                                           format="png")
+                c["foreground_mask"] = gr.Image(label="Foreground mask (optional)", type="filepath", image_mode=None,
+                                                format="png")
             with gr.Row():
                 c["x"] = gr.Slider(0, 1, value=0.5, step=0.01, label="x (centre, fraction of width)")
                 c["y"] = gr.Slider(0, 1, value=0.5, step=0.01, label="y (centre, fraction of height)")
@@ -367,7 +373,8 @@ def compose_tab(server: Server, example: showcase.Showcase | None) -> ComposeTab
     def compose_upload(composite, mask):
         if missing := compose.missing_upload(composite, mask):
             return _warned(missing, len(outputs))
-        return _compose_outputs(compose.from_upload(image_in(composite, "composite"), image_in(mask, "mask"), server.max_side), cache)
+        return _compose_outputs(compose.from_upload(image_in(composite, "composite"), image_in(mask, "mask"), server.max_side),
+                                cache)
 
     @user_errors
     def compose_place(background_in, foreground, foreground_mask, x, y, scale):
@@ -382,7 +389,8 @@ def compose_tab(server: Server, example: showcase.Showcase | None) -> ComposeTab
 
     @user_errors
     def compose_invert(composite, mask, placed_on):
-        return _compose_outputs(compose.invert(image_in(composite, "composite"), image_in(mask, "mask"), server.max_side, placed_on), cache)
+        return _compose_outputs(compose.invert(image_in(composite, "composite"), image_in(mask, "mask"), server.max_side,
+                                               placed_on), cache)
 
     upload_in = [c["composite"], c["mask"]]
     place_in = [c["background"], c["foreground"], c["foreground_mask"], c["x"], c["y"], c["scale"]]
@@ -476,7 +484,8 @@ def _wire_method_choice(server: Server, c: dict[str, Any]) -> None:
         largest = (server.max_side, server.max_side)
         return gr.update(value=budget.default_selection(runnable_now, largest)), note_now
 
-    c["weights_button"].click(use_weights, c["weight_boxes"], [c["methods"], c["availability"]], api_name="set_weights", **GPU_QUEUE)
+    c["weights_button"].click(use_weights, c["weight_boxes"], [c["methods"], c["availability"]], api_name="set_weights",
+                              **GPU_QUEUE)
 
 
 def _export_section(results: gr.State) -> None:
@@ -725,7 +734,8 @@ def study_tab(server: Server, rater: gr.BrowserState, demo: gr.Blocks) -> StudyT
         slots = [gr.Image(label=letter, type="filepath", interactive=False, elem_id=f"slot-{letter}")
                  for letter in studyset.LETTERS[:studyset.MAX_SHOWN]]
     with gr.Row(elem_id="study-votes"):
-        vote_buttons = [gr.Button(letter, interactive=False, elem_id=f"vote-{letter}") for letter in studyset.LETTERS[:studyset.MAX_SHOWN]]
+        vote_buttons = [gr.Button(letter, interactive=False, elem_id=f"vote-{letter}")
+                        for letter in studyset.LETTERS[:studyset.MAX_SHOWN]]
         cant_decide = gr.Button(study.CANT_DECIDE, interactive=False, elem_id="vote-none")
         tie_buttons = [gr.Button(label, interactive=False, visible=False, elem_id=f"vote-{kind.replace('_', '-')}")
                        for label, kind in study.TIES.items()]
@@ -770,7 +780,8 @@ def study_tab(server: Server, rater: gr.BrowserState, demo: gr.Blocks) -> StudyT
     names = [f"vote_{letter.lower()}" for letter in studyset.LETTERS[:studyset.MAX_SHOWN]] + ["vote_cant_decide"]
     names += [f"vote_{kind}" for kind in study.TIES.values()]
     for choice, button, api_name in zip(choices, [*vote_buttons, cant_decide, *tie_buttons], names):
-        button.click(voter(choice), [state, rater], rounds, api_name=api_name, concurrency_limit=None).then(**view, api_name=False)
+        button.click(voter(choice), [state, rater], rounds, api_name=api_name,
+                     concurrency_limit=None).then(**view, api_name=False)
     gr.on([zoom.change, difference.change], **view, api_name="study_view")
     return StudyTab(mode, view, rounds, [rater, rater_note])
 

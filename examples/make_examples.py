@@ -102,7 +102,8 @@ def main() -> None:
     cup = np.dstack([coffee, alpha])[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     rocket = skimage.data.rocket()
     Image.fromarray(rocket).save(HERE / "rocket_background.jpg", quality=90)
-    Image.fromarray(cup, "RGBA").resize((cup.shape[1] // 2, cup.shape[0] // 2), Image.LANCZOS).save(HERE / "cup_foreground.png", optimize=True)
+    half = (cup.shape[1] // 2, cup.shape[0] // 2)
+    Image.fromarray(cup, "RGBA").resize(half, Image.LANCZOS).save(HERE / "cup_foreground.png", optimize=True)
     composite, mask = imaging.place_foreground(rocket, cup, x=0.22, y=0.78, scale=0.45)
     Image.fromarray(composite).save(HERE / "cup_rocket_composite.jpg", quality=92)
     Image.fromarray(imaging.mask_to_image(mask)).save(HERE / "cup_rocket_mask.png", optimize=True)

@@ -212,7 +212,8 @@ def overhead(args: argparse.Namespace) -> str:
             method.configure(**options)  # the shared instance: the studio's path runs it
         method.run(request)  # warm-up: loads the model, fills caches
         plain, studio = [], []
-        ways = [(plain, lambda: method.run(request)), (studio, lambda: execute(Job.of(name, request), no_progress))]
+        ways = [(plain, lambda method=method: method.run(request)),
+                (studio, lambda name=name: execute(Job.of(name, request), no_progress))]
         for i in range(args.repeats):
             for times, call in ways if i % 2 == 0 else ways[::-1]:  # A B B A ...: drift hits both alike
                 start = time.perf_counter()
@@ -220,8 +221,8 @@ def overhead(args: argparse.Namespace) -> str:
                 times.append(time.perf_counter() - start)
         a, b = statistics.median(plain), statistics.median(studio)
         print(f"  {name}: run {[round(t, 3) for t in plain]} execute {[round(t, 3) for t in studio]}", file=sys.stderr)
-        lines.append(f"| {name}{' (tiny random weights)' if name == 'hspace' else ''}{f' {options}' if options else ''} | {composite.shape[1]}x"
-                     f"{composite.shape[0]} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
+        label = f"{name}{' (tiny random weights)' if name == 'hspace' else ''}{f' {options}' if options else ''}"
+        lines.append(f"| {label} | {composite.shape[1]}x{composite.shape[0]} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
     return "\n".join(lines)
 
 

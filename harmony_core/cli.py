@@ -1,4 +1,5 @@
-"""Command line: `python -m harmony_core {methods,harmonize,bench,bench-studio,fetch-weights,make-dataset,evaluate,prepare-study,...}`.
+"""Command line: `python -m harmony_core {methods,harmonize,bench,bench-studio,fetch-weights,make-dataset,evaluate,
+prepare-study,...}`.
 
 Errors the user can fix are printed as one line on stderr with exit status 2; nothing is left
 half-written.
@@ -437,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", default="cc-by-4.0", help="the licence the dataset card states")
     p.set_defaults(func=cmd_export_votes)
 
-    p = sub.add_parser("device-check", help="every model-backed method on one GPU, all resident, each in the dtype it runs in, in one run")
+    p = sub.add_parser("device-check",
+                       help="every model-backed method on one GPU, all resident, each in the dtype it runs in, in one run")
     p.add_argument("--out", required=True, help="report folder: device_check.json + device_check.md")
     p.add_argument("--tiny", action="store_true", help="the same code path with tiny test models on the CPU")
     p.add_argument("--minutes", type=float, default=8.5, help="stop cleanly, keeping what was measured, after this long")

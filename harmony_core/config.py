@@ -43,7 +43,7 @@ class Config:
     study_dir: Path | None = None
     """HARMONY_STUDY_DIR: the blind study set (the app's --study; None: the app's demo set)."""
     votes_dir: Path | None = None
-    """HARMONY_VOTES_DIR: votes.csv and the server secret (the app's --votes; None: outputs/votes)."""
+    """HARMONY_VOTES_DIR: the vote shards and the server secret (the app's --votes; None: outputs/votes)."""
     vote_secret: str | None = field(default=None, repr=False)
     """HARMONY_VOTE_SECRET: the HMAC secret of IP hashes (None: a file in the votes folder)."""
     votes_dataset: str | None = None

@@ -2,11 +2,12 @@
 
 GPU time is lent rarely and briefly, so the whole measurement is prepared here and runs in one
 command: every model-backed method (`registry.weighted_methods`) is built with random weights in
-its full-size architecture (`random_weights`; speed and memory do not depend on the values), kept resident together, each in the dtype it runs in
-(`method_dtypes`: hspace and ptl in fp32, the Stable Diffusion methods in fp16), timed on synthetic
-composites, and the report is rewritten after every measurement, so a run cut short by `--minutes`
-(or killed) still leaves everything measured so far. `--tiny` runs the same code with the tiny test
-models on the CPU, so the command is exercised by the tests.
+its full-size architecture (`random_weights`; speed and memory do not depend on the values), kept
+resident together, each in the dtype it runs in (`method_dtypes`: hspace and ptl in fp32, the
+Stable Diffusion methods in fp16), timed on synthetic composites, and the report is rewritten after
+every measurement, so a run cut short by `--minutes` (or killed) still leaves everything measured
+so far. `--tiny` runs the same code with the tiny test models on the CPU, so the command is
+exercised by the tests.
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ def time_method(row: Timing, method: Method, repeats: int, deadline: Deadline) -
     except OutOfTime:
         row.status = f"out of time after {len(times)} of {repeats} runs"
         raise
-    except Exception as exc:  # noqa: BLE001 - one failing method (say, out of memory) must not cost the others' rows
+    except Exception as exc:  # one failing method (say, out of memory) must not cost the others' rows
         row.status = f"error: {type(exc).__name__}: {exc}"[:300]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -288,7 +289,7 @@ def train_ptl(row: Training, tiny: bool, device: str, steps: int, deadline: Dead
     except OutOfTime:
         row.status = f"out of time after {row.steps} of {steps} steps"
         raise
-    except Exception as exc:  # noqa: BLE001 - as in time_method: the other rows still run
+    except Exception as exc:  # as in time_method: the other rows still run
         row.status = f"error: {type(exc).__name__}: {exc}"[:300]
 
 

@@ -3,7 +3,8 @@
 Each method runs on every sample at the dataset's native resolution; metrics follow the 256-px
 protocol of harmony_core.metrics. The per-image CSV is the run's state: rows are appended and
 flushed one by one, and a rerun skips the (subset, image, method) rows already there (a torn
-last line from a crash is skipped and set aside to per_image.torn, the rule of atomic.py), so an interrupted run resumes where it stopped.
+last line from a crash is skipped and set aside to per_image.torn, the rule of atomic.py), so an
+interrupted run resumes where it stopped.
 
 Data parallel: under a distributed launcher (accelerate launch --multi_gpu --num_processes N,
 or torchrun --nproc_per_node N; both work on CPU-only machines) process r of N takes the samples

@@ -11,7 +11,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from harmony_core.atomic import atomic_open
 from harmony_core.errors import InputError
 
-ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | BinaryIO | Image.Image | np.ndarray
 
 MAX_PIXELS = 50_000_000
 """Largest image accepted (width x height); bigger files are refused before decoding."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from gradio_client import Client
 from PIL import Image
@@ -45,7 +46,8 @@ def server(app):
     return app[1]
 
 
-def queue_call(url: str, fn_index: int, data: list, session: str | None = None, headers: dict | None = None) -> tuple[str, object]:
+def queue_call(url: str, fn_index: int, data: list, session: str | None = None,
+               headers: dict | None = None) -> tuple[str, object]:
     """(the last message's kind, its output or error) of one raw /queue/join call by fn_index."""
     session = session or uuid.uuid4().hex
     joined = httpx.post(f"{url}gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
@@ -188,10 +190,8 @@ def test_no_event_serves_or_returns_the_study_folder(tmp_path):
 
 # --- 4 and 5. Ballot stuffing and over-claiming statistics -----------------------------------------
 
-def _votes(rows: list[tuple[str, str, str, str]]) -> "pd.DataFrame":
+def _votes(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
     """(shown 'a;b', winner, rater, ip hash) rows as a votes frame."""
-    import pandas as pd
-
     return pd.DataFrame([{"mode": "pairwise" if s.count(";") == 1 else "best_of_n", "shown_order": s, "winner_method": w,
                           "rater_id": r, "ip_hash": ip, "flags": "seed=1"} for s, w, r, ip in rows])
 
@@ -230,17 +230,23 @@ def test_many_ids_from_one_source_are_one_opinion():
     flagged = stats.source_table(stuffed).iloc[0]
     assert flagged["votes"] == 75 and "25 rater ids" in flagged["flags"] and "one-sided picks" in flagged["flags"]
     honest = _votes([("a;b;c;d", "abcd"[(i * 7) % 4], f"h{i}", f"ip{i}") for i in range(12)])
-    kept, left_out = stats.without_flagged(__import__("pandas").concat([stuffed, honest]))
+    kept, left_out = stats.without_flagged(pd.concat([stuffed, honest]))
     assert left_out == 1 and len(kept) == 12
     spread = _votes([("a;b;c;d", "d", f"r{i}", f"ip{i}") for i in range(25)])  # 25 real sources: a real result
     assert float(re.search(r"sources: p = ([0-9.e-]+)\.", stats.leaderboard(spread, n_boot=50).headline)[1]) < 0.001
 
 
 def _nearest_method(sample_outputs: dict[str, np.ndarray], served: np.ndarray) -> str:
-    """The public set's attack: the stored output nearest to a served image (always possible, see docs/security.md)."""
-    return min(sample_outputs, key=lambda m: np.abs(sample_outputs[m].astype(int) - served[: sample_outputs[m].shape[0],
-                                                                                              : sample_outputs[m].shape[1]]).mean()
-               if sample_outputs[m].shape[:2] == served.shape[:2] else np.inf)
+    """The public set's attack: the stored output nearest to a served image (always possible, see
+    docs/security.md)."""
+
+    def distance(m: str) -> float:
+        output = sample_outputs[m]
+        if output.shape[:2] != served.shape[:2]:
+            return np.inf
+        return np.abs(output.astype(int) - served[: output.shape[0], : output.shape[1]]).mean()
+
+    return min(sample_outputs, key=distance)
 
 
 @pytest.mark.slow

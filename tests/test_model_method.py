@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -49,7 +50,7 @@ def test_bad_values_are_input_errors_and_settings_are_frozen():
     with pytest.raises(InputError, match="steps"):
         DiffHarmony().with_settings(steps=0)
     method = DiffHarmony(steps=2)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         method.settings.steps = 3  # frozen
 
 

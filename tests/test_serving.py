@@ -182,9 +182,11 @@ def test_gpu_duration_follows_the_settings_and_an_unknown_cost_is_conservative(m
     expected = math.ceil(hspace.cost.seconds(serving.settings_of(hspace), size, "gpu") + serving.CALL_OVERHEAD_S)
     assert serving.gpu_seconds(Job("hspace", composite, mask)) == min(expected, serving.GPU_SECONDS_MAX)
     few = hspace.with_settings(n_gen=50)
-    assert hspace.cost.seconds(serving.settings_of(few), size, "gpu") < hspace.cost.seconds(serving.settings_of(hspace), size, "gpu")
+    assert hspace.cost.seconds(serving.settings_of(few), size, "gpu") < \
+        hspace.cost.seconds(serving.settings_of(hspace), size, "gpu")
     assert Mapper.cost is DEFAULT_COST and DEFAULT_COST.gpu
-    assert serving.gpu_seconds(Job(Mapper.name, composite, mask)) == math.ceil(DEFAULT_COST.on_gpu.fixed + serving.CALL_OVERHEAD_S)
+    assert serving.gpu_seconds(Job(Mapper.name, composite, mask)) == \
+        math.ceil(DEFAULT_COST.on_gpu.fixed + serving.CALL_OVERHEAD_S)
 
 
 def test_only_the_gpu_methods_need_a_gpu():

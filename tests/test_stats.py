@@ -122,8 +122,10 @@ def test_no_votes():
 
 def tie_votes(good: int, bad: int, a_wins: int) -> pd.DataFrame:
     rows = [{"mode": "pairwise", "shown_order": "a;b", "winner_method": "a", "rater_id": "r1", "flags": "seed=1"}] * a_wins
-    rows += [{"mode": "pairwise", "shown_order": "a;b", "winner_method": "", "rater_id": "r2", "flags": "seed=2;tie=both_good"}] * good
-    rows += [{"mode": "pairwise", "shown_order": "b;a", "winner_method": "", "rater_id": "r3", "flags": "seed=3;tie=both_bad"}] * bad
+    rows += [{"mode": "pairwise", "shown_order": "a;b", "winner_method": "", "rater_id": "r2",
+              "flags": "seed=2;tie=both_good"}] * good
+    rows += [{"mode": "pairwise", "shown_order": "b;a", "winner_method": "", "rater_id": "r3",
+              "flags": "seed=3;tie=both_bad"}] * bad
     return pd.DataFrame(rows)
 
 

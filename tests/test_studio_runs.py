@@ -107,7 +107,7 @@ def test_a_cancelled_run_stops_and_never_breaks_the_next_users_run(studio, name)
     run is done, A's runs stopped inside the method, and no two runs were ever inside a model."""
     a, b, inside, composite, mask = studio
     stopped_before = inside.stopped.get(name, 0)
-    for attempt in range(3):
+    for _ in range(3):
         first = a.submit(composite, mask, None, [name], 1, "a cup", api_name="/compare")
         wait_until_running(first, name)
         first.cancel()

@@ -199,7 +199,7 @@ class FakeHub:
         future: Future = Future()
         try:
             future.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # noqa: BLE001 (a future carries the error)
+        except Exception as exc:  # a future carries the error
             future.set_exception(exc)
         return future
 

@@ -158,7 +158,7 @@ def test_the_estimate_shows_the_gpu_seconds_and_warns_beyond_a_free_visitors_quo
 def test_the_default_selection_is_what_finishes_within_the_budget(space):
     (methods,) = [c for c in client(space).config["components"]
                   if c.get("props", {}).get("label", "").startswith("Methods (ticked")]
-    ticked, labels = methods["props"]["value"], dict((v, l) for l, v in methods["props"]["choices"])
+    ticked, labels = methods["props"]["value"], dict((v, label) for label, v in methods["props"]["choices"])
     assert set(CPU_METHODS) <= set(ticked) and not {"diffharmony", "freepih"} & set(ticked)  # no weights: not runnable
     assert labels["hspace"].startswith("hspace (~") and labels["hspace"].endswith("on the GPU)")
     assert labels["freepih"].endswith("on the GPU)") and labels["reinhard"].endswith("on the CPU)")

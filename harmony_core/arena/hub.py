@@ -60,7 +60,7 @@ def restore_shards(folder: str | os.PathLike, repo_id: str | None = None, api=No
                 taken.append(base)
     except RepositoryNotFoundError:
         pass  # a new dataset: nothing to restore
-    except Exception:  # noqa: BLE001 (the Hub unreachable: serve what is on disk; pushes still never overwrite)
+    except Exception:  # the Hub unreachable: serve what is on disk; pushes still never overwrite
         log.exception("could not restore the vote shards of %s; serving with the shards on disk only "
                       "(the board and the duplicate check miss the others until the next start)", repo_id)
     finally:

@@ -511,7 +511,8 @@ def _headline(t: Tally, r: _Reduced, member: np.ndarray, wins: np.ndarray, shown
     cluster_sizes = np.unique(t.source[judged], return_counts=True)[1]
     if compared.sum() >= 2 and len(cluster_sizes) >= MIN_SOURCES:
         chi = sps.chisquare(wins[compared], expected[compared]).statistic / design_effect(cluster_sizes)
-        text += f" All methods equally preferred? Chi-square p (votes clustered by source) = {sps.chi2.sf(chi, compared.sum() - 1):.2g}."
+        p = sps.chi2.sf(chi, compared.sum() - 1)
+        text += f" All methods equally preferred? Chi-square p (votes clustered by source) = {p:.2g}."
     return text + tail
 
 

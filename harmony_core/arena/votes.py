@@ -35,7 +35,7 @@ import numpy as np
 from filelock import FileLock
 
 from harmony_core import __version__, atomic, config
-from harmony_core.arena.index import FIELDS, MODES, SOURCES, Coded, VoteIndex  # noqa: F401 (MODES: for the rounds)
+from harmony_core.arena.index import FIELDS, MODES, SOURCES, Coded, VoteIndex
 from harmony_core.errors import InputError
 
 log = logging.getLogger(__name__)

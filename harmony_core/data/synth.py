@@ -323,7 +323,9 @@ class SyntheticComposites:
         pixels = real[mask]
         best: SynthSample | None = None
         best_distance = math.inf
-        for attempt in range(1, c.max_attempts + 1):
+        attempts = 0
+        while attempts < c.max_attempts:
+            attempts += 1
             name = c.transforms[rng.integers(len(c.transforms))]
             details: dict[str, str] = {}
             colours = TRANSFORMS[name](rng, pixels, self._donor(rng, position, details))
@@ -336,7 +338,7 @@ class SyntheticComposites:
             if distance == 0:
                 break
         assert best is not None
-        best.attempts = attempt
+        best.attempts = attempts
         return best
 
     def _donor(self, rng: np.random.Generator, position: int, details: dict[str, str]) -> Donor:

@@ -20,6 +20,7 @@ Contribution maps (paper fig. 5), all sized like the input, in [0, 1], zero on t
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Mapping
@@ -219,7 +220,7 @@ class PTLMethod(ModelMethod):
                 point_row = attention.over_all_keys(weights[nearest])
             if prefix == "ptl":
                 soft_background = 1.0 - F.adaptive_avg_pool2d(mask_t, (side, side))[0, 0]
-                spread = lambda weights: spread_blocks(weights, soft_background, layer.block, layer.stride)  # noqa: E731
+                spread = functools.partial(spread_blocks, background=soft_background, block=layer.block, stride=layer.stride)
                 maps["ptl background contribution"] = to_map(spread(overall), background)
                 maps["ptl point contribution"] = to_map(spread(point_row), background)
             else:

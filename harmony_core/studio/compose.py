@@ -54,7 +54,8 @@ def finish(composite: np.ndarray, mask: np.ndarray, max_side: int, notes: list[s
         mask = imaging.cap_long_side(mask, max_side)
         background = None if background is None else imaging.cap_long_side(background, max_side)
         nh, nw = composite.shape[:2]
-        notes.append(f"The image was {w}x{h}; the studio works at most {max_side} px on the long side, so it was resized to {nw}x{nh}.")
+        notes.append(f"The image was {w}x{h}; the studio works at most {max_side} px on the long side, "
+                     f"so it was resized to {nw}x{nh}.")
     imaging.validate_pair(composite, mask)
     return Composed(composite, mask, notes, background)
 

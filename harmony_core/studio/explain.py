@@ -237,7 +237,8 @@ def explain_point(previous: Explained | None, request: HarmonizationRequest, pro
         return [step for step in steps if isinstance(step, Explained)][-1]
 
 
-def point_stream(previous: Explained | None, request: HarmonizationRequest, progress: Progress) -> Iterator[Explained | str | None]:
+def point_stream(previous: Explained | None, request: HarmonizationRequest,
+                 progress: Progress) -> Iterator[Explained | str | None]:
     """`explain_point` as a stream (see `explain_stream`)."""
     if previous is None:
         raise InputError("Press **Explain** first, then click a point.")

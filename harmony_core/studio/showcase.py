@@ -46,9 +46,9 @@ def first_visit(examples: Path, max_side: int) -> Showcase | None:
         composed = compose.from_upload(examples / COMPOSITE, examples / MASK, max_side)
         names = [n for n in METHODS if get_method(n).available()]
         request, names, _ = compare.build_request(examples / COMPOSITE, examples / MASK, names, max_side, examples / REAL)
-        last = None
-        for last in compare.run_methods(request, names, lambda fraction, message: None):
-            pass
+        last = None  # the last state carries the finished run
+        for step in compare.run_methods(request, names, lambda fraction, message: None):
+            last = step
     except (HarmonyError, OSError) as exc:
         log.warning("no example for the first visit: %s", exc)
         return None

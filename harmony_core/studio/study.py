@@ -193,7 +193,8 @@ def mode_of(mode_label: object) -> str:
 
 
 def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: str,
-                limiter: raters.RateLimiter | None = None, source: str | None = None, previous: RoundState | None = None) -> tuple[RoundState | None, RoundView]:
+                limiter: raters.RateLimiter | None = None, source: str | None = None,
+                previous: RoundState | None = None) -> tuple[RoundState | None, RoundView]:
     """The next round for this (verified) rater, or a thank-you when every sample has their vote;
     a pairwise round shows the least-compared pair not yet separated (studyset.next_round).
     The source (IP hash) is charged for the round until its vote; the session's previous round's
@@ -218,7 +219,8 @@ def start_round(study: StudySet, store: VoteStore, rater_id: str, mode_label: st
 
 def start_user_round(composite: np.ndarray | None, mask: np.ndarray | None, outputs: dict[str, np.ndarray] | None,
                      store: VoteStore, rater_id: str, mode_label: str,
-                     limiter: raters.RateLimiter | None = None, source: str | None = None, previous: RoundState | None = None) -> tuple[RoundState, RoundView]:
+                     limiter: raters.RateLimiter | None = None, source: str | None = None,
+                     previous: RoundState | None = None) -> tuple[RoundState, RoundView]:
     """A blind round over the rater's own Compare results; the vote is recorded as sample_source "user".
 
     Served like a study round (`blind_copies`). The rater has seen these results with their names
