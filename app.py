@@ -870,8 +870,7 @@ def make_server(max_side: int, study_dir: str | os.PathLike | None, votes_dir: s
             study_note += " " + study.DEMO_NOTE
     except HarmonyError as exc:
         study_set, study_note = None, f"No study set: {exc}"
-    store, limiter = study.open_store(votes_dir, leave_out_flagged), RateLimiter(rate_limits)
-    study.seed_rate_limits(store, limiter)  # the last day's votes: a restart resets no quota
+    store, limiter = study.open_store(votes_dir), RateLimiter(rate_limits)
     return Server(max_side, (gr.utils.get_upload_folder(), EXAMPLES), (study_dir,), allow_weight_changes, study_set,
                   study_note, store, votes.load_secret(votes_dir), limiter, leave_out_flagged)
 
@@ -918,6 +917,9 @@ def build_app(max_side: int = compose.DEFAULT_MAX_SIDE, study_dir: str | os.Path
         wire_blind_vote(server, compared, studied, rater, tabs)
     guard_events(demo)
     distrust_server_proxy_headers()
+    # Last, so it does not slow the imports and the build: the index (with the last day's votes
+    # in the rate limits) loads while the server starts, and requests that need it wait for it.
+    study.load_in_background(server.store, server.limiter, leave_out_flagged)
     return demo
 
 

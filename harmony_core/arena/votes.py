@@ -49,8 +49,9 @@ SCHEMA_VERSION = "1"
 VOTES_FILE = "votes.csv"
 """The single file older versions wrote; still read, never appended to."""
 LOCK_FILE = ".votes.lock"
-READ_BLOCK = 16 << 20
-"""Bytes read at a time while catching up: bounds memory when a million votes are loaded."""
+READ_BLOCK = 1 << 20
+"""Bytes read at a time while catching up: bounds memory when a million votes are loaded (loading
+a million, 1 MB blocks took 4.2 s and 112 MB more resident memory; 16 MB blocks 6.0 s and 254 MB)."""
 SECRET_FILE = ".ip_hash_secret"
 SECRET_ENV = "HARMONY_VOTE_SECRET"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -111,10 +111,15 @@ class RateLimiter:
     counts the last day's stored votes in again (`seed_votes`); new ids and rounds without a vote
     start afresh after a restart. Thread-safe."""
 
+    SEED_WAIT_S = 120.0
+    """Longest a vote waits for the stored votes to be counted (`expect_seed`)."""
+
     def __init__(self, limits: RateLimits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.clock = clock
         self._lock = threading.Lock()
+        self._seeded = threading.Event()
+        self._seeded.set()
         self._votes = _Windows((("minute", MINUTE, limits.per_minute), ("day", DAY, limits.per_day)),
                                "Too many votes: at most {cap} a {window} from one rater or network. "
                                "Your vote was not recorded; please try again later.")
@@ -135,8 +140,13 @@ class RateLimiter:
 
     def take(self, *keys: str) -> None:
         """Count one vote for every non-empty key, or raise RateLimited (counting none) when any
-        key has used up a window."""
+        key has used up a window. Waits while the stored votes are being counted (`expect_seed`)."""
+        self._seeded.wait(self.SEED_WAIT_S)
         self._take(self._votes, keys)
+
+    def expect_seed(self) -> None:
+        """Hold votes until `seed_votes` runs: the store counts its votes in the background at start-up."""
+        self._seeded.clear()
 
     def seed_votes(self, votes: Iterable[tuple[str, str, float]], wall_now: float | None = None) -> None:
         """Count votes recorded before this process started ((rater id, IP hash, UTC seconds),
@@ -146,6 +156,7 @@ class RateLimiter:
             for rater, ip, at in votes:
                 if wall - at < DAY:
                     self._votes.count(tuple(k for k in (rater, ip) if k), now - (wall - at))
+        self._seeded.set()
 
     def new_id(self, source: str) -> None:
         """Count one newly issued rater id for this source (IP hash), or raise RateLimited."""

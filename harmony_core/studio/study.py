@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -45,6 +46,7 @@ from harmony_core.errors import InputError
 from harmony_core.studio import blind, raters
 from harmony_core.studio.scratch import scratch_folder
 
+log = logging.getLogger(__name__)
 CANT_DECIDE = "Can't decide"
 TIES = {"Both good": "both_good", "Both bad": "both_bad"}
 """Pairwise mode's ties (button label -> the kind stored in the vote's flags as tie=KIND)."""
@@ -460,16 +462,33 @@ def _key(kind: str, mode_filter: str, source_filter: str, leave_out_flagged: boo
     return kind, cells, bool(leave_out_flagged) and kind == "board"
 
 
-def open_store(folder: str | os.PathLike, leave_out_flagged: bool = False) -> VoteStore:
-    """The app's vote store, ready before the first request: the Hub dataset's shards restored
-    (when $HARMONY_VOTES_DATASET is set), every shard indexed, this process's shard pushed from now
-    on, and the default board computing in the background."""
+def open_store(folder: str | os.PathLike) -> VoteStore:
+    """The app's vote store: the Hub dataset's shards restored first (when $HARMONY_VOTES_DATASET
+    is set), this process's shard pushed from now on. Its index loads on first use, or in the
+    background from `load_in_background`."""
     restore_shards(folder)
     store = VoteStore(folder)
-    store.refresh()
     start_hub_sync(store)  # its thread pushes until exit
-    warm_board(store, leave_out_flagged)
     return store
+
+
+def load_in_background(store: VoteStore, limiter: raters.RateLimiter, leave_out_flagged: bool = False) -> None:
+    """Index every shard in a thread (a million votes take seconds), so serving starts at once: a
+    request that reads the store meanwhile waits for it (every read catches up under the store's
+    lock), and votes wait until the last day's stored votes are counted in the limiter. Then the
+    default board is computed."""
+    limiter.expect_seed()
+    threading.Thread(target=_load, args=(store, limiter, leave_out_flagged), daemon=True, name="votes-load").start()
+
+
+def _load(store: VoteStore, limiter: raters.RateLimiter, leave_out_flagged: bool) -> None:
+    try:
+        seed_rate_limits(store, limiter)  # reads every shard into the index first
+    except Exception:  # a broken store must not hold votes: requests report its error themselves
+        log.exception("loading the votes failed")
+        limiter.seed_votes(())
+        return
+    warm_board(store, leave_out_flagged)
 
 
 def seed_rate_limits(store: VoteStore, limiter: raters.RateLimiter) -> None:
