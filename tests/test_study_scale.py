@@ -394,7 +394,7 @@ def test_a_restart_keeps_the_days_rate_limits(tmp_path):
         stale = dict(old, rater_id="r2", sample_id="s-old", ts_utc="2000-01-01T00:00:00.000000Z")
         handle.write(",".join(stale[c] for c in COLUMNS) + "\n")
     limiter = raters.RateLimiter(raters.RateLimits(per_minute=0, per_day=2))
-    study.seed_rate_limits(VoteStore(tmp_path), limiter)  # what the app does at start-up
+    study.load_in_background(VoteStore(tmp_path), limiter)  # what the app does; the votes below wait for it
     with pytest.raises(raters.RateLimited):
         limiter.take("r1", "")
     with pytest.raises(raters.RateLimited):
