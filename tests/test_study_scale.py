@@ -39,6 +39,7 @@ def fill(store: VoteStore, n: int, seed: int = 0, prefix: str = "s") -> None:
         store.append(random_vote(rng, f"r{i % 23}", f"{prefix}{i}", mode, source))
 
 
+@pytest.mark.slow
 def test_the_index_board_equals_the_frame_statistics(tmp_path):
     store = VoteStore(tmp_path)
     fill(store, 400)

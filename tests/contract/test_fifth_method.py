@@ -128,6 +128,7 @@ def test_compare_lists_it_shows_its_prompt_box_and_runs_it(fifth):
     assert result.metadata["prompt"] == "a red box" and result.metadata["parameters"]["strength"] == 1.0
 
 
+@pytest.mark.slow
 def test_the_app_builds_its_prompt_box_and_choice(fifth, tmp_path):
     from app import build_app
 
@@ -151,6 +152,7 @@ def test_the_cli_lists_and_benchmarks_it(fifth, capsys):
     assert "| fifth | 32 | cpu |" in out and "options {'strength': 0.25}" in out
 
 
+@pytest.mark.slow
 def test_device_check_tiny_times_it(fifth, tmp_path):
     from harmony_core import device_check
 
@@ -172,6 +174,7 @@ def test_the_zero_gpu_estimate_comes_from_its_cost(fifth, monkeypatch):
     assert serving.gpu_seconds(serving.Job.of("fifth", request)) == estimate.gpu_seconds
 
 
+@pytest.mark.slow
 def test_the_contract_tests_check_it():
     """The contract tests, in a pytest run where this file registers the method (-p)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")])}
