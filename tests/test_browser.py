@@ -5,11 +5,13 @@ tiles stay as they are while later methods finish.
 
 Screenshots of each step are saved to outputs/screenshots/ (ignored by git) for a person to look at."""
 
+import contextlib
 import json
 import re
 import shutil
 import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,9 +50,16 @@ def compose_the_cat(page) -> None:
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
+    with launched(tmp_path_factory.mktemp("votes")) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def launched(votes_dir: Path) -> Iterator[str]:
+    """The studio launched on a free local port, closed on exit: its address."""
     from app import build_app
 
-    demo = build_app(max_side=400, votes_dir=tmp_path_factory.mktemp("votes"))
+    demo = build_app(max_side=400, votes_dir=votes_dir)
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -167,7 +176,6 @@ class SlowMethod:
 def slow_url(tmp_path_factory):  # per test: test-slow is unregistered before the other apps start
     import time
 
-    from app import build_app
     from harmony_core.errors import Cancelled
 
     class Slow(registry.Method):
@@ -185,16 +193,12 @@ def slow_url(tmp_path_factory):  # per test: test-slow is unregistered before th
             SlowMethod.ended.append("finished")
             return request.composite.copy()
 
-    registry._FACTORIES[Slow.name] = Slow
-    demo = build_app(max_side=400, votes_dir=tmp_path_factory.mktemp("votes"))
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    registry.register(Slow)
     try:
-        yield f"http://127.0.0.1:{port}/"
+        with launched(tmp_path_factory.mktemp("votes")) as address:
+            yield address
     finally:
-        demo.close()
-        registry._FACTORIES.pop(Slow.name)
-        registry._INSTANCES.pop(Slow.name, None)
+        registry.unregister(Slow.name)
 
 
 def test_finished_results_stay_visible_and_stop_stops_the_run(slow_url):
