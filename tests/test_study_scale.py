@@ -144,13 +144,22 @@ def test_a_line_longer_than_a_read_block_is_skipped(tmp_path, monkeypatch, caplo
     assert "malformed" in caplog.text
 
 
+def test_a_small_study_board_shows_every_vote_and_says_so(tmp_path):
+    store = VoteStore(tmp_path)
+    fill(store, 20)
+    text, first, _ = study.board(store, "All votes", "All images")
+    assert "recomputed with each new vote" in text and first.votes == 20
+    store.append(Vote("pairwise", "late", "study", ["a", "b"], 0, "r-late"))
+    assert study.board(store, "All votes", "All images")[1].votes == 21
+
+
 def test_a_busy_board_is_served_from_its_estimate_and_refreshed_in_the_background(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "SYNC_UP_TO", 0)
     monkeypatch.setattr(study, "REFRESH_VOTES", 5)
     store = VoteStore(tmp_path)
     fill(store, 20)
     text, first, _ = study.board(store, "All votes", "All images")
-    assert "Estimate of" in text and first.votes == 20
+    assert "Estimate of" in text and "after 5 more votes or 60 s" in text and first.votes == 20
     fill_more = VoteStore(tmp_path)
     rng = np.random.default_rng(5)
     for i in range(3):

@@ -381,6 +381,13 @@ SYNC_UP_TO = 20_000
 small study always shows its latest vote; above, the cached estimate is served."""
 
 
+def refresh_rule(votes: int) -> str:
+    """When a board from this many votes is computed again (said under the board)."""
+    if votes < SYNC_UP_TO:
+        return "recomputed with each new vote"
+    return f"recomputed after {REFRESH_VOTES} more votes or {REFRESH_SECONDS:.0f} s"
+
+
 @dataclass
 class Estimate:
     value: object
@@ -524,7 +531,7 @@ def board(store: VoteStore, mode_filter: str = "All votes", source_filter: str =
              "sources (the fit repeated on sources drawn again with replacement). Win share has a Wilson 95% interval."
              "\n\n</details>",
              f"*Estimate of {estimate.at:%Y-%m-%d %H:%M:%S} UTC* (from the {estimate.votes} votes stored then; "
-             f"recomputed after {REFRESH_VOTES} more votes or {REFRESH_SECONDS:.0f} s)."]
+             f"{refresh_rule(estimate.votes)})."]
     if left_out:
         lines.append(f"{left_out} flagged source(s) left out (see *Sources*).")
     return "\n\n".join(lines), result, figure
