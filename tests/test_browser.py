@@ -55,29 +55,38 @@ def url(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def launched(votes_dir: Path) -> Iterator[str]:
+def launched(votes_dir: Path, **launch_options) -> Iterator[str]:
     """The studio launched on a free local port, closed on exit: its address."""
     from app import build_app
 
     demo = build_app(max_side=400, votes_dir=votes_dir)
     port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        **launch_options)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
 
 
-def test_click_through_in_chromium(url, tmp_path):
-    SHOTS.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def chromium_page(width: int, height: int) -> Iterator:
+    """A page of Debian's headless chromium at this viewport (60 s timeouts), closed on exit."""
     executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=executable, headless=True,
-            args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+        browser = p.chromium.launch(executable_path=executable, headless=True,
+                                    args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_click_through_in_chromium(url, tmp_path):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with chromium_page(1400, 1000) as page:
         try:
             page.goto(url)
             page.get_by_text("Harmony Studio").first.wait_for()
@@ -162,7 +171,6 @@ def test_click_through_in_chromium(url, tmp_path):
             sync_api.expect(page.locator("#board-pairs")).to_contain_text(" vs ")
         finally:
             page.screenshot(path=str(SHOTS / "studio.png"), full_page=True)
-            browser.close()
     assert (SHOTS / "studio.png").stat().st_size > 10_000
 
 
@@ -203,35 +211,27 @@ def slow_url(tmp_path_factory):  # per test: test-slow is unregistered before th
 
 def test_finished_results_stay_visible_and_stop_stops_the_run(slow_url):
     """Issue 30, 1 and 5: the progress overlay hid finished results, and there was no Stop."""
-    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True,
-                                    args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
-        try:
-            page.goto(slow_url)
-            compose_the_cat(page)
-            page.locator("#compare-run").click()
-            status = page.locator("#compare-status")
-            sync_api.expect(status).to_contain_text("running: test-slow: step", timeout=120_000)
-            sync_api.expect(status).to_contain_text(re.compile(r"method (\d+) of \1 · about"), timeout=30_000)  # the time left
-            thumb = page.locator("#compare-gallery img").first
-            thumb.wait_for()
-            thumb.scroll_into_view_if_needed()  # the first visit's example sits above it
-            box = thumb.bounding_box()
-            on_top = page.evaluate("([x, y]) => document.elementFromPoint(x, y).tagName",
-                                   [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
-            assert on_top == "IMG"  # no overlay over the finished results while test-slow runs
-            page.screenshot(path=str(SHOTS / "compare-running.png"), full_page=True)
-            page.locator("#compare-stop").click()
-            deadline = page.evaluate("Date.now()") + 10_000
-            while not SlowMethod.ended and page.evaluate("Date.now()") < deadline:
-                page.wait_for_timeout(100)
-            assert SlowMethod.ended == ["stopped"]
-            sync_api.expect(page.locator("#compare-gallery img").first).to_be_visible()
-        finally:
-            browser.close()
+    with chromium_page(1400, 1000) as page:
+        page.goto(slow_url)
+        compose_the_cat(page)
+        page.locator("#compare-run").click()
+        status = page.locator("#compare-status")
+        sync_api.expect(status).to_contain_text("running: test-slow: step", timeout=120_000)
+        sync_api.expect(status).to_contain_text(re.compile(r"method (\d+) of \1 · about"), timeout=30_000)  # the time left
+        thumb = page.locator("#compare-gallery img").first
+        thumb.wait_for()
+        thumb.scroll_into_view_if_needed()  # the first visit's example sits above it
+        box = thumb.bounding_box()
+        on_top = page.evaluate("([x, y]) => document.elementFromPoint(x, y).tagName",
+                               [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
+        assert on_top == "IMG"  # no overlay over the finished results while test-slow runs
+        page.screenshot(path=str(SHOTS / "compare-running.png"), full_page=True)
+        page.locator("#compare-stop").click()
+        deadline = page.evaluate("Date.now()") + 10_000
+        while not SlowMethod.ended and page.evaluate("Date.now()") < deadline:
+            page.wait_for_timeout(100)
+        assert SlowMethod.ended == ["stopped"]
+        sync_api.expect(page.locator("#compare-gallery img").first).to_be_visible()
 
 
 class LastGate(Method):
@@ -248,30 +248,19 @@ class LastGate(Method):
 
 @pytest.fixture
 def gated_url(tmp_path):
-    from app import build_app
-
-    registry._FACTORIES[LastGate.name] = LastGate
+    registry.register(LastGate)
     LastGate.opened.clear()
-    demo = build_app(max_side=400, votes_dir=tmp_path / "votes")
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield f"http://127.0.0.1:{port}/"
+        with launched(tmp_path / "votes") as address:
+            yield address
+            LastGate.opened.set()  # before the app closes: a run still waiting would hold it
     finally:
-        LastGate.opened.set()
-        demo.close()
-        registry._FACTORIES.pop(LastGate.name, None)
-        registry._INSTANCES.pop(LastGate.name, None)
+        registry.unregister(LastGate.name)
 
 
 def test_streaming_compare_shows_results_as_they_finish_and_never_reloads_a_tile(gated_url):
     SHOTS.mkdir(parents=True, exist_ok=True)
-    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True,
-                                    args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+    with chromium_page(1400, 1000) as page:
         fetched: list[str] = []
         page.on("request", lambda request: fetched.append(request.url))
         try:
@@ -300,7 +289,6 @@ def test_streaming_compare_shows_results_as_they_finish_and_never_reloads_a_tile
             assert sum(url == src for url in fetched) == 1, [u for u in fetched if "file=" in u]
         finally:
             page.screenshot(path=str(SHOTS / "compare-streaming.png"), full_page=True)
-            browser.close()
 
 
 ARTIFACTS = ROOT / "tmp" / "artifact" / "visitor"
@@ -344,16 +332,10 @@ def styled_url(tmp_path_factory):
     """The app as `python app.py` serves it: with its CSS and theme."""
     import gradio as gr
 
-    from app import CSS, build_app
+    from app import CSS
 
-    demo = build_app(max_side=400, votes_dir=tmp_path_factory.mktemp("visitor-votes"))
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                        css=CSS, theme=gr.themes.Soft())
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with launched(tmp_path_factory.mktemp("visitor-votes"), css=CSS, theme=gr.themes.Soft()) as address:
+        yield address
 
 
 @pytest.mark.parametrize("width", [1280, 390])
@@ -362,12 +344,7 @@ def test_what_a_visitor_sees(styled_url, width):
     fit, one plain message for a button pressed too early, an Explain click that changes the view."""
     shots = ARTIFACTS / str(width)
     shots.mkdir(parents=True, exist_ok=True)
-    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True,
-                                    args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": width, "height": 900})
-        page.set_default_timeout(60_000)
+    with chromium_page(width, 900) as page:
         try:
             page.goto(styled_url)
             # The first visit: the example is composed and finished, before any upload.
@@ -450,4 +427,3 @@ def test_what_a_visitor_sees(styled_url, width):
             page.screenshot(path=str(shots / "6-study-full.png"), full_page=True)
         finally:
             page.screenshot(path=str(shots / "last.png"), full_page=True)
-            browser.close()
