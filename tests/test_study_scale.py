@@ -144,6 +144,22 @@ def test_a_line_longer_than_a_read_block_is_skipped(tmp_path, monkeypatch, caplo
     assert "malformed" in caplog.text
 
 
+def test_a_large_store_hands_out_its_latest_public_csv_until_it_is_due(tmp_path, monkeypatch):
+    store = VoteStore(tmp_path)
+    fill(store, 20)
+    assert study.export_csv(store) != study.export_csv(store)  # a small study: a fresh export each time
+    monkeypatch.setattr(study, "SYNC_UP_TO", 0)
+    monkeypatch.setattr(study, "REFRESH_VOTES", 5)
+    first = study.export_csv(store)
+    assert study.export_csv(store) == first  # asked again: the store is not read again
+    store.append(Vote("pairwise", "late", "study", ["a", "b"], 0, "r-late"))
+    assert study.export_csv(store) == first  # 1 vote < REFRESH_VOTES and under a minute old
+    for i in range(5):
+        store.append(Vote("pairwise", f"later{i}", "study", ["a", "b"], 0, "r-late"))
+    fresh = study.export_csv(store)
+    assert fresh != first and len(fresh.read_text().splitlines()) == 1 + 26
+
+
 def test_a_small_study_board_shows_every_vote_and_says_so(tmp_path):
     store = VoteStore(tmp_path)
     fill(store, 20)

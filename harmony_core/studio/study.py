@@ -362,8 +362,13 @@ def heatmap(methods: list[str], rates: np.ndarray) -> Figure:
 
 def export_csv(store: VoteStore) -> Path:
     """The public votes CSV (votes.anonymous_csv: per-export pseudonyms, no rater id, no session,
-    no IP hash) of every shard, in a fresh scratch folder, written only when a visitor asks for it
-    and streamed a shard at a time. The organiser's full files stay on the server."""
+    no IP hash) of every shard, written only when a visitor asks for it; above SYNC_UP_TO votes at
+    most as often as a board is recomputed (`Boards.export`)."""
+    return boards(store).export()
+
+
+def _write_export(store: VoteStore) -> Path:
+    """A fresh export in its own scratch folder, streamed a shard at a time."""
     folder = scratch_folder("votes-")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"votes-{stamp}.csv"
@@ -388,6 +393,12 @@ def refresh_rule(votes: int) -> str:
     return f"recomputed after {REFRESH_VOTES} more votes or {REFRESH_SECONDS:.0f} s"
 
 
+def _due(estimate: Estimate, total: int) -> bool:
+    """Whether an estimate from fewer than `total` votes is due for recomputation (above SYNC_UP_TO)."""
+    age = (datetime.now(timezone.utc) - estimate.at).total_seconds()
+    return estimate.votes != total and (total - estimate.votes >= REFRESH_VOTES or age >= REFRESH_SECONDS)
+
+
 @dataclass
 class Estimate:
     value: object
@@ -406,6 +417,8 @@ class Boards:
         self._lock = threading.Lock()
         self._cache: dict[tuple, Estimate] = {}
         self._running: set[tuple] = set()
+        self._export_lock = threading.Lock()
+        self._export: Estimate | None = None
 
     def get(self, key: tuple) -> Estimate:
         total = self.store.refresh()
@@ -413,10 +426,20 @@ class Boards:
             cached = self._cache.get(key)
         if cached is None or (cached.votes != total and total <= SYNC_UP_TO):
             return self._compute(key)
-        age = (datetime.now(timezone.utc) - cached.at).total_seconds()
-        if cached.votes != total and (total - cached.votes >= REFRESH_VOTES or age >= REFRESH_SECONDS):
+        if _due(cached, total):
             self.refresh_later(key)
         return cached
+
+    def export(self) -> Path:
+        """The public CSV, one export at a time. Up to SYNC_UP_TO votes every request gets a fresh
+        one (its own pseudonyms); above, the latest is handed out again until it is due by the
+        board's rule, so a script asking again and again reads a large store once a minute at most."""
+        total = self.store.refresh()
+        with self._export_lock:
+            cached = self._export
+            if cached is None or not cached.value.exists() or total <= SYNC_UP_TO or _due(cached, total):
+                cached = self._export = Estimate(_write_export(self.store), total, datetime.now(timezone.utc))
+            return cached.value
 
     def refresh_later(self, key: tuple) -> None:
         """Recompute in a background thread (one per key at a time)."""
